@@ -1,0 +1,22 @@
+"""``ecgfl-hospital``: what a hospital's IT and data owner runs on site."""
+
+from __future__ import annotations
+
+import sys
+
+from common import cli
+
+COMMANDS = {
+    "check": ("client.commands.check", "check a folder of ECG records without modifying it"),
+    "prepare": ("client.commands.prepare", "preprocess a site's records into its local cache"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(
+        "ecgfl-hospital", "What a hospital's IT and data owner runs on site", COMMANDS, argv
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

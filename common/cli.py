@@ -1,0 +1,36 @@
+"""The shape of ecgfl's three command-line tools: named subcommands, each a module.
+
+A subcommand module exposes ``configure(parser)`` and ``run(args) -> int``; it is imported only
+when chosen, so ``--help`` and light commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from common.config import ConfigError
+
+
+def main(prog: str, description: str, commands: dict[str, tuple[str, str]], argv=None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; a ConfigError ends with its message."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in (argv if argv is not None else sys.argv[1:]) if a in commands), None)
+    for name, (module, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).configure(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return importlib.import_module(commands[args.command][0]).run(args)
+    except ConfigError as exc:
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,26 @@
+"""``ecgfl-simulate``: what a researcher runs: synthetic data, virtual sites, experiments."""
+
+from __future__ import annotations
+
+import sys
+
+from common import cli
+
+COMMANDS = {
+    "synth": ("simulations.synth.command", "write a synthetic TIS-like or PTB-XL-like dataset"),
+    "partition": ("simulations.commands.partition", "split sources into virtual sites"),
+    "run": ("simulations.commands.run", "run a whole simulation: data, sites, federation, report"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(
+        "ecgfl-simulate",
+        "What a researcher runs: synthetic data, virtual sites, experiments",
+        COMMANDS,
+        argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
