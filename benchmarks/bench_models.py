@@ -1,0 +1,124 @@
+"""Model cost on this machine: parameters, FLOPs per sample, CPU training and inference speed.
+
+Achieved GFLOP/s is set against a large matmul timed in the same run, so a slow model reads as
+"x% of what this CPU can do" rather than a bare number. FLOPs are PyTorch's own count.
+Plain script, no pass/fail:  .venv/bin/python benchmarks/bench_models.py [--models ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.models import MODELS, build_model, describe
+from common.training import masked_bce
+
+N_CLASSES = 7
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def timed(fn, repeats: int) -> float:
+    """Seconds per call after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timed(lambda: a @ b, repeats) / 1e9
+
+
+def train_step_fn(model: torch.nn.Module, x: torch.Tensor):
+    y = torch.randint(0, 2, (len(x), N_CLASSES)).float()
+    mask = torch.ones_like(y)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        masked_bce(model(x), y, mask).backward()
+        optimizer.step()
+
+    return step
+
+
+def bench(name: str, length: int, batch: int, steps: int, width: float) -> dict:
+    model = build_model(name, n_classes=N_CLASSES, input_length=length, width=width)
+    n_params, fwd_flops = describe(model, length)
+    x = torch.randn(batch, 12, length)
+
+    model.train()
+    step = train_step_fn(model, x)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    train_flops = counter.get_total_flops() / batch
+    train_s = timed(step, steps)
+
+    model.eval()
+    with torch.inference_mode():
+        infer_s = timed(lambda: model(x), steps)
+    return {
+        "params": n_params,
+        "fwd_mflops": fwd_flops / 1e6,
+        "train_sps": batch / train_s,
+        "train_gflops": train_flops * batch / train_s / 1e9,
+        "infer_sps": batch / infer_s,
+        "infer_gflops": fwd_flops * batch / infer_s / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--length", type=int, default=1000, help="samples (100 Hz x 10 s)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(
+        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
+    peak = matmul_gflops()
+    print(f"reference: 2048x2048 float32 matmul {peak:.1f} GFLOP/s")
+    print(f"input 12 x {args.length}, batch {args.batch_size}, width {args.width}\n")
+    header = (
+        f"{'model':<16}{'params':>12}{'fwd MFLOP':>11}{'train/s':>9}{'train GF/s':>11}"
+        f"{'%peak':>7}{'infer/s':>9}{'infer GF/s':>11}{'%peak':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        r = bench(name, args.length, args.batch_size, args.steps, args.width)
+        print(
+            f"{name:<16}{r['params']:>12,}{r['fwd_mflops']:>11.1f}{r['train_sps']:>9.1f}"
+            f"{r['train_gflops']:>11.1f}{100 * r['train_gflops'] / peak:>6.0f}%"
+            f"{r['infer_sps']:>9.1f}{r['infer_gflops']:>11.1f}"
+            f"{100 * r['infer_gflops'] / peak:>6.0f}%",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Local fine-tuning of a pretrained (federated) model on one site's data and label space.
+
+The head can grow: labels the pretrained model knows keep their trained outputs, labels only
+this site annotates get fresh ones (the seed paper's "more diseases"). Training itself is the
+shared ``training.train``; this module only decides which weights move and how fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from common.labels import LabelSpace
+from common.models import ECGClassifier
+from common.training import TrainConfig, TrainResult, train
+
+MODES = ("full", "head", "last_k", "discriminative")
+
+
+def adapt_head(model: ECGClassifier, old_space: LabelSpace, new_space: LabelSpace) -> ECGClassifier:
+    """Replace ``model.head`` with one output per label of ``new_space``, in its order.
+
+    Rows of labels in both spaces are copied exactly; new labels get PyTorch's default Linear
+    initialisation; labels missing from ``new_space`` are dropped.
+    """
+    old = model.head
+    if old.out_features != len(old_space):
+        raise ValueError(
+            f"model head has {old.out_features} outputs, old label space {len(old_space)}"
+        )
+    new = nn.Linear(old.in_features, len(new_space)).to(old.weight.device, old.weight.dtype)
+    with torch.no_grad():
+        for i, label in enumerate(new_space.labels):
+            if label in old_space.labels:
+                j = old_space.index(label)
+                new.weight[i] = old.weight[j]
+                new.bias[i] = old.bias[j]
+    model.head = new
+    return model
+
+
+def _params(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
+    return [p for module in modules for p in module.parameters()]
+
+
+def param_groups(
+    model: ECGClassifier, mode: str, lr: float, k: int = 1, lr_decay: float = 2.6
+) -> list[dict]:
+    """Optimizer groups for ``mode``; parameters in no group stay frozen.
+
+    ``head`` trains everything after the body (the neck, if any, and the final Linear);
+    ``last_k`` adds the last ``k`` body blocks; ``discriminative`` trains all, the head at
+    ``lr`` and each block below at ``lr_decay`` times less than the one above (ULMFiT).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+    blocks = list(model.blocks)
+    top = _params([model.neck, model.head])
+    if len(_params(blocks)) + len(top) != len(list(model.parameters())):
+        raise ValueError(f"{type(model).__name__} has parameters outside blocks, neck and head")
+    if mode == "full":
+        return [{"params": list(model.parameters()), "lr": lr}]
+    if mode == "head":
+        return [{"params": top, "lr": lr}]
+    if mode == "last_k":
+        if not 1 <= k <= len(blocks):
+            raise ValueError(f"k={k}: the model has {len(blocks)} blocks")
+        return [{"params": _params(blocks[-k:]) + top, "lr": lr}]
+    return [{"params": top, "lr": lr}] + [
+        {"params": list(block.parameters()), "lr": lr / lr_decay ** (depth + 1)}
+        for depth, block in enumerate(reversed(blocks))
+    ]
+
+
+def finetune(
+    model: ECGClassifier,
+    old_space: LabelSpace,
+    new_space: LabelSpace,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    mode: str,
+    train_cfg: TrainConfig,
+    k: int = 1,
+    lr_decay: float = 2.6,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> tuple[ECGClassifier, TrainResult]:
+    """Adapt the head to ``new_space``, then train the parts ``mode`` selects."""
+    adapt_head(model, old_space, new_space)
+    groups = param_groups(model, mode, train_cfg.lr, k, lr_decay)
+    chosen = {id(p) for group in groups for p in group["params"]}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    try:
+        result = train(
+            model,
+            train_ds,
+            val_ds,
+            train_cfg,
+            device=device,
+            progress=progress,
+            param_groups=groups,
+            labels=new_space.labels,
+        )
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return model, result

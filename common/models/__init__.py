@@ -1,0 +1,93 @@
+"""Model registry: every network is chosen by name and built from a small, serialisable config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.models.base import NORMS, ECGClassifier
+from common.models.inception1d import Inception1d
+from common.models.ribeiro import RibeiroResNet
+from common.models.xresnet1d import VARIANTS, XResNet1d
+
+MODELS: dict[str, Callable[..., ECGClassifier]] = {
+    "ribeiro_resnet": RibeiroResNet,
+    **{f"xresnet1d{depth}": partial(XResNet1d, depth=depth) for depth in VARIANTS},
+    "inception1d": Inception1d,
+}
+
+
+def build_model(
+    name: str,
+    *,
+    n_classes: int,
+    input_length: int,
+    n_leads: int = 12,
+    norm: str = "batch",
+    **kwargs,
+) -> ECGClassifier:
+    """Build registered model ``name``; ``kwargs`` go to its constructor (``width``, ``depth``)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}: expected one of {NORMS}")
+    return MODELS[name](
+        n_leads=n_leads, n_classes=n_classes, input_length=input_length, norm=norm, **kwargs
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a checkpoint needs to rebuild a network; the class count comes from the label space.
+
+    ``fs`` is the rate the input is expected at: with ``input_length`` it fixes the window in
+    seconds that sliding-window evaluation uses.
+    """
+
+    name: str = "ribeiro_resnet"
+    kwargs: dict = field(default_factory=dict)
+    norm: str = "batch"
+    input_length: int = 1000
+    fs: float = 100.0
+    n_leads: int = 12
+
+    def validate(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"name={self.name!r}: expected one of {', '.join(MODELS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r}: expected one of {NORMS}")
+        if self.input_length <= 0 or self.fs <= 0 or self.n_leads <= 0:
+            raise ValueError("input_length, fs and n_leads must be positive")
+
+    def build(self, n_classes: int) -> ECGClassifier:
+        return build_model(
+            self.name,
+            n_classes=n_classes,
+            input_length=self.input_length,
+            n_leads=self.n_leads,
+            norm=self.norm,
+            **self.kwargs,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe(model: torch.nn.Module, input_length: int, n_leads: int = 12) -> tuple[int, int]:
+    """(parameter count, forward FLOPs for one sample), FLOPs as counted by PyTorch itself."""
+    n_params = sum(p.numel() for p in model.parameters())
+    was_training = model.training
+    model.eval()  # one sample through BatchNorm in train mode would fail and touch its statistics
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, n_leads, input_length, device=device))
+    model.train(was_training)
+    return n_params, counter.get_total_flops()
+
+
+__all__ = ["MODELS", "ECGClassifier", "ModelConfig", "build_model", "describe"]

@@ -1,0 +1,129 @@
+"""fastai-style XResNet in 1-D as in Strodthoff et al.'s PTB-XL benchmark (xresnet1d101: .925).
+
+Bag-of-tricks ResNet (He et al. 2019): a three-conv stem, average-pool shortcuts when striding,
+the last norm of every residual branch initialised to zero, and the concat-pooling head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.models.base import ECGClassifier, norm1d, pooling_neck, scaled
+
+#: depth -> (expansion, residual blocks per stage); the names torchvision/fastai use.
+VARIANTS: dict[int, tuple[int, tuple[int, ...]]] = {
+    18: (1, (2, 2, 2, 2)),
+    34: (1, (3, 4, 6, 3)),
+    50: (4, (3, 4, 6, 3)),
+    101: (4, (3, 4, 23, 3)),
+}
+#: Strodthoff's benchmark keeps every stage 64 wide (fastai's 2-D default is 64, 128, 256, 512),
+#: which makes xresnet1d101 a narrow, deep ~2 M-parameter network.
+STAGE_WIDTHS = (64, 64, 64, 64)
+STEM_WIDTHS = (32, 32, 64)
+
+
+def _conv_norm(
+    c_in: int, c_out: int, kernel_size: int, norm: str, stride: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers = [
+        nn.Conv1d(c_in, c_out, kernel_size, stride, padding=kernel_size // 2, bias=False),
+        norm1d(norm, c_out),
+    ]
+    if act:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    """Basic (expansion 1: two k-convs) or bottleneck (1x1, k, 1x1) block with a shortcut."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_mid: int,
+        c_out: int,
+        stride: int,
+        kernel_size: int,
+        norm: str,
+        bottleneck: bool,
+    ) -> None:
+        super().__init__()
+        if bottleneck:
+            convs = [
+                _conv_norm(c_in, c_mid, 1, norm),
+                _conv_norm(c_mid, c_mid, kernel_size, norm, stride),
+                _conv_norm(c_mid, c_out, 1, norm, act=False),
+            ]
+        else:
+            convs = [
+                _conv_norm(c_in, c_mid, kernel_size, norm, stride),
+                _conv_norm(c_mid, c_out, kernel_size, norm, act=False),
+            ]
+        self.convs = nn.Sequential(*convs)
+        # Zero-init the branch's last norm: every block starts as the identity, which trains
+        # deep variants stably without warm-up.
+        nn.init.zeros_(convs[-1][1].weight)
+        shortcut: list[nn.Module] = []
+        if stride != 1:
+            shortcut.append(nn.AvgPool1d(stride, ceil_mode=True))
+        if c_in != c_out:
+            shortcut.append(_conv_norm(c_in, c_out, 1, norm, act=False))
+        self.shortcut = nn.Sequential(*shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.convs(x) + self.shortcut(x))
+
+
+class XResNet1d(ECGClassifier):
+    """``blocks`` = [stem (+ maxpool), stage 1, ..., stage 4]."""
+
+    def __init__(
+        self,
+        n_leads: int,
+        n_classes: int,
+        input_length: int,
+        norm: str = "batch",
+        depth: int = 101,
+        width: float = 1.0,
+        kernel_size: int = 5,
+        kernel_size_stem: int = 5,
+        head_hidden: int | None = 128,
+        head_dropout: float = 0.5,
+    ) -> None:
+        super().__init__(input_length)
+        if depth not in VARIANTS:
+            raise ValueError(f"depth={depth}: expected one of {sorted(VARIANTS)}")
+        expansion, counts = VARIANTS[depth]
+        stem_widths = [scaled(c, width) for c in STEM_WIDTHS]
+        stem = nn.Sequential(
+            *[
+                _conv_norm(c_in, c_out, kernel_size_stem, norm, stride=2 if i == 0 else 1)
+                for i, (c_in, c_out) in enumerate(
+                    zip([n_leads, *stem_widths[:-1]], stem_widths, strict=True)
+                )
+            ],
+            nn.MaxPool1d(3, stride=2, padding=1),
+        )
+        stages: list[nn.Module] = [stem]
+        c_in = stem_widths[-1]
+        for i, (base, count) in enumerate(zip(STAGE_WIDTHS, counts, strict=True)):
+            c_mid = scaled(base, width)
+            c_out = c_mid * expansion
+            blocks = []
+            for j in range(count):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(
+                    ResBlock(c_in, c_mid, c_out, stride, kernel_size, norm, expansion > 1)
+                )
+                c_in = c_out
+            stages.append(nn.Sequential(*blocks))
+        self.blocks = nn.ModuleList(stages)
+        self.neck, features = pooling_neck(c_in, head_hidden, head_dropout, norm)
+        self.head = nn.Linear(features, n_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)

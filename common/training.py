@@ -1,0 +1,351 @@
+"""The one training loop: centralized baseline, federated client and local fine-tuning all call it.
+
+Data are ``(x, y, mask)`` items; the loss only sees entries whose mask is 1, so sites that annotate
+different label sets train one model together. Records longer than the model's window are
+randomly cropped for training and scored by sliding windows (max over windows) for evaluation,
+as in Strodthoff et al.'s PTB-XL benchmark.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from common.metrics import Metrics, compute_metrics
+from common.models import ECGClassifier
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "onecycle")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def masked_bce(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary cross-entropy averaged over annotated entries only; 0 when nothing is annotated."""
+    loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    scheduler: str = "none"
+    #: Epochs without a better validation score before stopping; None trains all epochs.
+    early_stopping_patience: int | None = None
+    seed: int = 0
+    num_workers: int = 0
+    #: FedProx strength; only used when ``train`` is given ``proximal_to``.
+    proximal_mu: float = 0.0
+    #: 'balanced' weights positives by negatives/positives per label (rare diagnoses).
+    class_weights: str = "none"
+    max_grad_norm: float | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.proximal_mu < 0:
+            raise ValueError("lr must be positive; weight_decay and proximal_mu not negative")
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("scheduler", SCHEDULERS),
+            ("class_weights", CLASS_WEIGHTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError("early_stopping_patience must be at least 1 (or null for none)")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must not be negative")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError("max_grad_norm must be positive (or null for none)")
+
+
+@dataclass
+class TrainResult:
+    """``history`` has one flat, JSON-ready dict per epoch; ``val_metrics`` scores the returned
+    model (the best epoch's when early stopping restored it)."""
+
+    history: list[dict] = field(default_factory=list)
+    n_train: int = 0
+    best_epoch: int | None = None
+    best_score: float | None = None
+    stopped_early: bool = False
+    val_metrics: Metrics | None = None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def random_crop(x: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """An independent random window of ``length`` samples from each record of a batch."""
+    excess = x.shape[-1] - length
+    if excess == 0:
+        return x
+    start = torch.randint(0, excess + 1, (x.shape[0],), generator=generator)
+    index = (start[:, None] + torch.arange(length))[:, None, :].expand(-1, x.shape[1], -1)
+    return torch.gather(x, -1, index)
+
+
+def _require_length(x: torch.Tensor, window: int) -> None:
+    if x.shape[-1] < window:
+        raise ValueError(
+            f"records have {x.shape[-1]} samples, the model needs at least {window}: prepare the "
+            "data with the model's input length (or build the model for the shorter input)"
+        )
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering a record; the last window is aligned to the record's end."""
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+@torch.inference_mode()
+def evaluate(
+    model: ECGClassifier,
+    ds: Dataset,
+    device: torch.device | str | None = None,
+    batch_size: int = 256,
+    window: int | None = None,
+    stride: int | None = None,
+    num_workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigmoid probabilities (n, K), targets and masks for every item of ``ds``, in order.
+
+    Records longer than ``window`` (default: the model's input length) are cut into windows
+    ``stride`` apart (default: half a window) and each label takes its maximum over windows.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    window = window or model.input_length
+    stride = stride or max(1, window // 2)
+    model.to(device).eval()
+    probs, ys, masks = [], [], []
+    for x, y, mask in DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
+        _require_length(x, window)
+        starts = window_starts(x.shape[-1], window, stride)
+        crops = torch.stack([x[..., s : s + window] for s in starts], dim=1)
+        logits = model(crops.flatten(0, 1).to(device)).float()
+        probs.append(torch.sigmoid(logits).view(len(x), len(starts), -1).amax(dim=1).cpu())
+        ys.append(y)
+        masks.append(mask)
+    if not probs:  # a site may have no validation records
+        empty = np.zeros((0, model.head.out_features), np.float32)
+        return empty, empty.copy(), empty.copy()
+    return torch.cat(probs).numpy(), torch.cat(ys).numpy(), torch.cat(masks).numpy()
+
+
+def _balanced_pos_weight(ds: Dataset, batch_size: int) -> torch.Tensor:
+    """negatives / positives per label over annotated entries (1 where either count is 0)."""
+    pos = neg = 0
+    for _, y, mask in DataLoader(ds, batch_size=max(batch_size, 1024)):
+        pos = pos + (y * mask).sum(0)
+        neg = neg + ((1 - y) * mask).sum(0)
+    weight = neg / pos.clamp_min(1.0)
+    return torch.where((pos > 0) & (neg > 0), weight, torch.ones_like(weight))
+
+
+def _make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Schedulers step once per batch over the whole run."""
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    if cfg.scheduler == "onecycle":
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps)
+    return None
+
+
+def _reference_weights(
+    model: nn.Module,
+    proximal_to: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+    device: torch.device,
+) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Pair each trainable parameter with its global value (a list in ``parameters()`` order,
+    or a state dict by name)."""
+    named = list(model.named_parameters())
+    if isinstance(proximal_to, Mapping):
+        reference = [proximal_to[name] for name, _ in named]
+    else:
+        reference = list(proximal_to)
+        if len(reference) != len(named):
+            raise ValueError(f"proximal_to has {len(reference)} tensors, model {len(named)} params")
+    return [
+        (p, torch.as_tensor(ref).detach().to(device, p.dtype))
+        for (_, p), ref in zip(named, reference, strict=True)
+        if p.requires_grad
+    ]
+
+
+def _freeze_frozen_batchnorm(model: nn.Module) -> None:
+    """A BatchNorm whose affine weights are frozen keeps its running statistics frozen too,
+    so a frozen body computes exactly what it computed before fine-tuning."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
+
+
+def _validate(
+    model: ECGClassifier,
+    ds: Dataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    labels: Sequence[str] | None,
+) -> tuple[float, Metrics]:
+    """Loss and scores on ``ds``, the loss taken on the window-aggregated probabilities."""
+    probs, y, mask = evaluate(
+        model, ds, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers
+    )
+    logits = torch.logit(torch.from_numpy(probs), eps=1e-6)
+    loss = masked_bce(logits, torch.from_numpy(y), torch.from_numpy(mask)).item()
+    return loss, compute_metrics(probs, y, mask, labels)
+
+
+def train(
+    model: ECGClassifier,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    cfg: TrainConfig,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    proximal_to: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
+    param_groups: list[dict] | None = None,
+    labels: Sequence[str] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place and return its per-epoch history.
+
+    ``proximal_to`` (the global weights) adds FedProx's (mu/2)*||w - w_global||^2.
+    ``param_groups`` (optimizer groups, e.g. per-block learning rates) replaces the default of
+    every parameter that requires grad at ``cfg.lr``. ``labels`` names per-class metrics.
+    """
+    cfg.validate()
+    if cfg.early_stopping_patience is not None and val_ds is None:
+        raise ValueError("early stopping needs a validation set")
+    device = torch.device(device) if device is not None else default_device()
+    seed_everything(cfg.seed)
+    model.to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=cfg.num_workers,
+        # A last batch of one sample would make BatchNorm fail.
+        drop_last=len(train_ds) % cfg.batch_size == 1,
+    )
+    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    optimizer = _make_optimizer(groups, cfg)
+    scheduler = _make_scheduler(optimizer, cfg, max(1, cfg.epochs * len(loader)))
+    pos_weight = (
+        _balanced_pos_weight(train_ds, cfg.batch_size).to(device)
+        if cfg.class_weights == "balanced"
+        else None
+    )
+    anchors = _reference_weights(model, proximal_to, device) if proximal_to is not None else []
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+
+    result = TrainResult(n_train=len(train_ds))
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        _freeze_frozen_batchnorm(model)
+        total, batches = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        for x, y, mask in bar:
+            _require_length(x, model.input_length)
+            x = random_crop(x, model.input_length, generator)
+            x, y, mask = x.to(device), y.to(device), mask.to(device)
+            loss = masked_bce(model(x), y, mask, pos_weight)
+            objective = loss
+            if anchors and cfg.proximal_mu > 0:
+                drift = sum((p - ref).pow(2).sum() for p, ref in anchors)
+                objective = loss + cfg.proximal_mu / 2 * drift
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.item()  # the data loss alone, comparable with val_loss
+            batches += 1
+            bar.set_postfix(loss=f"{total / batches:.4f}")
+        record = {
+            "epoch": epoch,
+            "train_loss": total / batches if batches else None,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        metrics = None
+        if val_ds is not None:
+            val_loss, metrics = _validate(model, val_ds, cfg, device, labels)
+            record.update({"val_loss": val_loss, **metrics.flat("val_")})
+            score = metrics.macro_auc if metrics.macro_auc is not None else -val_loss
+            if result.best_score is None or score > result.best_score:
+                result.best_score, result.best_epoch, stale = score, epoch, 0
+                result.val_metrics = metrics
+                if cfg.early_stopping_patience is not None:
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        record["seconds"] = time.perf_counter() - started
+        result.history.append(record)
+        if progress:
+            tqdm.write(_summary(record), file=sys.stderr)
+        if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
+            result.stopped_early = epoch < cfg.epochs
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    elif metrics is not None:
+        result.val_metrics = metrics
+    return result
+
+
+def _summary(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}"]
+    for key in ("train_loss", "val_loss", "val_macro_auc"):
+        if record.get(key) is not None:
+            parts.append(f"{key} {record[key]:.4f}")
+    parts.append(f"{record['seconds']:.1f}s")
+    return "  ".join(parts)
