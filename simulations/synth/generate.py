@@ -1,0 +1,88 @@
+"""One synthetic 12-lead ECG in memory: labels -> features -> beats -> dipole -> leads -> device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+import numpy as np
+
+from simulations.synth import beats, rhythm
+from simulations.synth.device import IDEAL, Acquisition, Device, acquire
+from simulations.synth.dipole import Subject, independent_leads, render, textbook_subject
+from simulations.synth.pathology import difficulty_value, normalise, sample_features
+
+#: Direction of the fibrillating atria's dipole: anterior and inferior, largest in V1 and II.
+_FWAVE_DIRECTION = np.array([-0.2, 0.5, -0.8]) / np.linalg.norm([-0.2, 0.5, -0.8])
+
+
+def _rng(rng_or_seed: np.random.Generator | np.random.SeedSequence | int) -> np.random.Generator:
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed
+    return np.random.default_rng(rng_or_seed)
+
+
+def generate_record(
+    rng_or_seed: np.random.Generator | np.random.SeedSequence | int,
+    labels: Iterable[str] = ("NORM",),
+    fs: int | None = None,
+    duration_s: float = 10.0,
+    difficulty: float | str = "default",
+    subject: Subject | None = None,
+    device: Device | None = None,
+    acquisition: Acquisition | None = None,
+) -> tuple[np.ndarray, dict]:
+    """A (12, n) float32 mV ECG showing ``labels`` and a dict of what was generated.
+
+    ``fs`` defaults to the device's rate; ``device=None`` is an ideal recorder and
+    ``acquisition=None`` the typical noise of ``difficulty`` (pass ``device.CLEAN`` for none).
+    The info dict holds the true labels, features, mean heart rate and QRS onset samples.
+    """
+    rng = _rng(rng_or_seed)
+    level = difficulty_value(difficulty)
+    labels = normalise(labels)
+    subject = subject or textbook_subject()
+    device = device or IDEAL
+    if fs is not None and fs != device.fs:
+        device = replace(device, fs=fs)
+    acquisition = acquisition if acquisition is not None else Acquisition.typical(level)
+    feats = sample_features(rng, labels, level)
+    n = int(round(duration_s * device.fs))
+
+    if feats.rhythm == "afib":
+        rr = rhythm.afib_rr(rng, feats.rate_bpm, duration_s, feats.rr_cv)
+    else:
+        rr = rhythm.sinus_rr(rng, feats.rate_bpm, duration_s)
+    onsets = rhythm.beat_onsets(rng, rr)
+    rr_before = np.concatenate([[rr[0]], rr[:-1]])
+    breathing = 1 + 0.05 * np.sin(2 * np.pi * 0.25 * onsets + rng.uniform(0, 2 * np.pi))
+
+    qrs_amp = 1.6 * subject.qrs_gain * feats.qrs_voltage
+    qrs = beats.qrs_complex(feats.conduction, feats.qrs_ms, qrs_amp, feats.block_strength)
+    parts = [qrs.at(onsets, breathing)]
+    if feats.pr_ms is not None:
+        p = beats.p_wave(rng.uniform(85, 110), rng.uniform(0.08, 0.13))
+        parts.append(p.at(onsets - feats.pr_ms / 1000, breathing))
+    wide = max(feats.qrs_ms - 95, 0) / 1000  # a wide QRS lengthens QT by its excess
+    qt = subject.qtc_ms / 1000 * np.cbrt(rr_before) + wide
+    t_amp = rng.uniform(0.25, 0.45) * np.sqrt(subject.qrs_gain)
+    t_vec = beats.t_vector(feats.conduction, feats.strain, t_amp)
+    parts.append(beats.t_waves(onsets, qt, t_vec, breathing))
+    centers, widths, vectors = (np.concatenate(x) for x in zip(*parts, strict=True))
+    dipole = render(centers, widths, vectors, device.fs, n)
+    if feats.rhythm == "afib":
+        f = rhythm.fibrillatory_waves(rng, n, device.fs, feats.fwave_mv)
+        dipole += _FWAVE_DIRECTION[:, None] * f
+
+    leads, fault = acquire(rng, independent_leads(dipole, subject), device, acquisition)
+    inside = onsets[(onsets >= 0) & (onsets < duration_s)]
+    in_window = rr[1:][(onsets[1:] >= 0) & (onsets[1:] < duration_s)]
+    info = {
+        "labels": labels,
+        "fs": device.fs,
+        "heart_rate": float(60 / in_window.mean()) if len(in_window) else feats.rate_bpm,
+        "qrs_onsets": np.round(inside * device.fs).astype(int),
+        "fault": fault,
+        **vars(feats),
+    }
+    return leads.astype(np.float32), info
