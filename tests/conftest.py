@@ -1,0 +1,27 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Two cores: torch's default of one thread per core fights with whatever else runs (other tests,
+# Ray actors) and gets many times slower. One thread per process keeps timings predictable.
+torch.set_num_threads(1)
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not found: real ECG samples (../shared/data) absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ptbxl_sample() -> Path:
+    return _shared("ptbxl-sample")
+
+
+@pytest.fixture(scope="session")
+def cinc_sample() -> Path:
+    return _shared("cinc2021-sample")
