@@ -1,0 +1,214 @@
+"""What a site does with each message: train, evaluate, or fine-tune on its own cached data.
+
+Everything here runs inside the hospital (or a simulated one). Only weights and metrics go back;
+the fine-tuned model stays in the site's own output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+
+from common import config, training
+from common.checkpoint import save_checkpoint
+from common.evaluation import score
+from common.experiment import ExperimentConfig
+from common.finetune import finetune
+from common.labels import LabelSpace
+from common.metrics import compute_metrics
+from common.models import ECGClassifier
+from common.site import SiteData
+
+log = logging.getLogger("ecgfl.client")
+EXPERIMENT_KEY = "experiment"  # ConfigRecord key: the experiment as JSON
+SPACE_KEY = "label-space"  # ConfigRecord key: the label space as JSON (it may be user-defined)
+FINETUNE_SPACE_KEY = "finetune-label-space"  # the space to fine-tune into
+
+
+@dataclass
+class Job:
+    """The coordinator's instructions for one message, decoded once."""
+
+    experiment: ExperimentConfig
+    space: LabelSpace
+    finetune_space: LabelSpace
+    run_name: str
+    server_round: int
+    proximal_mu: float
+
+    @classmethod
+    def from_config(cls, record: ConfigRecord) -> Job:
+        experiment = config.from_dict(
+            ExperimentConfig, json.loads(str(record[EXPERIMENT_KEY])), "coordinator's experiment"
+        )
+        space = LabelSpace.from_dict(json.loads(str(record[SPACE_KEY])), "coordinator's labels")
+        ft_space = LabelSpace.from_dict(
+            json.loads(str(record[FINETUNE_SPACE_KEY])), "coordinator's fine-tuning labels"
+        )
+        return cls(
+            experiment=experiment,
+            space=space,
+            finetune_space=ft_space,
+            run_name=str(record.get("run-name", "run")),
+            server_round=int(record.get("server-round", 0)),
+            proximal_mu=float(record.get("proximal-mu", 0.0)),
+        )
+
+
+def job_config(experiment: ExperimentConfig, run_name: str) -> ConfigRecord:
+    """The ConfigRecord the coordinator sends: the counterpart of ``Job.from_config``.
+
+    Label spaces travel as data, so a space defined only at the coordinator works everywhere.
+    """
+    space = LabelSpace.load(experiment.labels)
+    ft_space = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space
+    return ConfigRecord(
+        {
+            EXPERIMENT_KEY: json.dumps(experiment.to_dict()),
+            SPACE_KEY: json.dumps(space.to_dict()),
+            FINETUNE_SPACE_KEY: json.dumps(ft_space.to_dict()),
+            "run-name": run_name,
+        }
+    )
+
+
+def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
+    """This node's data: a hospital's folder (deployment) or a manifest entry (simulation)."""
+    node = context.node_config
+    if "data-dir" in node:
+        return SiteData.from_folder(
+            str(node.get("site", "site")),
+            Path(str(node["data-dir"])),
+            Path(str(node.get("cache-dir", Path(str(node["data-dir"])).parent / "ecgfl-cache"))),
+            experiment.pipeline,
+            str(node["format"]) if node.get("format") else None,
+        )
+    manifest = context.run_config.get("site-manifest")
+    if not manifest:
+        raise config.ConfigError(
+            "this node has no 'data-dir' in its node config and the run names no site-manifest"
+        )
+    return SiteData.from_manifest(
+        Path(str(manifest)), int(node["partition-id"]), experiment.pipeline
+    )
+
+
+def output_dir(context: Context, site: SiteData, run_name: str) -> Path:
+    """Where this site keeps what must not leave it (the fine-tuned model)."""
+    node = context.node_config
+    if "output-dir" in node:
+        base = Path(str(node["output-dir"]))
+    else:
+        base = Path(str(context.run_config["run-dir"])) / "sites" / site.name
+    path = base / run_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _nan(value: float | None) -> float:
+    """Flower needs the same metric keys from every site; undefined scores travel as NaN."""
+    return math.nan if value is None else float(value)
+
+
+def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
+    model = job.experiment.model_config().build(n_classes=len(job.space))
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def train_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> tuple[dict, dict]:
+    """Local epochs from the global weights; returns (new weights, metrics for the reply)."""
+    model = global_model(job, arrays)
+    train_ds = site.dataset("train", job.space)
+    cfg = replace(
+        job.experiment.local,
+        proximal_mu=job.proximal_mu,
+        seed=job.experiment.local.seed + job.server_round,
+    )
+    anchor = arrays.to_torch_state_dict() if job.proximal_mu > 0 else None
+    result = training.train(
+        model, train_ds, None, cfg, progress=False, proximal_to=anchor, labels=job.space.labels
+    )
+    metrics = {
+        "num-examples": len(train_ds),
+        "train-loss": _nan(result.history[-1]["train_loss"]),
+        "positives": train_ds.y.sum(0).tolist(),
+        "annotated": train_ds.mask.sum(0).tolist(),
+    }
+    return model.state_dict(), metrics
+
+
+def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> dict:
+    """The global model on this site's validation split."""
+    model = global_model(job, arrays)
+    val_ds = site.dataset("val", job.space)
+    if not len(val_ds):
+        return {
+            "num-examples": 0,
+            "val-loss": math.nan,
+            "macro-auc": math.nan,
+            "micro-auc": math.nan,
+        }
+    probs, y, mask = training.evaluate(model, val_ds)
+    loss = training.masked_bce(
+        torch.logit(torch.from_numpy(probs), eps=1e-6), torch.from_numpy(y), torch.from_numpy(mask)
+    ).item()
+    m = compute_metrics(probs, y, mask, job.space.labels)
+    return {
+        "num-examples": len(val_ds),
+        "val-loss": loss,
+        "macro-auc": _nan(m.macro_auc),
+        "micro-auc": _nan(m.micro_auc),
+    }
+
+
+def finetune_on_site(
+    job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path
+) -> tuple[dict, Path]:
+    """Fine-tune the global model locally and keep it; report test scores before and after."""
+    ft = job.experiment.finetune
+    model = global_model(job, arrays)
+    target = job.finetune_space
+    before = score(
+        model, site.dataset("val", job.space), site.dataset("test", job.space), job.space.labels
+    )
+    model, result = finetune(
+        model,
+        job.space,
+        target,
+        site.dataset("train", target),
+        site.dataset("val", target),
+        ft.mode,
+        ft.train,
+        k=ft.k,
+        progress=False,
+    )
+    after = score(model, site.dataset("val", target), site.dataset("test", target), target.labels)
+    path = save_checkpoint(
+        out_dir / "finetuned.pt",
+        model,
+        job.experiment.model_config(),
+        target,
+        job.experiment.pipeline.fingerprint,
+        job.experiment.pipeline.to_dict(),
+        site=site.name,
+        run=job.run_name,
+        before=before.to_dict(),
+        after=after.to_dict(),
+        history=result.history,
+    )
+    metrics = {
+        "num-examples": int(site.counts()["test"]),
+        "train-examples": int(site.counts()["train"]),
+        "before-macro-auc": _nan(before.macro_auc),
+        "before-macro-f1": _nan(before.macro_f1),
+        "after-macro-auc": _nan(after.macro_auc),
+        "after-macro-f1": _nan(after.macro_f1),
+    }
+    return metrics, path

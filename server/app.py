@@ -1,0 +1,102 @@
+"""ecgfl's Flower ServerApp: federated pretraining rounds, then local fine-tuning at every site.
+
+Run settings come from the run config: ``run-dir`` (absolute; checkpoints, metrics, report),
+``experiment`` (an experiment YAML; empty = defaults), ``resume`` (continue from the last
+complete round in ``run-dir``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from client.task import job_config
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.experiment import ExperimentConfig
+from common.finetune import adapt_head
+from common.labels import LabelSpace
+from server import report
+from server.rounds import (
+    MetricsLog,
+    RoundState,
+    checkpoint_path,
+    exchange,
+    latest_checkpoint,
+    run_rounds,
+)
+from server.strategies import build_strategy
+
+log = logging.getLogger("ecgfl.server")
+app = ServerApp()
+
+
+def initial_state(experiment: ExperimentConfig, space: LabelSpace) -> RoundState:
+    """Round 0: fresh weights from the seed, or a pretrained checkpoint adapted to this space."""
+    torch.manual_seed(experiment.local.seed)
+    init = experiment.federation.init_checkpoint
+    if not init:
+        model = experiment.model_config().build(n_classes=len(space))
+    else:
+        ckpt = load_checkpoint(init)
+        ckpt.require_pipeline(experiment.pipeline.fingerprint)
+        model = adapt_head(ckpt.build_model(), ckpt.space, space)
+    return RoundState(0, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_dir = Path(str(context.run_config["run-dir"]))
+    experiment = ExperimentConfig.load(str(context.run_config.get("experiment", "")) or None)
+    space = LabelSpace.load(experiment.labels)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    last = latest_checkpoint(run_dir) if context.run_config.get("resume") else None
+    if last:
+        state = RoundState.load(last)
+        log.info("resuming %s after round %d", run_dir, state.round)
+    else:
+        state = initial_state(experiment, space)
+        state.save(checkpoint_path(run_dir, 0))
+    metrics.truncate_after(state.round)
+
+    def save_global(rnd: int, arrays: dict) -> None:
+        model = experiment.model_config().build(n_classes=len(space))
+        model.load_state_dict(arrays)
+        save_checkpoint(
+            run_dir / "global_model.pt",
+            model,
+            experiment.model_config(),
+            space,
+            experiment.pipeline.fingerprint,
+            experiment.pipeline.to_dict(),
+            round=rnd,
+            run=run_dir.name,
+        )
+
+    config = job_config(experiment, run_dir.name)
+    fed = experiment.federation
+    state = run_rounds(
+        grid,
+        build_strategy(fed),
+        state,
+        fed.rounds,
+        lambda _: config.copy(),
+        fed.round_timeout_s,
+        run_dir,
+        metrics,
+        save_global,
+    )
+
+    log.info("fine-tuning the global model at every site")
+    content = RecordDict({"arrays": ArrayRecord(state.arrays), "config": config})
+    messages = [
+        Message(content=content, dst_node_id=node, message_type="train.finetune")
+        for node in grid.get_node_ids()
+    ]
+    _, per_site, failed = exchange(grid, messages, fed.round_timeout_s, state.sites)
+    metrics.write({"round": state.round, "phase": "finetune", "sites": per_site, "failed": failed})
+    report.write(run_dir, metrics.read(), experiment)

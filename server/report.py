@@ -1,0 +1,119 @@
+"""The coordinator's run report: rounds, which sites took part or failed, fine-tuning per site."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from common.experiment import ExperimentConfig
+
+
+def _fmt(value) -> str:
+    return (
+        "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    )
+
+
+def rounds_table(entries: list[dict]) -> list[dict]:
+    """One row per round: aggregated train loss and validation AUC, sites in and out."""
+    rows: dict[int, dict] = {}
+    for e in entries:
+        if e["phase"] not in ("train", "evaluate"):
+            continue
+        row = rows.setdefault(e["round"], {"round": e["round"], "failed": []})
+        agg = e.get("aggregate") or {}
+        if e["phase"] == "train":
+            row["sites"] = sorted(e["sites"])
+            row["train_loss"] = agg.get("train-loss")
+            row["seconds"] = e.get("seconds")
+        else:
+            row["val_macro_auc"] = agg.get("macro-auc")
+            row["val_loss"] = agg.get("val-loss")
+        row["failed"] += [f"{f['site']} ({f['reason']})" for f in e["failed"]]
+    return [rows[k] for k in sorted(rows)]
+
+
+def finetune_table(entries: list[dict]) -> tuple[dict[str, dict], list[dict]]:
+    last = next((e for e in reversed(entries) if e["phase"] == "finetune"), None)
+    return (last["sites"], last["failed"]) if last else ({}, [])
+
+
+def plot_rounds(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    rounds = [r["round"] for r in rows]
+    ax1.plot(rounds, [r.get("train_loss") for r in rows], "o-", label="train loss (sites' mean)")
+    ax1.plot(rounds, [r.get("val_loss") for r in rows], "s-", label="validation loss")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("loss")
+    ax2 = ax1.twinx()
+    ax2.plot(
+        rounds,
+        [r.get("val_macro_auc") for r in rows],
+        "^-",
+        color="C2",
+        label="validation macro AUC",
+    )
+    ax2.set_ylabel("macro AUC")
+    lines = ax1.get_lines() + ax2.get_lines()
+    ax1.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")
+    ax1.set_xticks(rounds)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> Path:
+    """report.md, rounds.png and summary.json in ``run_dir``."""
+    rows = rounds_table(entries)
+    sites, failed = finetune_table(entries)
+    if rows:
+        plot_rounds(rows, run_dir / "rounds.png")
+    summary = {
+        "experiment": experiment.to_dict(),
+        "rounds": rows,
+        "finetune": sites,
+        "finetune_failed": failed,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = [
+        f"# Federated run {run_dir.name}",
+        "",
+        f"Strategy {experiment.federation.strategy}, {len(rows)} rounds, model "
+        f"{experiment.model.name}, labels {experiment.labels}.",
+        "",
+        "| round | sites | train loss | val loss | val macro AUC | s | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['round']} | {len(r.get('sites', []))} | {_fmt(r.get('train_loss'))} | "
+            f"{_fmt(r.get('val_loss'))} | {_fmt(r.get('val_macro_auc'))} | "
+            f"{_fmt(r.get('seconds'))} | {'; '.join(r['failed']) or '-'} |"
+        )
+    lines += [
+        "",
+        "## Fine-tuning at each site (local test split)",
+        "",
+        "| site | train | test | global AUC | global F1 | fine-tuned AUC | fine-tuned F1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(sites):
+        m = sites[name]
+        lines.append(
+            f"| {name} | {int(m['train-examples'])} | {int(m['num-examples'])} | "
+            f"{_fmt(m['before-macro-auc'])} | {_fmt(m['before-macro-f1'])} | "
+            f"{_fmt(m['after-macro-auc'])} | {_fmt(m['after-macro-f1'])} |"
+        )
+    for f in failed:
+        lines.append(f"| {f['site']} | failed: {f['reason']} | | | | | |")
+    if rows:
+        lines += ["", "![metrics per round](rounds.png)"]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,188 @@
+"""The pretraining rounds: Flower's strategy does the sampling and aggregation; this loop adds
+what a federation of hospitals needs around it: per-site metrics, a record of which sites failed,
+and a checkpoint after every round so a stopped coordinator resumes where it was.
+
+It replaces ``Strategy.start`` (which counts rounds from 1 and keeps no state) with the same calls
+in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from server.strategies import restore_strategy_state, strategy_state
+
+log = logging.getLogger("ecgfl.server")
+SITE_RECORD = "site"  # a ConfigRecord each reply carries: {"name": site name}
+
+
+@dataclass
+class RoundState:
+    """What a resumed run needs: the global arrays after ``round`` and the strategy's state."""
+
+    round: int
+    arrays: dict[str, torch.Tensor]
+    strategy: dict = field(default_factory=dict)
+    sites: dict[int, str] = field(default_factory=dict)  # node id -> site name
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        payload = {
+            "round": self.round,
+            "arrays": self.arrays,
+            "strategy": {a: _to_torch(v) for a, v in self.strategy.items()},
+            "sites": {str(k): v for k, v in self.sites.items()},
+        }
+        torch.save(payload, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> RoundState:
+        payload = torch.load(path, weights_only=True)
+        return cls(
+            round=payload["round"],
+            arrays=payload["arrays"],
+            strategy={a: _to_numpy(v) for a, v in payload["strategy"].items()},
+            sites={int(k): v for k, v in payload["sites"].items()},
+        )
+
+
+def _to_torch(value):
+    if isinstance(value, dict):
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
+    return [torch.from_numpy(np.asarray(v)) for v in value]
+
+
+def _to_numpy(value):
+    if isinstance(value, dict):
+        return {k: v.numpy() for k, v in value.items()}
+    return [v.numpy() for v in value]
+
+
+def checkpoint_path(run_dir: Path, rnd: int) -> Path:
+    return run_dir / "checkpoints" / f"round-{rnd:04d}.pt"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob("round-*.pt"))
+    return found[-1] if found else None
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one line per phase of every round, appended as it happens."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, entry: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def truncate_after(self, rnd: int) -> None:
+        """Forget entries of rounds after ``rnd`` (a resumed run redoes them)."""
+        kept = [e for e in self.read() if e["round"] <= rnd and e["phase"] != "finetune"]
+        self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def site_name(reply: Message, known: dict[int, str]) -> str:
+    node = reply.metadata.src_node_id
+    if not reply.has_error() and SITE_RECORD in reply.content.config_records:
+        known[node] = str(reply.content.config_records[SITE_RECORD]["name"])
+    return known.get(node, f"node-{node}")
+
+
+def exchange(
+    grid: Grid, messages: list[Message], timeout: float, known: dict[int, str]
+) -> tuple[list[Message], dict[str, dict], list[dict]]:
+    """Send, wait, and sort the outcome per site: metrics of those that replied, the others' why."""
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    per_site, failed = {}, []
+    answered = set()
+    for reply in replies:
+        name = site_name(reply, known)
+        answered.add(reply.metadata.src_node_id)
+        if reply.has_error():
+            failed.append({"site": name, "reason": reply.error.reason})
+        else:
+            per_site[name] = dict(next(iter(reply.content.metric_records.values())))
+    for msg in messages:
+        if msg.metadata.dst_node_id not in answered:
+            node = msg.metadata.dst_node_id
+            failed.append(
+                {
+                    "site": known.get(node, f"node-{node}"),
+                    "reason": f"no reply within {timeout:.0f} s",
+                }
+            )
+    return replies, per_site, failed
+
+
+def run_rounds(
+    grid: Grid,
+    strategy: Strategy,
+    state: RoundState,
+    total_rounds: int,
+    train_config: Callable[[int], ConfigRecord],
+    timeout: float,
+    run_dir: Path,
+    metrics: MetricsLog,
+    on_round: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+) -> RoundState:
+    """Rounds ``state.round + 1 .. total_rounds``; returns the final state."""
+    restore_strategy_state(strategy, state.strategy)
+    arrays = ArrayRecord(state.arrays)
+    for rnd in range(state.round + 1, total_rounds + 1):
+        started = time.perf_counter()
+        log.info("round %d/%d: training", rnd, total_rounds)
+        messages = list(strategy.configure_train(rnd, arrays, train_config(rnd), grid))
+        replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
+        new_arrays, agg = strategy.aggregate_train(rnd, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        else:
+            log.warning("round %d: nothing to aggregate; global model unchanged", rnd)
+        metrics.write(
+            {
+                "round": rnd,
+                "phase": "train",
+                "sites": per_site,
+                "failed": failed,
+                "aggregate": dict(agg) if agg else None,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+        messages = list(strategy.configure_evaluate(rnd, arrays, train_config(rnd), grid))
+        if messages:
+            replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
+            agg = strategy.aggregate_evaluate(rnd, replies)
+            metrics.write(
+                {
+                    "round": rnd,
+                    "phase": "evaluate",
+                    "sites": per_site,
+                    "failed": failed,
+                    "aggregate": dict(agg) if agg else None,
+                }
+            )
+        state = RoundState(rnd, arrays.to_torch_state_dict(), strategy_state(strategy), state.sites)
+        state.save(checkpoint_path(run_dir, rnd))
+        if on_round is not None:
+            on_round(rnd, state.arrays)
+        log.info("round %d/%d done in %.1f s", rnd, total_rounds, time.perf_counter() - started)
+    return state

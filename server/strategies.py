@@ -1,0 +1,107 @@
+"""Flower strategies by name, and the state a resumed run must give back to them.
+
+Aggregation is Flower's own; this module only chooses and configures it. Flower keeps no
+strategy state across restarts, so the adaptive optimisers' moments (FedAdam/FedYogi ``m_t``,
+``v_t``) and FedAvgM's momentum are saved with each round's checkpoint and restored on resume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
+)
+
+from common.config import ConfigError
+from common.experiment import FederationSettings
+
+_STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
+
+
+def weighted_mean_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Weighted mean of each metric over the sites that define it.
+
+    Flower's default averages every key over every reply; a site without positives of some class
+    has an undefined AUC (NaN), which must not turn the federation's mean into NaN.
+    """
+    sums: dict[str, np.ndarray] = {}
+    weights: dict[str, np.ndarray] = {}
+    for record in records:
+        metrics = next(iter(record.metric_records.values()))
+        w = float(metrics[weight_key])
+        for key, value in metrics.items():
+            if key == weight_key:
+                continue
+            v = np.atleast_1d(np.asarray(value, float))
+            ok = np.isfinite(v)
+            sums[key] = sums.get(key, 0) + np.where(ok, v * w, 0.0)
+            weights[key] = weights.get(key, 0) + ok * w
+    out = MetricRecord()
+    for key, total in sums.items():
+        mean = np.where(weights[key] > 0, total / np.maximum(weights[key], 1e-12), math.nan)
+        out[key] = mean.tolist() if mean.size > 1 else float(mean[0])
+    return out
+
+
+def build_strategy(s: FederationSettings) -> Strategy:
+    if s.min_sites is None:
+        raise ConfigError("federation.min_sites is not set: how many sites must take part?")
+    common = {
+        "fraction_train": s.fraction_train,
+        "fraction_evaluate": s.fraction_evaluate,
+        "min_train_nodes": s.min_sites,
+        "min_evaluate_nodes": s.min_sites if s.fraction_evaluate > 0 else 0,
+        "min_available_nodes": s.min_sites,
+        "train_metrics_aggr_fn": weighted_mean_metrics,
+        "evaluate_metrics_aggr_fn": weighted_mean_metrics,
+    }
+    match s.strategy:
+        case "fedavg":
+            return FedAvg(**common)
+        case "fedprox":
+            return FedProx(**common, proximal_mu=s.proximal_mu)
+        case "fedadam":
+            return FedAdam(**common, eta=s.server_lr)
+        case "fedyogi":
+            return FedYogi(**common, eta=s.server_lr)
+        case "fedavgm":
+            return FedAvgM(
+                **common, server_learning_rate=s.server_lr, server_momentum=s.server_momentum
+            )
+        case "fedmedian":
+            return FedMedian(**common)
+        case "fedtrimmedavg":
+            return FedTrimmedAvg(**common, beta=s.trimmed_beta)
+        case "krum":
+            return Krum(**common, num_malicious_nodes=s.krum_malicious)
+    raise AssertionError(s.strategy)
+
+
+def strategy_state(strategy: Strategy) -> dict:
+    """The optimiser state Flower keeps in memory only, as plain arrays."""
+    state = {}
+    for attr in _STATE_ATTRS:
+        value = getattr(strategy, attr, None)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            state[attr] = {k: np.asarray(v) for k, v in value.items()}
+        else:
+            state[attr] = [np.asarray(v) for v in value]
+    return state
+
+
+def restore_strategy_state(strategy: Strategy, state: dict) -> None:
+    for attr, value in state.items():
+        setattr(strategy, attr, value)

@@ -1,0 +1,162 @@
+"""Run the federated app on Flower's Simulation Engine: a private SuperLink, then ``flwr run``.
+
+Each run gets its own SuperLink on a free loopback port, its own FLWR_HOME inside the run
+directory, and runtime dependency installation off (no network, and the installed environment is
+the one to use). Everything started here is stopped again, by process group, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+from common.config import ConfigError
+
+APP_DIR = Path(__file__).resolve().parents[1]  # the project root holds the Flower app's pyproject
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+        PYTHONWARNINGS="ignore::FutureWarning",
+    )
+    bindir = str(Path(sys.executable).parent)  # flower-superlink & co. of this environment
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process and everything it started, then SIGKILL what is left.
+
+    Members can outlive the leader (Ray's agents do), so the whole group is waited for.
+    """
+    pgid = proc.pid  # started with start_new_session: its pid is the group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (proc.poll() is None or _group_alive(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def simulation_superlink(flwr_home: Path) -> Iterator[str]:
+    """A SuperLink in simulation mode for one run; yields the connection name for ``flwr run``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "sim"\n\n[superlink.sim]\naddress = "127.0.0.1:{port}"\n'
+        "insecure = true\n"
+    )
+    log_path = flwr_home / "superlink.log"
+    command = [
+        "flower-superlink",
+        "--simulation",
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            command,
+            env=flower_env(flwr_home),
+            cwd=flwr_home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_healthy(proc, port, log_path)
+        yield "sim"
+    finally:
+        stop_process_group(proc)
+
+
+def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while True:
+        if proc.poll() is not None:
+            raise ConfigError(f"flower-superlink exited ({proc.returncode}); see {log_path}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+                return
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"flower-superlink did not start within {limit_s:.0f} s; see {log_path}"
+            )
+        time.sleep(0.3)
+
+
+def flwr_run(
+    flwr_home: Path,
+    connection: str,
+    run_config: Path,
+    num_sites: int,
+    cpus_per_site: float,
+    log_path: Path,
+    poll: Callable[[], None] | None = None,
+) -> int:
+    """``flwr run`` the app and wait for it to end, calling ``poll`` four times a second."""
+    cpus = int(cpus_per_site) if float(cpus_per_site).is_integer() else cpus_per_site
+    federation = f"num-supernodes={num_sites} client-resources-num-cpus={cpus}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                "flwr",
+                "run",
+                str(APP_DIR),
+                connection,
+                "--run-config",
+                str(run_config),
+                "--federation-config",
+                federation,
+                "--stream",
+            ],
+            env=flower_env(flwr_home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while proc.poll() is None:
+                if poll is not None:
+                    poll()
+                time.sleep(0.25)
+        finally:
+            stop_process_group(proc)
+    if poll is not None:
+        poll()
+    return proc.returncode

@@ -1,0 +1,169 @@
+"""A whole simulation, end to end: data -> virtual sites -> caches -> federation -> baselines ->
+report, all in one run directory. The federation is the real app on Flower's Simulation Engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from common.cache import SiteCache
+from common.config import ConfigError
+from common.labels import LabelSpace
+from common.site import SiteData
+from simulations import baselines, engine, report
+from simulations.config import SimulationConfig
+from simulations.partition import SourcePlan, partition, write_report
+from simulations.synth.build import write_ptbxl_like, write_tis_network
+
+log = logging.getLogger("ecgfl.simulate")
+
+
+def _synthetic(kind: str, spec, store: Path, workers: int, progress: bool) -> Path:
+    """Synthetic data is a pure function of its spec: build once per spec, reuse afterwards."""
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+    path = store / f"{kind}-{key.hexdigest()[:12]}"
+    if (path / ".complete").exists():
+        return path
+    tmp = path.with_name(path.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = write_tis_network if kind == "tis" else write_ptbxl_like
+    writer(spec, tmp, workers=workers, force=True, progress=progress)
+    (tmp / ".complete").touch()
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def source_plans(cfg: SimulationConfig, store: Path, progress: bool) -> list[SourcePlan]:
+    d, p = cfg.data, cfg.partition
+    plans = []
+    if d.tis is not None:
+        path = _synthetic("tis", d.tis, store, cfg.workers, progress)
+        plans.append(SourcePlan("tis", path, p.tis_sites, "tis", None, p.annotated.get("tis")))
+    ptbxl = None
+    if d.ptbxl:
+        ptbxl = Path(d.ptbxl)
+    elif d.ptbxl_like is not None:
+        ptbxl = _synthetic("ptbxl", d.ptbxl_like, store, cfg.workers, progress)
+    if ptbxl is not None:
+        plans.append(
+            SourcePlan(
+                "ptbxl",
+                ptbxl,
+                p.ptbxl_sites,
+                "ptbxl",
+                {"rate": d.ptbxl_rate},
+                p.annotated.get("ptbxl"),
+            )
+        )
+    return plans
+
+
+def _stage(name: str) -> None:
+    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {name}")
+
+
+def federate(
+    cfg: SimulationConfig, run_dir: Path, n_sites: int, resume: bool, progress: bool
+) -> None:
+    """The ServerApp + one ClientApp per virtual site on the Simulation Engine."""
+    run_config = run_dir / "run_config.toml"
+    run_config.write_text(
+        f'run-dir = "{run_dir}"\nexperiment = "{run_dir / "experiment.yaml"}"\n'
+        f'site-manifest = "{run_dir / "partition" / "sites.json"}"\n'
+        f"resume = {'true' if resume else 'false'}\n"
+    )
+    metrics = run_dir / "metrics.jsonl"
+    rounds = cfg.experiment.federation.rounds
+    bar = tqdm(total=rounds + 1, desc="federation", unit="round", disable=not progress)
+
+    def poll() -> None:
+        if metrics.exists():
+            entries = [json.loads(x) for x in metrics.read_text().splitlines() if x]
+            done = {e["round"] for e in entries if e["phase"] == "train"}
+            done = len(done) + any(e["phase"] == "finetune" for e in entries)
+            bar.update(done - bar.n)
+
+    flwr_home = run_dir / "flwr"
+    with engine.simulation_superlink(flwr_home) as connection:
+        code = engine.flwr_run(
+            flwr_home,
+            connection,
+            run_config,
+            n_sites,
+            cfg.cpus_per_site,
+            run_dir / "flower.log",
+            poll,
+        )
+    bar.close()
+    if code != 0 or not (run_dir / "summary.json").exists():
+        raise ConfigError(f"the federated run failed (flwr exit {code}); see {run_dir}/flower.log")
+
+
+def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
+    """Run everything; returns the report's path."""
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    store = run_dir.parent / ".data"
+    experiment = cfg.experiment
+    space = LabelSpace.load(experiment.labels)
+
+    _stage("data")
+    plans = source_plans(cfg, store, progress)
+    _stage("virtual sites")
+    manifest, counts = partition(
+        plans,
+        space,
+        cfg.partition.scheme,
+        run_dir.parent / ".cache",
+        cfg.partition.alpha,
+        cfg.partition.min_size,
+        cfg.partition.seed,
+    )
+    write_report(manifest, counts, run_dir / "partition")
+    _stage(f"{len(manifest['sites'])} sites; preparing caches")
+    for plan in plans:
+        SiteCache.prepare(
+            plan.data_dir,
+            Path(manifest["cache_dir"]),
+            experiment.pipeline,
+            plan.format,
+            workers=cfg.workers,
+            progress=progress,
+            **(plan.options or {}),
+        )
+    sites = [
+        SiteData.from_manifest(run_dir / "partition" / "sites.json", i, experiment.pipeline)
+        for i in range(len(manifest["sites"]))
+    ]
+    if experiment.federation.min_sites is None:  # every virtual site takes part
+        experiment.federation.min_sites = len(sites)
+    (run_dir / "experiment.yaml").write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
+
+    _stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
+    started = time.perf_counter()
+    federate(cfg, run_dir, len(sites), resume, progress)
+    timings = {"federation_s": round(time.perf_counter() - started, 1)}
+
+    local, central = {}, {}
+    if cfg.baselines.local_only:
+        _stage("baseline: local-only training per site")
+        started = time.perf_counter()
+        for site in tqdm(sites, desc="local-only", disable=not progress):
+            local[site.name] = baselines.local_only(experiment, site)
+        timings["local_only_s"] = round(time.perf_counter() - started, 1)
+    if cfg.baselines.centralized:
+        _stage("baseline: centralized pooled training + fine-tuning")
+        started = time.perf_counter()
+        _, central = baselines.centralized(experiment, sites)
+        timings["centralized_s"] = round(time.perf_counter() - started, 1)
+    return report.write(run_dir, sites, local, central, timings)

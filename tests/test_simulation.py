@@ -1,0 +1,161 @@
+"""The federated app end to end on Flower's Simulation Engine, with tiny data and a tiny model."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from client.task import Job, job_config, train_on_site
+from common.checkpoint import load_checkpoint
+from common.config import from_dict
+from common.experiment import ExperimentConfig
+from common.site import SiteData
+from server.rounds import RoundState, checkpoint_path
+from simulations import engine
+from simulations import run as sim
+from simulations.config import SimulationConfig
+
+TINY = {
+    "experiment": {
+        "name": "tiny",
+        "model": {"name": "ribeiro_resnet", "kwargs": {"width": 0.125}},
+        "pipeline": {"fs": 50.0, "length_s": 10.0, "lowpass_hz": 20.0},
+        "local": {"epochs": 1, "batch_size": 32},
+        "federation": {"strategy": "fedavg", "rounds": 3, "round_timeout_s": 300},
+        "finetune": {"mode": "full", "train": {"epochs": 1, "batch_size": 16}},
+    },
+    "data": {
+        "tis": {"n_records": 140, "n_hospitals": 2, "size_skew": 0.0, "seed": 3},
+        "ptbxl_like": {"n_records": 70, "n_sites": 1, "seed": 4},
+    },
+    "partition": {"min_size": 10, "annotated": {"ptbxl": ["NORM", "AFIB", "SBRAD", "STACH"]}},
+    "baselines": {"local_only": True, "centralized": True},
+    "workers": 1,
+}
+
+
+def tiny_config(**federation) -> SimulationConfig:
+    data = json.loads(json.dumps(TINY))
+    data["experiment"]["federation"].update(federation)
+    return from_dict(SimulationConfig, data, "tiny")
+
+
+def entries(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sim")
+
+
+@pytest.fixture(scope="module")
+def finished(workdir) -> Path:
+    run_dir = workdir / "full"
+    sim.run(tiny_config(), run_dir, progress=False)
+    return run_dir
+
+
+def test_every_site_trains_each_round_and_fine_tunes(finished):
+    sites = json.loads((finished / "partition" / "sites.json").read_text())["sites"]
+    names = {s["name"] for s in sites}
+    assert len(names) == 3
+    log = entries(finished)
+    for rnd in (1, 2, 3):
+        for phase in ("train", "evaluate"):
+            (entry,) = [e for e in log if e["round"] == rnd and e["phase"] == phase]
+            assert set(entry["sites"]) == names and entry["failed"] == []
+    (ft,) = [e for e in log if e["phase"] == "finetune"]
+    assert set(ft["sites"]) == names
+    for metrics in ft["sites"].values():
+        assert 0 <= metrics["after-macro-auc"] <= 1
+
+
+def test_masked_labels_stay_out_of_a_site_that_does_not_annotate_them(finished):
+    (train,) = [e for e in entries(finished) if e["round"] == 1 and e["phase"] == "train"]
+    ptbxl = train["sites"]["ptbxl-0"]
+    tis = next(m for s, m in train["sites"].items() if s.startswith("tis"))
+    labels = ["NORM", "1AVB", "CRBBB", "CLBBB", "SBRAD", "STACH", "AFIB"]
+    masked = [labels.index(x) for x in ("1AVB", "CRBBB", "CLBBB")]
+    assert all(ptbxl["annotated"][i] == 0 and ptbxl["positives"][i] == 0 for i in masked)
+    assert all(tis["annotated"][i] > 0 for i in masked)
+
+
+def test_fine_tuned_models_stay_at_their_site(finished):
+    for site in ("tis-H01", "tis-H02", "ptbxl-0"):
+        (found,) = (finished / "sites" / site).glob("*/finetuned.pt")
+        assert load_checkpoint(found).meta["site"] == site
+    summary = json.loads((finished / "summary.json").read_text())
+    assert set(summary["finetune"]) == {p.name for p in (finished / "sites").iterdir()}
+
+
+def test_report_has_every_site_and_baseline(finished):
+    text = (finished / "simulation.md").read_text()
+    for name in ("tis-H01", "ptbxl-0", "local-only", "centralized + fine-tune", "global"):
+        assert name in text
+    results = json.loads((finished / "results.json").read_text())
+    assert all(r["local_auc"] is not None and r["after_auc"] is not None for r in results["sites"])
+    assert (finished / "rounds.png").exists() and (
+        finished / "partition" / "partition.png"
+    ).exists()
+
+
+def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished):
+    """Redo each site's local training from round 0 and average with numpy."""
+    experiment = ExperimentConfig.load(finished / "experiment.yaml")
+    start = RoundState.load(checkpoint_path(finished, 0))
+    record = job_config(experiment, finished.name)
+    record["server-round"] = 1
+    job = Job.from_config(record)
+    manifest = finished / "partition" / "sites.json"
+    updates, weights = [], []
+    for i in range(3):
+        site = SiteData.from_manifest(manifest, i, experiment.pipeline)
+        state, metrics = train_on_site(job, site, ArrayRecord(start.arrays))
+        updates.append({k: v.numpy().astype(np.float64) for k, v in state.items()})
+        weights.append(metrics["num-examples"])
+    w = np.array(weights, float) / sum(weights)
+    after = RoundState.load(checkpoint_path(finished, 1)).arrays
+    for key, value in after.items():
+        if value.dtype == torch.int64:  # BatchNorm's batch counter
+            continue
+        expected = sum(wi * u[key] for wi, u in zip(w, updates, strict=True))
+        np.testing.assert_allclose(value.numpy(), expected, rtol=1e-3, atol=1e-5, err_msg=key)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_stopped_run_resumes_from_last_round_and_matches(finished, workdir, monkeypatch):
+    run_dir = workdir / "stopped"
+    real = engine.flwr_run
+
+    def stop_after_round_one(*args):
+        *rest, progress = args
+
+        def poll():
+            progress()
+            if checkpoint_path(run_dir, 1).exists():
+                raise Interrupted
+
+        return real(*rest, poll)
+
+    monkeypatch.setattr(engine, "flwr_run", stop_after_round_one)
+    with pytest.raises(Interrupted):
+        sim.run(tiny_config(), run_dir, progress=False)
+    assert not checkpoint_path(run_dir, 3).exists()
+    monkeypatch.setattr(engine, "flwr_run", real)
+    sim.run(tiny_config(), run_dir, resume=True, progress=False)
+    log = entries(run_dir)
+    assert sorted(e["round"] for e in log if e["phase"] == "train") == [1, 2, 3]
+    full = {e["round"]: e for e in entries(finished) if e["phase"] == "evaluate"}
+    resumed = {e["round"]: e for e in log if e["phase"] == "evaluate"}
+    assert resumed[2]["aggregate"]["val-loss"] == pytest.approx(
+        full[2]["aggregate"]["val-loss"], abs=0.02
+    )
+    shutil.rmtree(run_dir / "flwr", ignore_errors=True)
