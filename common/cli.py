@@ -29,6 +29,7 @@ def main(prog: str, description: str, commands: dict[str, tuple[str, str]], argv
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     try:
         return importlib.import_module(commands[args.command][0]).run(args)
     except ConfigError as exc:

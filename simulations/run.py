@@ -90,7 +90,8 @@ def federate(
             entries = [json.loads(x) for x in metrics.read_text().splitlines() if x]
             done = {e["round"] for e in entries if e["phase"] == "train"}
             done = len(done) + any(e["phase"] == "finetune" for e in entries)
-            bar.update(done - bar.n)
+            if done > bar.n:
+                bar.update(done - bar.n)
 
     flwr_home = run_dir / "flwr"
     with engine.simulation_superlink(flwr_home) as connection:
