@@ -66,4 +66,25 @@ class SimulationConfig:
 
     @classmethod
     def load(cls, path: str | Path | None) -> SimulationConfig:
-        return config.load(cls, path or DEFAULT_CONFIG)
+        """A scenario may name a ``base`` file (relative to itself) and override parts of it."""
+        path = Path(path or DEFAULT_CONFIG)
+        return config.from_dict(cls, _resolve(path), str(path))
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    data = config.load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise config.ConfigError(f"{path}: 'base' chain loops back to {base_path}")
+    return _merge(_resolve(base_path, (*seen, base_path)), data)
