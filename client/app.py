@@ -6,14 +6,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client import task
+from common.transport import to_wire
 
 app = ClientApp()
 
 
-def _reply(msg: Message, site: str, metrics: dict, arrays: dict | None = None) -> Message:
+def _reply(
+    msg: Message, site: str, metrics: dict, arrays: dict | None = None, transport: str = "float32"
+) -> Message:
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site})})
     if arrays is not None:
-        content["arrays"] = ArrayRecord(arrays)
+        content["arrays"] = to_wire(ArrayRecord(arrays), transport)
     return Message(content=content, reply_to=msg)
 
 
@@ -22,7 +25,7 @@ def train(msg: Message, context: Context) -> Message:
     job = task.Job.from_config(msg.content["config"])
     site = task.open_site(context, job.experiment)
     weights, metrics = task.train_on_site(job, site, msg.content["arrays"])
-    return _reply(msg, site.name, metrics, weights)
+    return _reply(msg, site.name, metrics, weights, job.experiment.federation.transport)
 
 
 @app.evaluate()

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from common.finetune import finetune
 from common.labels import LabelSpace
 from common.metrics import compute_metrics
 from common.models import ECGClassifier
+from common.preprocess import PipelineConfig
 from common.site import SiteData
 
 log = logging.getLogger("ecgfl.client")
@@ -94,9 +96,13 @@ def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
         raise config.ConfigError(
             "this node has no 'data-dir' in its node config and the run names no site-manifest"
         )
-    return SiteData.from_manifest(
-        Path(str(manifest)), int(node["partition-id"]), experiment.pipeline
-    )
+    return _virtual_site(Path(str(manifest)), int(node["partition-id"]), experiment.pipeline)
+
+
+@lru_cache(maxsize=256)
+def _virtual_site(manifest: Path, partition: int, pipeline: PipelineConfig) -> SiteData:
+    """The Simulation Engine reuses ClientApp processes across messages: open each site once."""
+    return SiteData.from_manifest(manifest, partition, pipeline)
 
 
 def output_dir(context: Context, site: SiteData, run_name: str) -> Path:

@@ -13,6 +13,7 @@ from common import config
 from common.models import ModelConfig
 from common.preprocess import PipelineConfig
 from common.training import TrainConfig
+from common.transport import TRANSPORTS
 
 STRATEGIES = (
     "fedavg",
@@ -52,6 +53,7 @@ class FederationSettings:
     trimmed_beta: float = 0.2  # fedtrimmedavg: share cut from each end
     krum_malicious: int = 0  # krum: sites assumed byzantine
     init_checkpoint: str | None = None  # start from these weights instead of from scratch
+    transport: str = "float32"  # or float16: half the bytes on the wire each way
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -60,6 +62,8 @@ class FederationSettings:
             raise ValueError("rounds and min_sites must be at least 1")
         if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
             raise ValueError("fraction_train must lie in (0, 1], fraction_evaluate in [0, 1]")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport={self.transport!r}: expected one of {TRANSPORTS}")
         if self.proximal_mu < 0:
             raise ValueError("proximal_mu must be >= 0")
         if self.strategy == "fedprox" and self.proximal_mu == 0:

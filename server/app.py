@@ -89,6 +89,7 @@ def main(grid: Grid, context: Context) -> None:
         run_dir,
         metrics,
         save_global,
+        fed.transport,
     )
 
     log.info("fine-tuning the global model at every site")

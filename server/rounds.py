@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.transport import from_wire, nbytes, to_wire
 from server.strategies import restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
@@ -119,8 +120,11 @@ def exchange(
         answered.add(reply.metadata.src_node_id)
         if reply.has_error():
             failed.append({"site": name, "reason": reply.error.reason})
-        else:
-            per_site[name] = dict(next(iter(reply.content.metric_records.values())))
+            continue
+        per_site[name] = dict(next(iter(reply.content.metric_records.values())))
+        for key, record in list(reply.content.array_records.items()):
+            per_site[name]["bytes-up"] = nbytes(record)
+            reply.content[key] = from_wire(record)
     for msg in messages:
         if msg.metadata.dst_node_id not in answered:
             node = msg.metadata.dst_node_id
@@ -143,14 +147,19 @@ def run_rounds(
     run_dir: Path,
     metrics: MetricsLog,
     on_round: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    transport: str = "float32",
 ) -> RoundState:
-    """Rounds ``state.round + 1 .. total_rounds``; returns the final state."""
+    """Rounds ``state.round + 1 .. total_rounds``; returns the final state.
+
+    ``transport`` float16 halves what travels; the global model itself stays float32.
+    """
     restore_strategy_state(strategy, state.strategy)
     arrays = ArrayRecord(state.arrays)
     for rnd in range(state.round + 1, total_rounds + 1):
         started = time.perf_counter()
         log.info("round %d/%d: training", rnd, total_rounds)
-        messages = list(strategy.configure_train(rnd, arrays, train_config(rnd), grid))
+        sent = to_wire(arrays, transport)
+        messages = list(strategy.configure_train(rnd, sent, train_config(rnd), grid))
         replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
@@ -164,10 +173,13 @@ def run_rounds(
                 "sites": per_site,
                 "failed": failed,
                 "aggregate": dict(agg) if agg else None,
+                "bytes-down": nbytes(sent),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
-        messages = list(strategy.configure_evaluate(rnd, arrays, train_config(rnd), grid))
+        messages = list(
+            strategy.configure_evaluate(rnd, to_wire(arrays, transport), train_config(rnd), grid)
+        )
         if messages:
             replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
             agg = strategy.aggregate_evaluate(rnd, replies)
