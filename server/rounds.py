@@ -88,7 +88,7 @@ class MetricsLog:
 
     def write(self, entry: dict) -> None:
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+            fh.write(json.dumps({**entry, "time": round(time.time(), 3)}) + "\n")
 
     def truncate_after(self, rnd: int) -> None:
         """Forget entries of rounds after ``rnd`` (a resumed run redoes them)."""

@@ -1,0 +1,240 @@
+"""Federation overhead, scaling with the number of sites, and communication per round.
+
+1. overhead: a simulation of N sites x R rounds x E local epochs against the same model trained in
+   one plain loop over the same sample-epochs, same machine, same run: wall-time ratio and where
+   the rest goes (start-up, per-round exchanges, evaluation, fine-tuning).
+2. scaling: 4, 16 and 64 virtual sites over the same total data: wall time and peak memory of
+   everything the run starts (SuperLink, ServerApp, Ray and its ClientApp workers).
+3. communication: bytes per site per round for each model, float32 and float16 transport, and
+   the macro AUC cost of float16 measured on one simulation pair.
+
+    .venv/bin/python benchmarks/bench_federation.py [--only overhead scaling communication]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from common.config import from_dict
+from common.labels import LabelSpace
+from common.models import build_model
+from common.site import SiteData
+from common.training import train
+from simulations import run as sim
+from simulations.config import SimulationConfig
+
+BASE = {
+    "experiment": {
+        "name": "bench",
+        "model": {"name": "ribeiro_resnet", "kwargs": {"width": 0.25}},
+        "local": {"epochs": 1, "batch_size": 64},
+        "federation": {"strategy": "fedavg", "rounds": 5},
+        "finetune": {"train": {"epochs": 1}},
+    },
+    "data": {"tis": {"n_records": 2400, "n_hospitals": 4, "seed": 7}, "ptbxl_like": None},
+    "partition": {"scheme": "iid", "tis_sites": 4},
+    "baselines": {"local_only": False, "centralized": False},
+}
+
+
+def config(**changes) -> SimulationConfig:
+    data = json.loads(json.dumps(BASE))
+    for path, value in changes.items():
+        node = data
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return from_dict(SimulationConfig, data, "bench")
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and every process started since (sampled from /proc)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss_of_tree(self) -> int:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        total, todo, seen = 0, [os.getpid()], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            todo += children.get(pid, [])
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                continue
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss_of_tree())
+            time.sleep(0.5)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def simulate(cfg: SimulationConfig, workdir: Path, name: str) -> tuple[Path, float, int]:
+    run_dir = workdir / name
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        sim.run(cfg, run_dir, progress=False)
+        seconds = time.perf_counter() - started
+    return run_dir, seconds, memory.peak
+
+
+def phases(run_dir: Path) -> dict[str, float]:
+    """Where a run's federation time went, from metrics.jsonl time stamps."""
+    entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [e for e in entries if e["phase"] == "train"]
+    evaluate = [e for e in entries if e["phase"] == "evaluate"]
+    finetune = next(e for e in entries if e["phase"] == "finetune")
+    started = (run_dir / "run_config.toml").stat().st_mtime
+    first = train[0]["time"] - train[0]["seconds"]
+    eval_s = sum(ev["time"] - tr["time"] for tr, ev in zip(train, evaluate, strict=True))
+    return {
+        "start-up (SuperLink, ServerApp, Ray)": first - started,
+        "train exchanges": sum(e["seconds"] for e in train),
+        "evaluate exchanges": eval_s,
+        "fine-tune exchange": finetune["time"] - evaluate[-1]["time"],
+    }
+
+
+def overhead(workdir: Path) -> None:
+    cfg = config()
+    run_dir, _, _ = simulate(cfg, workdir, "overhead")
+    fed_s = json.loads((run_dir / "results.json").read_text())["timings"]["federation_s"]
+    manifest = run_dir / "partition" / "sites.json"
+    experiment = cfg.experiment
+    space = LabelSpace.load(experiment.labels)
+    sites = [SiteData.from_manifest(manifest, i, experiment.pipeline) for i in range(4)]
+    pooled = ConcatDataset([s.dataset("train", space) for s in sites])
+    torch.manual_seed(0)
+    model = experiment.model_config().build(n_classes=len(space))
+    epochs = experiment.federation.rounds * experiment.local.epochs
+    started = time.perf_counter()
+    train(model, pooled, None, replace(experiment.local, epochs=epochs), progress=False)
+    plain_s = time.perf_counter() - started
+    parts = phases(run_dir)
+    print("\n## 1. federation overhead")
+    print(
+        f"4 sites x {experiment.federation.rounds} rounds x {experiment.local.epochs} epoch, "
+        f"{len(pooled)} training records, ribeiro_resnet width 0.25, 100 Hz x 10 s"
+    )
+    print(
+        f"plain loop, same sample-epochs ({torch.get_num_threads()} torch threads): {plain_s:.1f} s"
+    )
+    print(f"federated (flwr run, whole): {fed_s:.1f} s  -> ratio {fed_s / plain_s:.2f}")
+    print(
+        f"federated train exchanges only: {parts['train exchanges']:.1f} s -> ratio "
+        f"{parts['train exchanges'] / plain_s:.2f}"
+    )
+    for name, seconds in parts.items():
+        print(f"  {name:40s} {seconds:7.1f} s")
+
+
+def scaling(workdir: Path) -> None:
+    print("\n## 3. scaling over the same 2400 records (iid), 5 rounds")
+    print("| sites | wall time of the run (s) | federation (s) | peak memory (GB) |")
+    print("|---|---|---|---|")
+    for n in (4, 16, 64):
+        cfg = config(**{"partition.tis_sites": n})
+        run_dir, seconds, peak = simulate(cfg, workdir, f"scale-{n}")
+        fed_s = json.loads((run_dir / "results.json").read_text())["timings"]["federation_s"]
+        print(f"| {n} | {seconds:.1f} | {fed_s:.1f} | {peak / 2**30:.2f} |")
+
+
+def communication(workdir: Path) -> None:
+    print("\n## 4. communication: model bytes per site per round (each way)")
+    print("| model | parameters + buffers | float32 | float16 |")
+    print("|---|---|---|---|")
+    for name, kwargs in (
+        ("ribeiro_resnet", {}),
+        ("ribeiro_resnet", {"width": 0.25}),
+        ("xresnet1d50", {}),
+        ("inception1d", {}),
+    ):
+        model = build_model(name, n_classes=7, input_length=1000, **kwargs)
+        floats = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+        ints = sum(
+            t.numel() * t.element_size()
+            for t in model.state_dict().values()
+            if not t.is_floating_point()
+        )
+        label = name + (f" width {kwargs['width']}" if kwargs else "")
+        print(
+            f"| {label} | {floats:,} | {(4 * floats + ints) / 2**20:.2f} MiB | "
+            f"{(2 * floats + ints) / 2**20:.2f} MiB |"
+        )
+    aucs = {}
+    for transport in ("float32", "float16"):
+        cfg = config(**{"experiment.federation.transport": transport})
+        run_dir, _, _ = simulate(cfg, workdir, f"transport-{transport}")
+        entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [e for e in entries if e["phase"] == "evaluate"][-1]
+        train = [e for e in entries if e["phase"] == "train"][-1]
+        up = sum(s["bytes-up"] for s in train["sites"].values()) / len(train["sites"])
+        aucs[transport] = last["aggregate"]["macro-auc"]
+        print(
+            f"{transport}: measured {train['bytes-down'] / 2**20:.2f} MiB down and "
+            f"{up / 2**20:.2f} MiB up per site per round; final validation macro AUC "
+            f"{aucs[transport]:.4f}"
+        )
+    print(f"float16 - float32 macro AUC: {aucs['float16'] - aucs['float32']:+.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("overhead", "scaling", "communication"),
+        default=["overhead", "scaling", "communication"],
+    )
+    parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temp dir)")
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        for part in args.only:
+            {"overhead": overhead, "scaling": scaling, "communication": communication}[part](
+                workdir
+            )
+
+
+if __name__ == "__main__":
+    main()
