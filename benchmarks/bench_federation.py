@@ -131,8 +131,8 @@ def phases(run_dir: Path) -> dict[str, float]:
     }
 
 
-def overhead(workdir: Path) -> None:
-    cfg = config()
+def overhead(workdir: Path, rounds: int, epochs: int) -> None:
+    cfg = config(**{"experiment.federation.rounds": rounds, "experiment.local.epochs": epochs})
     run_dir, _, _ = simulate(cfg, workdir, "overhead")
     fed_s = json.loads((run_dir / "results.json").read_text())["timings"]["federation_s"]
     manifest = run_dir / "partition" / "sites.json"
@@ -223,6 +223,8 @@ def main() -> None:
         default=["overhead", "scaling", "communication"],
     )
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--rounds", type=int, default=10, help="overhead run: rounds")
+    parser.add_argument("--epochs", type=int, default=2, help="overhead run: local epochs")
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -230,10 +232,12 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
-        for part in args.only:
-            {"overhead": overhead, "scaling": scaling, "communication": communication}[part](
-                workdir
-            )
+        if "overhead" in args.only:
+            overhead(workdir, args.rounds, args.epochs)
+        if "scaling" in args.only:
+            scaling(workdir)
+        if "communication" in args.only:
+            communication(workdir)
 
 
 if __name__ == "__main__":
