@@ -13,8 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from common.evaluation import score
+from common.experiment import FinetuneSettings
 from common.labels import LabelSpace
+from common.metrics import Metrics
 from common.models import ECGClassifier
+from common.site import SiteData
 from common.training import TrainConfig, TrainResult, train
 
 MODES = ("full", "head", "last_k", "discriminative")
@@ -109,3 +113,27 @@ def finetune(
         for p in model.parameters():
             p.requires_grad_(True)
     return model, result
+
+
+def finetune_at_site(
+    model: ECGClassifier,
+    site: SiteData,
+    old_space: LabelSpace,
+    new_space: LabelSpace,
+    settings: FinetuneSettings,
+) -> tuple[ECGClassifier, TrainResult, Metrics]:
+    """Fine-tune on a site's training split (validation split for early stopping and F1
+    thresholds) and score the result on its test split."""
+    val = site.dataset("val", new_space)
+    model, result = finetune(
+        model,
+        old_space,
+        new_space,
+        site.dataset("train", new_space),
+        val,
+        settings.mode,
+        settings.train,
+        k=settings.k,
+        progress=False,
+    )
+    return model, result, score(model, val, site.dataset("test", new_space), new_space.labels)

@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset
 
 from common.evaluation import score
 from common.experiment import ExperimentConfig
-from common.finetune import finetune
+from common.finetune import finetune_at_site
 from common.labels import LabelSpace
 from common.metrics import Metrics
 from common.models import ECGClassifier
@@ -70,18 +70,5 @@ def centralized(
     for site in sites:
         local = _fresh_model(experiment, space)
         local.load_state_dict(state)
-        local, _ = finetune(
-            local,
-            space,
-            target,
-            site.dataset("train", target),
-            site.dataset("val", target),
-            ft.mode,
-            ft.train,
-            k=ft.k,
-            progress=False,
-        )
-        results[site.name] = score(
-            local, site.dataset("val", target), site.dataset("test", target), target.labels
-        )
+        _, _, results[site.name] = finetune_at_site(local, site, space, target, ft)
     return model, results
