@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -137,6 +137,19 @@ def exchange(
     return replies, per_site, failed
 
 
+def same_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
+    """Aggregation is a weighted sum, which turns integer arrays (BatchNorm's batch counters)
+    into floats: give every array back the dtype the model has, so what the sites receive is
+    exactly the model's own state."""
+    out = {}
+    for key, array in new.items():
+        value, want = array.numpy(), np.dtype(old[key].dtype)
+        if np.issubdtype(want, np.integer):
+            value = np.rint(value)
+        out[key] = Array(value.astype(want, copy=False))
+    return ArrayRecord(out)
+
+
 def run_rounds(
     grid: Grid,
     strategy: Strategy,
@@ -163,7 +176,7 @@ def run_rounds(
         replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
-            arrays = new_arrays
+            arrays = same_dtypes(new_arrays, arrays)
         else:
             log.warning("round %d: nothing to aggregate; global model unchanged", rnd)
         metrics.write(

@@ -77,3 +77,21 @@ def test_scenario_base_overrides_only_what_it_names():
     assert cfg.experiment.federation.strategy == "fedprox"
     assert cfg.partition.scheme == "dirichlet"  # from label_skew.yaml
     assert cfg.data.tis.n_hospitals == 6  # from default.yaml
+
+
+def test_aggregated_arrays_keep_the_models_dtypes():
+    from flwr.app import ArrayRecord
+
+    from server.rounds import same_dtypes
+
+    old = ArrayRecord({"w": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(10)})
+    averaged = ArrayRecord(
+        {
+            "w": torch.ones(3, dtype=torch.float64),
+            "bn.num_batches_tracked": torch.tensor(11.6, dtype=torch.float64),
+        }
+    )
+    out = same_dtypes(averaged, old)
+    assert out["w"].dtype == "float32"
+    assert out["bn.num_batches_tracked"].dtype == "int64"
+    assert out["bn.num_batches_tracked"].numpy() == 12
