@@ -9,6 +9,9 @@ from common import cli
 COMMANDS = {
     "check": ("client.commands.check", "check a folder of ECG records without modifying it"),
     "prepare": ("client.commands.prepare", "preprocess a site's records into its local cache"),
+    "finetune": ("client.commands.finetune", "fine-tune a model on this site's data and keep it"),
+    "predict": ("client.commands.predict", "per-label probabilities for ECG record files"),
+    "export": ("client.commands.export", "export a model to ONNX, verified with onnxruntime"),
 }
 
 

@@ -219,6 +219,7 @@ def finetune_on_site(
         job.experiment.pipeline.to_dict(),
         site=site.name,
         run=job.run_name,
+        thresholds=after.thresholds(),
         before=before.to_dict(),
         after=after.to_dict(),
         history=result.history,

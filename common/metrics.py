@@ -83,6 +83,10 @@ class Metrics:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def thresholds(self) -> dict[str, float]:
+        """Per-class decision thresholds chosen on validation (for checkpoints and predict)."""
+        return {k: c["threshold"] for k, c in self.per_class.items() if c["threshold"] is not None}
+
     def flat(self, prefix: str = "") -> dict[str, float | list[float]]:
         """Scalars and float lists only (Flower's MetricRecord); unscorable values are omitted."""
         out: dict[str, float | list[float]] = {f"{prefix}n_samples": float(self.n_samples)}

@@ -26,7 +26,7 @@ from simulations.synth.build import write_ptbxl_like, write_tis_network
 log = logging.getLogger("ecgfl.simulate")
 
 
-def _synthetic(kind: str, spec, store: Path, workers: int, progress: bool) -> Path:
+def synthetic_source(kind: str, spec, store: Path, workers: int, progress: bool) -> Path:
     """Synthetic data is a pure function of its spec: build once per spec, reuse afterwards."""
     key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
     path = store / f"{kind}-{key.hexdigest()[:12]}"
@@ -46,13 +46,13 @@ def source_plans(cfg: SimulationConfig, store: Path, progress: bool) -> list[Sou
     d, p = cfg.data, cfg.partition
     plans = []
     if d.tis is not None:
-        path = _synthetic("tis", d.tis, store, cfg.workers, progress)
+        path = synthetic_source("tis", d.tis, store, cfg.workers, progress)
         plans.append(SourcePlan("tis", path, p.tis_sites, "tis", None, p.annotated.get("tis")))
     ptbxl = None
     if d.ptbxl:
         ptbxl = Path(d.ptbxl)
     elif d.ptbxl_like is not None:
-        ptbxl = _synthetic("ptbxl", d.ptbxl_like, store, cfg.workers, progress)
+        ptbxl = synthetic_source("ptbxl", d.ptbxl_like, store, cfg.workers, progress)
     if ptbxl is not None:
         plans.append(
             SourcePlan(

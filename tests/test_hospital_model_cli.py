@@ -1,0 +1,160 @@
+"""The hospital's model commands: fine-tune on the site's folder, predict record files, export."""
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from client import cli
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.labels import LabelSpace
+from common.models import ModelConfig
+from common.preprocess import PipelineConfig
+from simulations.synth import PtbxlLikeSpec, write_ptbxl_like
+from simulations.synth.writers import write_tis_record
+
+SPACE = LabelSpace.load("seed6")
+PIPELINE = PipelineConfig(fs=50.0, length_s=10.0, lowpass_hz=20.0)
+
+
+def hospital(*argv: str) -> tuple[int, str]:
+    """Run ``ecgfl-hospital`` and return its exit code and standard output."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue()
+
+
+def tis_csv(path, seconds: float, fs: int = 500):
+    t = np.arange(int(seconds * fs)) / fs
+    signal = np.stack([np.sin(2 * np.pi * (1 + k / 12) * t) for k in range(12)]).astype(np.float32)
+    header = {"sampling_rate": fs, "hospital": "H01", "patient_id": "P1", "diagnosis": "1.1"}
+    write_tis_record(path, signal, header)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("hospital")
+
+
+@pytest.fixture(scope="module")
+def site(workdir):
+    root = workdir / "site"
+    write_ptbxl_like(PtbxlLikeSpec(n_records=60, n_sites=1, seed=4), root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def global_model(workdir):
+    """An untrained 'federated' model: the commands' behaviour, not its accuracy, is tested."""
+    cfg = PIPELINE
+    model_cfg = ModelConfig(kwargs={"width": 0.125}, input_length=cfg.length, fs=cfg.fs)
+    torch.manual_seed(0)
+    model = model_cfg.build(n_classes=len(SPACE))
+    return save_checkpoint(
+        workdir / "global.pt", model, model_cfg, SPACE, cfg.fingerprint, cfg.to_dict(), round=3
+    )
+
+
+@pytest.fixture(scope="module")
+def finetuned(workdir, site, global_model):
+    out = workdir / "finetuned.pt"
+    code, printed = hospital(
+        "finetune", "--model", global_model, "--data", site, "--cache", workdir / "cache",
+        "--epochs", 1, "--batch-size", 16, "--out", out,
+    )  # fmt: skip
+    assert code == 0
+    return out, printed
+
+
+def test_finetune_saves_a_checkpoint_and_prints_test_scores_before_and_after(finetuned):
+    path, printed = finetuned
+    assert "before and after fine-tuning" in printed and f"saved {path}" in printed
+    assert "macro AUC" in printed and "AFIB" in printed
+    ckpt = load_checkpoint(path)
+    assert ckpt.space == SPACE and ckpt.pipeline_fingerprint == PIPELINE.fingerprint
+    assert set(ckpt.meta["thresholds"]) == set(SPACE.labels)  # chosen on validation
+    assert ckpt.meta["finetune"]["mode"] == "full" and ckpt.meta["site"] == "site"
+    assert {"before", "after", "history"} <= set(ckpt.meta)
+
+
+def test_finetune_refuses_a_model_trained_on_another_pipeline(workdir, site, global_model):
+    ckpt = load_checkpoint(global_model)
+    other = save_checkpoint(
+        workdir / "other.pt",
+        ckpt.build_model(),
+        ckpt.model_cfg,
+        SPACE,
+        "0123456789abcdef",
+        ckpt.pipeline_config,
+    )
+    code, _ = hospital("finetune", "--model", other, "--data", site, "--cache", workdir / "cache")
+    assert code == 2
+
+
+def test_predict_real_ptbxl_and_cinc_files_with_the_stored_thresholds(
+    finetuned, ptbxl_sample, cinc_sample
+):
+    records = [
+        ptbxl_sample / "records100/00000/00001_lr.hea",
+        ptbxl_sample / "records500/00000/00001_hr",  # a WFDB record by name, no extension
+        cinc_sample / "E07500.mat",
+    ]
+    code, printed = hospital("predict", "--model", finetuned[0], *records, "--json")
+    assert code == 0
+    report = json.loads(printed)
+    assert report["threshold_source"] == "per-class thresholds stored in the checkpoint"
+    assert [r["source"] for r in report["records"]] == ["ptbxl", "ptbxl", "cinc"]
+    for r in report["records"]:
+        assert list(r["probabilities"]) == list(SPACE.labels)
+        assert all(0 <= p <= 1 for p in r["probabilities"].values())
+        assert r["windows"] == 1 and r["duration_s"] == 10
+
+
+def test_a_bad_record_is_reported_and_the_others_are_still_predicted(workdir, global_model):
+    good = tis_csv(workdir / "long.csv", seconds=25)
+    short = tis_csv(workdir / "short.csv", seconds=1)
+    corrupt = workdir / "corrupt.csv"
+    corrupt.write_text("sampling_rate: 500\nthis is not an ECG\n")
+    code, printed = hospital("predict", "--model", global_model, corrupt, good, short, "--json")
+    assert code == 1
+    corrupt_r, good_r, short_r = json.loads(printed)["records"]
+    assert corrupt_r["error"].endswith(
+        "corrupt.csv: line 2: expected 'key: value' - record corrupt skipped"
+    )
+    assert "1.00 s long" in short_r["error"]
+    # 25 s in 10 s windows half a window apart: 0-10, 5-15, 10-20, 15-25.
+    assert good_r["windows"] == 4 and good_r["source"] == "tis"
+
+
+def test_predict_without_stored_thresholds_says_it_uses_one_half(workdir, global_model):
+    record = tis_csv(workdir / "plain.csv", seconds=10)
+    code, printed = hospital("predict", "--model", global_model, record)
+    assert code == 0
+    assert "no thresholds: 0.5 for every label" in printed and "plain.csv:" in printed
+
+
+def test_export_writes_onnx_that_matches_pytorch(workdir, finetuned):
+    out = workdir / "model.onnx"
+    code, printed = hospital("export", "--model", finetuned[0], "--onnx", out)
+    assert code == 0 and "verified: onnxruntime matches PyTorch within 0.0001" in printed
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.zeros((3, 12, PIPELINE.length), np.float32)
+    assert session.run(None, {"ecg": x})[0].shape == (3, len(SPACE))
+
+
+def test_a_truncated_wfdb_signal_file_is_a_per_record_error(workdir, global_model, ptbxl_sample):
+    cut = workdir / "cut"
+    cut.mkdir()
+    for ext in (".hea", ".dat"):
+        shutil.copy(ptbxl_sample / f"records100/00000/00001_lr{ext}", cut)
+    data = (cut / "00001_lr.dat").read_bytes()
+    (cut / "00001_lr.dat").write_bytes(data[: len(data) // 2])
+    code, printed = hospital("predict", "--model", global_model, cut / "00001_lr.hea", "--json")
+    assert code == 1 and "truncated" in json.loads(printed)["records"][0]["error"]
