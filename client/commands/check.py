@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common.sitecheck import check_site
-
 from common.labels import LabelSpace
+from common.sitecheck import check_site
 from common.sources import FORMATS
 
 
