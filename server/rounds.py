@@ -146,7 +146,7 @@ def same_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
         value, want = array.numpy(), np.dtype(old[key].dtype)
         if np.issubdtype(want, np.integer):
             value = np.rint(value)
-        out[key] = Array(value.astype(want, copy=False))
+        out[key] = Array(np.asarray(value, dtype=want))  # rint of a 0-d array is a scalar
     return ArrayRecord(out)
 
 
