@@ -68,6 +68,13 @@ class SiteReport:
         return "\n".join(lines)
 
 
+def _mapped(code: str, known: set[str], hierarchical: bool) -> bool:
+    """Whether ``code`` means a label; in a hierarchical coding '3.2.1.4' is mapped by '3.2.1'."""
+    if code in known:
+        return True
+    return hierarchical and any(code.startswith(k + ".") for k in known)
+
+
 def check_site(
     root: Path, fmt: str | None = None, space: LabelSpace | None = None, rate: int | None = None
 ) -> SiteReport:
@@ -95,7 +102,8 @@ def check_site(
         positives += y
         annotated += mask
         known = space.known_codes(rec.coding)
-        unmapped.update(c for c in rec.codes if c not in known)
+        nested = rec.coding in space.hierarchical
+        unmapped.update(c for c in rec.codes if not _mapped(c, known, nested))
         rates[f"{rec.fs:g}"] += 1
         durations.append(rec.duration_s)
         for lead, std in zip(LEADS, rec.signal.std(axis=1), strict=True):

@@ -22,8 +22,8 @@ def looks_like(root: Path) -> bool:
     index = root / INDEX
     if not index.is_file():
         return False
-    with open(index) as fh:
-        return "hospital" in fh.readline().split(",")
+    with open(index, encoding="utf-8-sig", errors="replace") as fh:
+        return "hospital" in [name.strip().strip('"') for name in fh.readline().split(",")]
 
 
 def _codes(text) -> tuple[str, ...]:
@@ -41,12 +41,16 @@ def scan(root: Path) -> Scan:
     missing = [c for c in REQUIRED if c not in index.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {missing}")
-    refs, problems = [], []
+    refs, problems, seen = [], [], set()
     for row in index.to_dict("records"):
         record_id = row["record_id"].strip()
         if not record_id or not row["file"].strip():
             problems.append(RecordError(record_id or "?", path, "row without record_id or file"))
             continue
+        if record_id in seen:  # records are named by id downstream: a repeat would be ambiguous
+            problems.append(RecordError(record_id, path, f"record_id {record_id!r} repeated"))
+            continue
+        seen.add(record_id)
         extra = {k: v for k, v in row.items() if k not in REQUIRED and v != ""}
         meta = {
             "patient_id": row["patient_id"].strip() or None,
@@ -64,7 +68,7 @@ def _split_header(record_id: str, path: Path) -> tuple[dict[str, str], int, list
     """(key: value header, number of lines before the lead row, lead names)."""
     header: dict[str, str] = {}
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: Excel starts files with a BOM
             for n, line in enumerate(fh):
                 if "," in line:
                     return header, n, [name.strip() for name in line.split(",")]
@@ -93,7 +97,7 @@ def read_record(ref: RecordRef) -> Record:
     except ValueError:
         reason = f"sampling_rate {header['sampling_rate']!r} is not a number"
         raise RecordError(rid, path, reason) from None
-    if fs <= 0:
+    if not np.isfinite(fs) or fs <= 0:
         raise RecordError(rid, path, f"sampling_rate {fs} must be positive")
     scale = _UNITS.get(header["units"].lower())
     if scale is None:
@@ -108,15 +112,19 @@ def read_record(ref: RecordRef) -> Record:
             engine="c",
             skip_blank_lines=True,
         )
+    except pd.errors.EmptyDataError:  # a ValueError too: must come first
+        raise RecordError(rid, path, "no samples") from None
     except (ValueError, pd.errors.ParserError) as exc:
         raise RecordError(rid, path, f"non-numeric or ragged samples ({exc})") from exc
-    except pd.errors.EmptyDataError:
-        raise RecordError(rid, path, "no samples") from None
     if table.shape[1] != len(names):
         raise RecordError(rid, path, f"{table.shape[1]} sample columns for {len(names)} leads")
-    signal = table.to_numpy()[:, order].T * scale
-    if not np.isfinite(signal).all():
-        raise RecordError(rid, path, "NaN or infinite samples")
+    samples = table.to_numpy()
+    bad = np.argwhere(~np.isfinite(samples))
+    if len(bad):  # a short row reads as NaN too, hence "missing"
+        row, col = bad[0]
+        reason = f"sample row {row + 1}, lead {names[col]}: missing, NaN or infinite value"
+        raise RecordError(rid, path, reason)
+    signal = samples[:, order].T * scale
     codes = _codes(header["diagnosis"])
     meta = {k: v for k, v in ref.meta.items() if k not in ("codes", "coding", "patient_id", "site")}
     meta.update({k: v for k, v in header.items() if k not in HEADER_KEYS and k not in meta})

@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.config import ConfigError
+from common.labels import LabelSpace
+from simulations.partition import SourcePlan, assign_sites, partition, write_report
+from simulations.synth import PtbxlLikeSpec, TisNetworkSpec, write_ptbxl_like, write_tis_network
+
+SPACE = LabelSpace.load("seed6")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    write_tis_network(
+        TisNetworkSpec(n_records=240, n_hospitals=5, seed=11), root / "tis", progress=False
+    )
+    write_ptbxl_like(
+        PtbxlLikeSpec(n_records=120, n_sites=3, seed=12), root / "ptbxl", progress=False
+    )
+    return root
+
+
+def table(manifest: dict) -> pd.DataFrame:
+    rows = [
+        (s["name"], split, rid)
+        for s in manifest["sites"]
+        for split, ids in s["records"].items()
+        for rid in ids
+    ]
+    return pd.DataFrame(rows, columns=["site", "split", "record_id"])
+
+
+def test_mixed_natural_scenario_keeps_hospitals_and_patients_whole(sources, tmp_path):
+    plans = [
+        SourcePlan("tis", sources / "tis", 3, "tis"),
+        SourcePlan("ptbxl", sources / "ptbxl", None, "ptbxl", {"rate": 100}),
+    ]
+    manifest, counts = partition(plans, SPACE, "natural", tmp_path / "cache", min_size=10)
+    names = [s["name"] for s in manifest["sites"]]
+    assert sum(n.startswith("tis-") for n in names) == 3  # 5 hospitals merged down to 3
+    assert sum(n.startswith("ptbxl-") for n in names) == 3
+    index = pd.read_csv(sources / "tis" / "index.csv", dtype=str)
+    t = table(manifest).merge(index[["record_id", "patient_id"]], on="record_id")
+    assert t.groupby("patient_id")["site"].nunique().max() == 1
+    assert t.groupby("patient_id")["split"].nunique().max() == 1
+    assert counts["records"].sum() == 360
+
+
+def test_ptbxl_like_sites_use_folds_for_validation_and_test(sources, tmp_path):
+    manifest, _ = partition(
+        [SourcePlan("ptbxl", sources / "ptbxl", None, "ptbxl", {"rate": 100})],
+        SPACE,
+        "natural",
+        tmp_path / "cache",
+        min_size=10,
+    )
+    db = pd.read_csv(sources / "ptbxl" / "ptbxl_database.csv")
+    fold = dict(zip(db.ecg_id.astype(str), db.strat_fold, strict=True))
+    t = table(manifest)
+    assert {fold[r] for r in t[t.split == "test"].record_id} == {10}
+    assert {fold[r] for r in t[t.split == "val"].record_id} == {9}
+
+
+def _frame(n_patients: int, labels: list[str]) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "record_id": [str(i) for i in range(n_patients)],
+            "patient_id": [f"p{i}" for i in range(n_patients)],
+            "site": "all",
+            "primary": rng.choice(labels, n_patients),
+        }
+    )
+
+
+def test_iid_sites_are_balanced_and_quantity_skew_is_not():
+    frame = _frame(600, ["NORM", "AFIB"])
+    iid = assign_sites(frame, "iid", 6, 0.5, 0, np.random.default_rng(1)).value_counts()
+    assert iid.max() - iid.min() <= 1
+    qty = assign_sites(frame, "quantity", 6, 0.3, 0, np.random.default_rng(1)).value_counts()
+    assert len(qty) == 6 and qty.max() > 2 * qty.min()
+
+
+def test_dirichlet_label_skew_concentrates_labels():
+    frame = _frame(2000, ["NORM", "AFIB", "CLBBB", "SBRAD"])
+    sites = assign_sites(frame, "dirichlet", 4, 0.1, 0, np.random.default_rng(2))
+    share = pd.crosstab(sites, frame["primary"], normalize="columns")
+    assert (share.max() > 0.6).all()  # with alpha 0.1 most of a label sits at one site
+    iid = assign_sites(frame, "iid", 4, 0.1, 0, np.random.default_rng(2))
+    assert (pd.crosstab(iid, frame["primary"], normalize="columns").max() < 0.35).all()
+
+
+def test_report_writes_manifest_counts_and_heatmap(sources, tmp_path):
+    with pytest.raises(ConfigError, match="needs a number of sites"):
+        partition([SourcePlan("tis", sources / "tis", None, "tis")], SPACE, "iid", tmp_path)
+    manifest, counts = partition(
+        [SourcePlan("tis", sources / "tis", 4, "tis")], SPACE, "iid", tmp_path / "cache"
+    )
+    write_report(manifest, counts, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "sites.json").read_text())["scheme"] == "iid"
+    totals = json.loads((tmp_path / "out" / "partition.json").read_text())
+    assert len(totals) == 4 and sum(t["records"] for t in totals.values()) == 240
+    assert (tmp_path / "out" / "partition.png").stat().st_size > 1000
