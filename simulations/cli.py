@@ -10,6 +10,7 @@ COMMANDS = {
     "synth": ("simulations.synth.command", "write a synthetic TIS-like or PTB-XL-like dataset"),
     "partition": ("simulations.commands.partition", "split sources into virtual sites"),
     "run": ("simulations.commands.run", "run a whole simulation: data, sites, federation, report"),
+    "models": ("simulations.commands.models", "parameters and FLOPs of every registered model"),
     "centralized": (
         "simulations.commands.centralized",
         "the paper's pretrain/fine-tune experiment",
