@@ -85,6 +85,14 @@ def test_masked_labels_stay_out_of_a_site_that_does_not_annotate_them(finished):
     assert all(tis["annotated"][i] > 0 for i in masked)
 
 
+def test_fine_tuning_replies_carry_metrics_only(finished):
+    log = entries(finished)
+    (ft,) = [e for e in log if e["phase"] == "finetune"]
+    train = [e for e in log if e["phase"] == "train"]
+    assert all("bytes-up" in m for e in train for m in e["sites"].values())
+    assert not any("bytes-up" in m for m in ft["sites"].values())  # no arrays came back
+
+
 def test_fine_tuned_models_stay_at_their_site(finished):
     for site in ("tis-H01", "tis-H02", "ptbxl-0"):
         (found,) = (finished / "sites" / site).glob("*/finetuned.pt")
