@@ -128,10 +128,17 @@ def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
     return model
 
 
-def train_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> tuple[dict, dict]:
-    """Local epochs from the global weights; returns (new weights, metrics for the reply)."""
+def train_on_site(
+    job: Job, site: SiteData, arrays: ArrayRecord, flip_labels: bool = False
+) -> tuple[dict, dict]:
+    """Local epochs from the global weights; returns (new weights, metrics for the reply).
+
+    ``flip_labels`` is the label-flipping attack (``client.attack``: simulated sites only).
+    """
     model = global_model(job, arrays)
     train_ds = site.dataset("train", job.space)
+    if flip_labels:
+        train_ds.y = train_ds.mask * (1 - train_ds.y)
     cfg = replace(
         job.experiment.local,
         proximal_mu=job.proximal_mu,
@@ -147,7 +154,25 @@ def train_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> tuple[dict, 
         "positives": train_ds.y.sum(0).tolist(),
         "annotated": train_ds.mask.sum(0).tolist(),
     }
+    clip = job.experiment.federation.update_clip_norm
+    if clip is not None:
+        return clip_update(model.state_dict(), arrays.to_torch_state_dict(), clip), metrics
     return model.state_dict(), metrics
+
+
+def clip_update(new: dict, old: dict, max_norm: float) -> dict:
+    """``old + (new - old) * min(1, max_norm / ||new - old||)``: one site's step is bounded.
+
+    The L2 norm runs over every floating-point tensor (weights and normalisation statistics);
+    integer buffers (BatchNorm's batch counter) pass through.
+    """
+    floats = [k for k, v in new.items() if v.is_floating_point()]
+    norm = torch.sqrt(sum(((new[k] - old[k]).double() ** 2).sum() for k in floats)).item()
+    scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    clipped = dict(new)
+    for k in floats:
+        clipped[k] = (old[k] + (new[k] - old[k]) * scale).to(new[k].dtype)
+    return clipped
 
 
 def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> dict:

@@ -38,6 +38,41 @@ class ModelSettings:
 
 
 @dataclass
+class PrivacySettings:
+    """Central differential privacy on the sites' updates (DP-FedAvg, McMahan et al. 2018).
+
+    Each site's update w_local - w_global is clipped to ``clipping_norm`` (by the site, or by the
+    coordinator), and Gaussian noise of std noise_multiplier * clipping_norm / n is added to the
+    mean of the n updates. The guarantee is per site (one whole hospital in or out), not per ECG.
+    """
+
+    noise_multiplier: float = 0.0  # 0 = no DP (unless target_epsilon sets it)
+    target_epsilon: float | None = None  # instead of noise_multiplier: spend this over all rounds
+    clipping_norm: float = 1.0
+    clipping: str = "client"  # "client": each site clips before replying; "server": coordinator
+    delta: float = 1e-5
+    max_epsilon: float | None = None  # budget: no round starts that would take epsilon past it
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0 or self.target_epsilon is not None
+
+    def validate(self) -> None:
+        if self.noise_multiplier < 0 or self.clipping_norm <= 0:
+            raise ValueError("noise_multiplier must be >= 0 and clipping_norm > 0")
+        if self.target_epsilon is not None and (
+            self.target_epsilon <= 0 or self.noise_multiplier > 0
+        ):
+            raise ValueError("target_epsilon must be > 0, and not given with noise_multiplier")
+        if self.clipping not in ("client", "server"):
+            raise ValueError(f"clipping={self.clipping!r}: expected client or server")
+        if not 0 < self.delta < 1:
+            raise ValueError("delta must lie in (0, 1)")
+        if self.max_epsilon is not None and (self.max_epsilon <= 0 or not self.enabled):
+            raise ValueError("max_epsilon must be > 0 and needs noise_multiplier or target_epsilon")
+
+
+@dataclass
 class FederationSettings:
     """How the coordinator runs the pretraining rounds."""
 
@@ -54,6 +89,8 @@ class FederationSettings:
     krum_malicious: int = 0  # krum: sites assumed byzantine
     init_checkpoint: str | None = None  # start from these weights instead of from scratch
     transport: str = "float32"  # or float16: half the bytes on the wire each way
+    update_clip_norm: float | None = None  # sites clip w_local - w_global to this L2 norm
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -68,6 +105,15 @@ class FederationSettings:
             raise ValueError("proximal_mu must be >= 0")
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal_mu > 0 (0 is plain fedavg)")
+        if self.update_clip_norm is not None and self.update_clip_norm <= 0:
+            raise ValueError("update_clip_norm must be > 0 (or null: no clipping)")
+        if self.privacy.enabled and (
+            self.strategy not in ("fedavg", "fedprox") or self.fraction_train != 1
+        ):
+            raise ValueError(
+                "privacy needs strategy fedavg or fedprox with fraction_train 1: the noise is "
+                "calibrated to an unweighted mean over a fixed set of sites"
+            )
 
 
 @dataclass
@@ -97,6 +143,14 @@ class ExperimentConfig:
     @classmethod
     def load(cls, path: str | Path | None) -> ExperimentConfig:
         return config.load(cls, path) if path else cls()
+
+    def validate(self) -> None:
+        if self.federation.privacy.enabled and self.model.norm == "batch":
+            raise ValueError(
+                "federation.privacy needs model.norm: group. BatchNorm's running statistics "
+                "are summaries of site data outside what DP-FedAvg clips, and its integer step "
+                "counter cannot be clipped"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import (
 
 from common.config import ConfigError
 from common.experiment import FederationSettings
+from server import privacy
 
 _STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
 
@@ -66,6 +67,10 @@ def build_strategy(s: FederationSettings) -> Strategy:
         "train_metrics_aggr_fn": weighted_mean_metrics,
         "evaluate_metrics_aggr_fn": weighted_mean_metrics,
     }
+    return privacy.wrap(_strategy(s, common), s)
+
+
+def _strategy(s: FederationSettings, common: dict) -> Strategy:
     match s.strategy:
         case "fedavg":
             return FedAvg(**common)

@@ -11,6 +11,7 @@ COMMANDS = {
     "partition": ("simulations.commands.partition", "split sources into virtual sites"),
     "run": ("simulations.commands.run", "run a whole simulation: data, sites, federation, report"),
     "models": ("simulations.commands.models", "parameters and FLOPs of every registered model"),
+    "attack": ("simulations.commands.attack", "robust aggregation: one bad site, per strategy"),
     "centralized": (
         "simulations.commands.centralized",
         "the paper's pretrain/fine-tune experiment",

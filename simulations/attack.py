@@ -1,0 +1,170 @@
+"""Robust aggregation against a bad site: the same simulation once per strategy, clean and with
+one (or more) virtual sites attacking, summarised as global and fine-tuned macro AUC of the
+honest sites.
+
+An attack YAML is a simulation YAML (``base:`` works as usual) plus two sections:
+
+    attack: {kind: sign-flip, sites: [0], factor: 4.0}
+    strategies: [fedavg, fedmedian, fedtrimmedavg, krum]
+
+The bad sites are chosen by partition id (the order of ``partition/sites.json``); the behaviour
+lives in ``client.attack`` and switches on only for virtual sites of a simulation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from client.attack import KINDS, Attack
+from common import config
+from common.experiment import STRATEGIES
+from simulations import run as sim
+from simulations.config import SimulationConfig, _resolve
+
+DEFAULT_STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum"]
+
+
+@dataclass
+class AttackSettings:
+    kind: str = "sign-flip"
+    sites: list[int] = field(default_factory=lambda: [0])
+    factor: float = 4.0  # scale / sign-flip: multiplies the update; noise: std in update RMS
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: expected one of {', '.join(KINDS)}")
+        if not self.sites or min(self.sites) < 0:
+            raise ValueError("sites: partition ids of the bad sites, at least one, from 0")
+
+
+@dataclass
+class AttackExperiment:
+    simulation: SimulationConfig
+    attack: AttackSettings
+    strategies: list[str]
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttackExperiment:
+        data = _resolve(Path(path))
+        attack = config.from_dict(AttackSettings, data.pop("attack", {}) or {}, f"{path}: attack")
+        strategies = list(data.pop("strategies", DEFAULT_STRATEGIES))
+        unknown = sorted(set(strategies) - set(STRATEGIES))
+        if unknown:
+            raise config.ConfigError(f"{path}: strategies: unknown {unknown}")
+        return cls(config.from_dict(SimulationConfig, data, str(path)), attack, strategies)
+
+    def run_config(self, strategy: str, attacked: bool) -> SimulationConfig:
+        cfg = copy.deepcopy(self.simulation)
+        fed = cfg.experiment.federation
+        fed.strategy = strategy
+        fed.krum_malicious = len(self.attack.sites) if strategy == "krum" else fed.krum_malicious
+        cfg.experiment.name = (
+            f"{cfg.experiment.name}-{strategy}-{'attacked' if attacked else 'clean'}"
+        )
+        return cfg
+
+
+def failed_replies(run_dir: Path, bad: list[int]) -> int:
+    """Replies that failed in a run, besides the bad sites' own (an exfiltrating site's fail)."""
+    names = _site_names(run_dir)
+    bad_names = {names[i] for i in bad if i < len(names)}
+    count = 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        count += sum(1 for f in entry.get("failed", []) if f["site"] not in bad_names)
+    return count
+
+
+def _site_names(run_dir: Path) -> list[str]:
+    manifest = json.loads((run_dir / "partition" / "sites.json").read_text())
+    return [s["name"] for s in manifest["sites"]]
+
+
+def honest_means(run_dir: Path, bad: list[int]) -> dict[str, float | None]:
+    """Mean over the honest sites of the global model's and the fine-tuned models' test AUC."""
+    honest = {n for i, n in enumerate(_site_names(run_dir)) if i not in bad}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {}
+    for key in ("before", "after"):
+        values = [
+            m[f"{key}-macro-auc"]
+            for site, m in summary["finetune"].items()
+            if site in honest and m[f"{key}-macro-auc"] is not None
+        ]
+        values = [v for v in values if not math.isnan(v)]
+        out[key] = round(float(np.mean(values)), 4) if values else None
+    return out
+
+
+def run_grid(experiment: AttackExperiment, out: Path, progress: bool = True) -> Path:
+    """Every strategy clean then attacked; returns the path of the table (attack.md).
+
+    Rows of other strategies already in ``out`` are kept: a rerun of some strategies (after a
+    failure, or to add one) completes the same table.
+    """
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    a = experiment.attack
+    previous = out / "attack.json"
+    rows = json.loads(previous.read_text())["rows"] if previous.exists() else []
+    rows = [r for r in rows if r["strategy"] not in experiment.strategies]
+    for strategy in experiment.strategies:
+        row = {"strategy": strategy}
+        for attacked in (False, True):
+            cfg = experiment.run_config(strategy, attacked)
+            cfg.baselines.local_only = cfg.baselines.centralized = False
+            run_dir = out / f"{strategy}-{'attacked' if attacked else 'clean'}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "attack.json").unlink(missing_ok=True)
+            if attacked:
+                Attack(a.kind, tuple(a.sites), a.factor, a.seed).write(run_dir)
+            started = time.perf_counter()
+            sim.run(cfg, run_dir, progress=progress)
+            means = honest_means(run_dir, a.sites)
+            tag = "attacked" if attacked else "clean"
+            row[f"{tag}_global"], row[f"{tag}_finetuned"] = means["before"], means["after"]
+            row[f"{tag}_s"] = round(time.perf_counter() - started, 1)
+            row[f"{tag}_failed"] = failed_replies(run_dir, a.sites if attacked else [])
+        rows.append(row)
+        _write(out, experiment, rows)
+    return _write(out, experiment, rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _write(out: Path, experiment: AttackExperiment, rows: list[dict]) -> Path:
+    a = experiment.attack
+    (out / "attack.json").write_text(json.dumps({"attack": a.__dict__, "rows": rows}, indent=1))
+    lines = [
+        f"# Robust aggregation: {a.kind} (factor {a.factor}) from partition(s) {a.sites}",
+        "",
+        "Macro AUC on the honest sites' test splits (mean over sites): the global model, and "
+        "the global model fine-tuned at each site. Failed replies (honest sites only) should be "
+        "0: a failed site makes a row incomparable (rerun it with --strategies).",
+        "",
+        "| strategy | clean global | clean fine-tuned | attacked global | attacked fine-tuned "
+        "| global drop | failed replies | s (clean + attacked) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, t = r.get("clean_global"), r.get("attacked_global")
+        drop = None if c is None or t is None else c - t
+        lines.append(
+            f"| {r['strategy']} | {_fmt(c)} | {_fmt(r.get('clean_finetuned'))} | {_fmt(t)} | "
+            f"{_fmt(r.get('attacked_finetuned'))} | {_fmt(drop)} | "
+            f"{r.get('clean_failed', '-')} + {r.get('attacked_failed', '-')} | "
+            f"{r.get('clean_s', '-')} + {r.get('attacked_s', '-')} |"
+        )
+    path = out / "attack.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

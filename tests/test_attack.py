@@ -1,0 +1,104 @@
+"""Simulated bad sites: what each attack sends, that a hospital can never be one, and the grid."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, RecordDict
+from test_simulation import TINY
+
+from client.attack import Attack, active_attack, flips_labels, tamper
+from client.task import clip_update
+from simulations.attack import AttackExperiment, run_grid
+from simulations.config import CONFIG_DIR, SimulationConfig
+
+
+def _records():
+    g = {"w": np.array([1.0, 1.0, 1.0], np.float32), "n": np.array(7, np.int64)}
+    w = {"w": np.array([1.5, 1.0, 0.0], np.float32), "n": np.array(9, np.int64)}
+    wrap = lambda d: ArrayRecord({k: Array(v) for k, v in d.items()})  # noqa: E731
+    return wrap(g), wrap(w)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("scale", [1 + 10 * 0.5, 1.0, 1 - 10 * 1.0]), ("sign-flip", [1 - 5.0, 1.0, 1 + 10.0])],
+)
+def test_scaled_and_sign_flipped_updates(kind, expected):
+    sent, honest = _records()
+    out = tamper(sent, honest, Attack(kind, (0,), 10.0), rnd=1)
+    np.testing.assert_allclose(out["w"].numpy(), expected)
+    assert out["n"].numpy() == 9 and out["w"].dtype == "float32"  # integer buffers untouched
+
+
+def test_noise_update_is_scaled_to_the_honest_update():
+    sent, honest = _records()
+    u = honest["w"].numpy() - sent["w"].numpy()
+    rms = np.sqrt(np.mean(u**2))
+    noisy = [
+        tamper(sent, honest, Attack("noise", (0,), 10.0), rnd=r)["w"].numpy() for r in range(400)
+    ]
+    spread = np.std(np.stack(noisy) - sent["w"].numpy())
+    assert spread == pytest.approx(10 * rms, rel=0.1)
+
+
+def _context(tmp_path: Path, **node) -> Context:
+    return Context(1, 5, node, RecordDict(), {"run-dir": str(tmp_path)})
+
+
+def test_only_a_listed_virtual_site_attacks(tmp_path):
+    assert active_attack(_context(tmp_path, **{"partition-id": 0})) is None  # no attack.json
+    Attack("label-flip", (0,), 1.0).write(tmp_path)
+    assert active_attack(_context(tmp_path, **{"partition-id": 0})).kind == "label-flip"
+    assert flips_labels(_context(tmp_path, **{"partition-id": 0}))
+    assert active_attack(_context(tmp_path, **{"partition-id": 1})) is None
+
+
+def test_a_hospital_never_attacks_whatever_its_node_config_or_the_run_config_says(tmp_path):
+    Attack("sign-flip", (0,), 4.0).write(tmp_path)
+    hospital = {"data-dir": "/data/ecg", "site": "H1", "partition-id": 0}
+    assert active_attack(_context(tmp_path, **hospital)) is None
+    assert not flips_labels(_context(tmp_path, **hospital))
+
+
+def test_client_side_update_clipping_bounds_the_step_and_keeps_its_direction():
+    old = {"w": torch.zeros(4), "n": torch.tensor(3)}
+    new = {"w": torch.tensor([3.0, 4.0, 0.0, 0.0]), "n": torch.tensor(5)}
+    clipped = clip_update(new, old, 1.0)
+    torch.testing.assert_close(clipped["w"], torch.tensor([0.6, 0.8, 0.0, 0.0]))
+    assert clipped["n"].item() == 5
+    assert clip_update(new, old, 10.0)["w"].equal(new["w"])  # inside the ball: unchanged
+
+
+def test_every_shipped_attack_and_dp_scenario_loads():
+    for path in sorted(CONFIG_DIR.glob("attack_*.yaml")):
+        if path.name == "attack_base.yaml":
+            continue
+        experiment = AttackExperiment.load(path)
+        krum = experiment.run_config("krum", attacked=True).experiment.federation
+        assert krum.strategy == "krum" and krum.krum_malicious == len(experiment.attack.sites)
+    for path in sorted(CONFIG_DIR.glob("dp_*.yaml")):
+        cfg = SimulationConfig.load(path)
+        assert cfg.experiment.model.norm == "group"
+    assert SimulationConfig.load(CONFIG_DIR / "dp_eps3.yaml").experiment.federation.privacy.enabled
+
+
+@pytest.mark.slow
+def test_attack_grid_end_to_end(tmp_path):
+    """Two tiny runs (FedMedian clean and with a sign-flipping site) and the table."""
+    data = json.loads(json.dumps(TINY))
+    data["experiment"]["model"]["norm"] = "group"
+    data["baselines"] = {"local_only": False, "centralized": False}
+    data["attack"] = {"kind": "sign-flip", "sites": [0], "factor": 4.0}
+    data["strategies"] = ["fedmedian"]
+    path = tmp_path / "attack.yaml"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    table = run_grid(AttackExperiment.load(path), tmp_path / "grid", progress=False)
+    rows = json.loads((tmp_path / "grid" / "attack.json").read_text())["rows"]
+    assert [r["strategy"] for r in rows] == ["fedmedian"]
+    assert all(0 <= rows[0][k] <= 1 for k in ("clean_global", "attacked_global"))
+    assert (tmp_path / "grid" / "fedmedian-attacked" / "attack.json").exists()
+    assert not (tmp_path / "grid" / "fedmedian-clean" / "attack.json").exists()
+    assert "fedmedian" in table.read_text()
