@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from client import task
+from client import attack, audit, task
+from client.egress import egress_guard
 from common.transport import to_wire
 
-app = ClientApp()
+
+def dp_clipping(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` on train messages of a run with client-side DP clipping."""
+    config = msg.content.config_records.get("config")
+    if msg.metadata.message_type == "train" and config and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+# The first mod sees the reply last: the egress guard checks what really leaves, and the audit
+# log records it.
+app = ClientApp(mods=[audit.audit_mod, egress_guard, attack.attack_mod, dp_clipping])
 
 
 def _reply(
@@ -24,7 +39,8 @@ def _reply(
 def train(msg: Message, context: Context) -> Message:
     job = task.Job.from_config(msg.content["config"])
     site = task.open_site(context, job.experiment)
-    weights, metrics = task.train_on_site(job, site, msg.content["arrays"])
+    flip = attack.flips_labels(context)  # simulated bad sites only
+    weights, metrics = task.train_on_site(job, site, msg.content["arrays"], flip)
     return _reply(msg, site.name, metrics, weights, job.experiment.federation.transport)
 
 

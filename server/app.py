@@ -7,6 +7,7 @@ complete round in ``run-dir``).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from common.checkpoint import load_checkpoint, save_checkpoint
 from common.experiment import ExperimentConfig
 from common.finetune import adapt_head
 from common.labels import LabelSpace
-from server import report
+from server import privacy, report
 from server.rounds import (
     MetricsLog,
     RoundState,
@@ -62,6 +63,9 @@ def main(grid: Grid, context: Context) -> None:
         state = initial_state(experiment, space)
         state.save(checkpoint_path(run_dir, 0))
     metrics.truncate_after(state.round)
+    provisioned = run_dir / "sites.json"  # deployment: node id -> site, from registered keys
+    if provisioned.exists():
+        state.sites.update({int(k): v for k, v in json.loads(provisioned.read_text()).items()})
 
     def save_global(rnd: int, arrays: dict) -> None:
         model = experiment.model_config().build(n_classes=len(space))
@@ -101,3 +105,4 @@ def main(grid: Grid, context: Context) -> None:
     _, per_site, failed = exchange(grid, messages, fed.round_timeout_s, state.sites)
     metrics.write({"round": state.round, "phase": "finetune", "sites": per_site, "failed": failed})
     report.write(run_dir, metrics.read(), experiment)
+    privacy.append_to_report(run_dir, metrics.read())

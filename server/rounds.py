@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.transport import from_wire, nbytes, to_wire
+from server import privacy
 from server.strategies import restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
@@ -101,8 +102,7 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
-def site_name(reply: Message, known: dict[int, str]) -> str:
-    node = reply.metadata.src_node_id
+def site_name(reply: Message, node: int, known: dict[int, str]) -> str:
     if not reply.has_error() and SITE_RECORD in reply.content.config_records:
         known[node] = str(reply.content.config_records[SITE_RECORD]["name"])
     return known.get(node, f"node-{node}")
@@ -113,11 +113,15 @@ def exchange(
 ) -> tuple[list[Message], dict[str, dict], list[dict]]:
     """Send, wait, and sort the outcome per site: metrics of those that replied, the others' why."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
+    # A dead node's error reply comes from the SuperLink itself (src_node_id 1): match replies
+    # to what was sent instead (send_and_receive has filled in the message ids).
+    sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     per_site, failed = {}, []
     answered = set()
     for reply in replies:
-        name = site_name(reply, known)
-        answered.add(reply.metadata.src_node_id)
+        node = sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        name = site_name(reply, node, known)
+        answered.add(node)
         if reply.has_error():
             failed.append({"site": name, "reason": reply.error.reason})
             continue
@@ -167,12 +171,17 @@ def run_rounds(
     ``transport`` float16 halves what travels; the global model itself stays float32.
     """
     restore_strategy_state(strategy, state.strategy)
+    privacy.restore(strategy, metrics.read())
     arrays = ArrayRecord(state.arrays)
     for rnd in range(state.round + 1, total_rounds + 1):
         started = time.perf_counter()
         log.info("round %d/%d: training", rnd, total_rounds)
         sent = to_wire(arrays, transport)
-        messages = list(strategy.configure_train(rnd, sent, train_config(rnd), grid))
+        try:
+            messages = list(strategy.configure_train(rnd, sent, train_config(rnd), grid))
+        except privacy.PrivacyBudgetExhausted as exc:
+            metrics.write(privacy.stop_entry(rnd, strategy, exc))
+            break
         replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
@@ -186,6 +195,7 @@ def run_rounds(
                 "sites": per_site,
                 "failed": failed,
                 "aggregate": dict(agg) if agg else None,
+                "privacy": privacy.spent(strategy),
                 "bytes-down": nbytes(sent),
                 "seconds": round(time.perf_counter() - started, 2),
             }

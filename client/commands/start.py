@@ -1,0 +1,23 @@
+"""Run this hospital's federation daemon: check data, prepare the cache, serve the coordinator."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from client import daemon
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="hospital.yaml")
+    p.add_argument(
+        "--skip-check", action="store_true", help="skip reading every record first (restarts)"
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="plaintext, no node authentication: tests only"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = daemon.HospitalConfig.load(args.config)
+    return daemon.start(cfg, args.insecure, check_records=not args.skip_check)

@@ -1,0 +1,55 @@
+"""Starting and stopping Flower's own processes (SuperLink, SuperNode, ``flwr``) the same way
+everywhere: this environment's binaries, runtime dependency installation off, no telemetry, a
+FLWR_HOME of the caller's choosing, and a process group that is stopped as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[1]  # the project root: the Flower app's pyproject
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+        PYTHONWARNINGS="ignore::FutureWarning",
+    )
+    bindir = str(Path(sys.executable).parent)  # flower-superlink & co. of this environment
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process and everything it started, then SIGKILL what is left.
+
+    Members can outlive the leader (Ray's agents do), so the whole group is waited for.
+    """
+    pgid = proc.pid  # started with start_new_session: its pid is the group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (proc.poll() is None or _group_alive(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()

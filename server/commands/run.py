@@ -1,0 +1,41 @@
+"""Submit a federated job to the running coordinator and follow it to its report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from common.config import ConfigError
+from common.flower_process import APP_DIR
+from server import coordinator
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="experiment YAML (not with --resume)")
+    p.add_argument("--coordinator", type=Path, default=Path("coordinator.yaml"))
+    p.add_argument("--run-dir", type=Path, help="default: STATE_DIR/runs/NAME-TIMESTAMP")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
+    p.add_argument("--app", type=Path, default=APP_DIR, help="the Flower app (project folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = coordinator.CoordinatorConfig.load(args.coordinator)
+    if args.resume and (args.config or args.run_dir):
+        raise ConfigError("--resume RUN_DIR continues with that run's own settings and folder")
+    if not args.resume and not args.config:
+        raise ConfigError("give --config EXPERIMENT.yaml (or --resume RUN_DIR)")
+    if args.resume:
+        run_dir = args.resume
+    elif args.run_dir:
+        run_dir = args.run_dir
+    else:
+        run_dir = cfg.state / "runs" / f"{args.config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = run_dir.resolve()
+    coordinator.prepare_run(cfg, args.config, run_dir, bool(args.resume))
+    code = coordinator.submit(cfg, args.app.resolve(), run_dir)
+    if code != 0 or not (run_dir / "summary.json").exists():
+        print(f"the run did not finish (flwr exit {code}); resume with --resume {run_dir}")
+        return code or 1
+    print(f"report: {run_dir / 'report.md'}")
+    return 0

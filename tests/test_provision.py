@@ -1,0 +1,225 @@
+"""Provisioning, deployment configs, the commands they become, the audit log: no processes."""
+
+import json
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
+from flwr.app.metadata import Metadata
+from flwr.common.config import parse_config_args
+
+from client.audit import audit_mod
+from client.daemon import HospitalConfig, exit_reason, supernode_command
+from common.config import ConfigError
+from server.coordinator import CoordinatorConfig, superlink_command
+from server.provision import provision
+
+
+@pytest.fixture
+def federation(tmp_path) -> Path:
+    provision(tmp_path, ["H1", "H2"], ["ecg.example.org", "10.0.0.5"], "ecg.example.org:9443")
+    return tmp_path
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_provision_writes_the_coordinator_folder_and_one_bundle_per_hospital(federation):
+    coord = federation / "coordinator"
+    for name in ("ca.crt", "ca.key", "server.crt", "server.key", "coordinator.yaml"):
+        assert (coord / name).is_file()
+    for site in ("H1", "H2"):
+        bundle = federation / "hospitals" / site
+        assert {p.name for p in bundle.iterdir()} == {"ca.crt", f"{site}.key", "hospital.yaml"}
+        assert (coord / "hospitals" / f"{site}.pub").is_file()
+    assert not list((federation / "hospitals").glob("*/*.pub"))  # hospitals get their own only
+
+
+def test_private_keys_are_readable_by_their_owner_only(federation):
+    secrets = [federation / "coordinator" / n for n in ("ca.key", "server.key")]
+    secrets += list((federation / "hospitals").glob("*/*.key"))
+    assert len(secrets) == 4
+    assert all(_mode(p) == 0o600 for p in secrets)
+
+
+def test_server_certificate_is_signed_by_the_ca_for_the_given_names_and_loopback(federation):
+    coord = federation / "coordinator"
+    ca = x509.load_pem_x509_certificate((coord / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((coord / "server.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"ecg.example.org", "localhost"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {
+        "10.0.0.5",
+        "127.0.0.1",
+    }
+
+
+def test_hospital_key_is_an_openssh_p384_key_matching_the_registered_public_key(federation):
+    private = load_ssh_private_key((federation / "hospitals/H1/H1.key").read_bytes(), None)
+    public = load_ssh_public_key((federation / "coordinator/hospitals/H1.pub").read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert private.curve.name == "secp384r1"
+    assert private.public_key() == public
+
+
+def test_configs_load_with_paths_relative_to_their_file(federation):
+    coord = CoordinatorConfig.load(federation / "coordinator" / "coordinator.yaml")
+    assert coord.address == "ecg.example.org:9443" and coord.port == 9443
+    assert coord.hospitals["H2"] == str(federation / "coordinator" / "hospitals" / "H2.pub")
+    hospital = HospitalConfig.load(federation / "hospitals" / "H1" / "hospital.yaml")
+    assert hospital.site == "H1" and hospital.superlink == "ecg.example.org:9443"
+    assert hospital.private_key == str(federation / "hospitals" / "H1" / "H1.key")
+    assert hospital.audit_log == str(federation / "hospitals" / "H1" / "audit.jsonl")
+
+
+def test_an_existing_hospital_key_is_replaced_only_with_force(federation):
+    key = federation / "hospitals" / "H1" / "H1.key"
+    before = key.read_bytes()
+    with pytest.raises(ConfigError, match="H1.key exists; pass --force"):
+        provision(federation, ["H1"], [])
+    assert key.read_bytes() == before
+    provision(federation, ["H1"], [], force=True)  # key rotation
+    assert key.read_bytes() != before and _mode(key) == 0o600
+
+
+def test_adding_a_hospital_keeps_the_ca_server_certificate_and_other_hospitals(federation):
+    coord = federation / "coordinator"
+    kept = {p: p.read_bytes() for p in (coord / "ca.key", coord / "server.key")}
+    provision(federation, ["H3"], [])
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    cfg = CoordinatorConfig.load(coord / "coordinator.yaml")
+    assert sorted(cfg.hospitals) == ["H1", "H2", "H3"]
+    assert (federation / "hospitals" / "H3" / "ca.crt").read_bytes() == (
+        coord / "ca.crt"
+    ).read_bytes()
+
+
+def test_new_server_names_need_force(federation):
+    with pytest.raises(ConfigError, match="pass --force to re-issue"):
+        provision(federation, [], ["other.example.org"])
+
+
+def test_hospital_names_must_be_plain_and_unique(tmp_path):
+    with pytest.raises(ConfigError, match="unique"):
+        provision(tmp_path, ["H1", "H1"], ["localhost"])
+    with pytest.raises(ConfigError, match="A-Z a-z 0-9"):
+        provision(tmp_path, ["../etc"], ["localhost"])
+
+
+def test_config_errors_name_file_and_key(federation):
+    path = federation / "hospitals" / "H1" / "hospital.yaml"
+    path.write_text(path.read_text() + "data_dri: /x\n")
+    with pytest.raises(ConfigError, match=r"hospital.yaml: unknown key\(s\) \['data_dri'\]"):
+        HospitalConfig.load(path)
+    path.write_text(path.read_text().replace("data_dri: /x\n", "").replace("9443", "x"))
+    with pytest.raises(ConfigError, match="superlink='ecg.example.org:x': expected HOST:PORT"):
+        HospitalConfig.load(path)
+
+
+def test_superlink_runs_with_tls_node_auth_database_and_no_dependency_installation(federation):
+    cfg = CoordinatorConfig.load(federation / "coordinator" / "coordinator.yaml")
+    command = superlink_command(cfg, insecure=False)
+    for flag in (
+        "--ssl-ca-certfile",
+        "--ssl-certfile",
+        "--ssl-keyfile",
+        "--enable-supernode-auth",
+        "--database",
+        "--disable-runtime-dependency-installation",
+        "--log-file",
+    ):
+        assert flag in command
+    assert "--insecure" not in command
+    insecure = superlink_command(cfg, insecure=True)
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+
+
+def test_supernode_gets_the_sites_paths_through_its_node_config(federation):
+    cfg = HospitalConfig.load(federation / "hospitals" / "H1" / "hospital.yaml")
+    command = supernode_command(cfg, insecure=False)
+    assert command[command.index("--root-certificates") + 1] == cfg.root_certificates
+    assert command[command.index("--auth-supernode-private-key") + 1] == cfg.private_key
+    assert command[command.index("--port") + 1] == "9094"
+    node = parse_config_args([command[command.index("--node-config") + 1]])
+    assert node == {
+        "site": "H1",
+        "data-dir": cfg.data_dir,
+        "cache-dir": cfg.cache_dir,
+        "output-dir": cfg.output_dir,
+        "audit-log": cfg.audit_log,
+    }
+
+
+def test_a_refused_key_is_explained_from_the_supernode_log():
+    tail = (
+        "ERROR :     Exit Code: 305\nFailed to initialize the connection to the SuperLink.\n"
+        "[code: 2004] Failed to activate SuperNode.\n"
+    )
+    code, reason = exit_reason(tail)
+    assert code == 305
+    assert "refused this site" in reason and "[code: 2004]" in reason
+
+
+def _train_message() -> Message:
+    arrays = ArrayRecord({"w": Array(np.ones((3, 2), np.float32))})
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 2})})
+    return make_message(Metadata(7, "m1", 0, 5, "", "2", time.time(), 600, "train"), content)
+
+
+def test_audit_log_records_each_message_and_the_shape_of_each_reply_never_values(tmp_path):
+    log = tmp_path / "audit" / "audit.jsonl"
+    weights = np.full((3, 2), 0.123456, np.float32)
+
+    def handler(msg: Message, ctx: Context) -> Message:
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({"w": Array(weights)}),
+                "metrics": MetricRecord({"num-examples": 31, "train-loss": 0.987654}),
+                "site": ConfigRecord({"name": "H1"}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    context = Context(7, 5, {"audit-log": str(log)}, RecordDict(), {})
+    audit_mod(_train_message(), context, handler)
+    received, sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert received["event"] == "received" and received["run_id"] == 7
+    assert received["message_type"] == "train" and received["server_round"] == 2
+    records = sent["records"]
+    assert records["arrays"]["arrays"]["w"]["shape"] == [3, 2]
+    assert records["arrays"]["arrays"]["w"]["dtype"] == "float32"
+    assert records["arrays"]["bytes"] >= weights.nbytes
+    assert records["metrics"] == {"kind": "metrics", "keys": ["num-examples", "train-loss"]}
+    assert records["site"] == {"kind": "config", "keys": ["name"]}
+    text = log.read_text()
+    assert "0.98" not in text and "0.12" not in text and '"H1"' not in text
+
+
+def test_audit_log_records_an_error_reply_and_without_a_path_does_nothing(tmp_path):
+    log = tmp_path / "audit.jsonl"
+
+    def failing(msg: Message, ctx: Context) -> Message:
+        raise RuntimeError("patient 123 broke it")
+
+    with pytest.raises(RuntimeError):
+        audit_mod(
+            _train_message(), Context(7, 5, {"audit-log": str(log)}, RecordDict(), {}), failing
+        )
+    sent = json.loads(log.read_text().splitlines()[-1])
+    assert sent["event"] == "error" and sent["error"] == "RuntimeError"
+    assert "patient" not in log.read_text()
+    reply = audit_mod(
+        _train_message(),
+        Context(7, 5, {}, RecordDict(), {}),
+        lambda m, c: Message(RecordDict(), reply_to=m),
+    )
+    assert reply is not None and len(log.read_text().splitlines()) == 2
