@@ -283,7 +283,6 @@ def test_an_unregistered_key_is_refused_and_the_hospital_log_says_so(federation,
         federation.procs.kill(daemon.pid, signal.SIGTERM)
 
 
-@pytest.mark.slow
 def test_a_stopped_coordinator_restarts_and_the_run_resumes_from_its_checkpoint(federation):
     run_dir = federation.root / "runs" / "resumed"
     experiment = federation.experiment("resumed", fraction_evaluate=0.0)
@@ -304,7 +303,6 @@ def test_a_stopped_coordinator_restarts_and_the_run_resumes_from_its_checkpoint(
     assert (run_dir / "report.md").exists()
 
 
-@pytest.mark.slow
 def test_a_hospital_killed_mid_run_is_named_and_the_others_finish(federation):
     """Runs last: H3 stays down. Flower notices a dead node after two missed heartbeats (~60 s)."""
     run_dir = federation.root / "runs" / "dropout"
