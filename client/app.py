@@ -40,7 +40,8 @@ def train(msg: Message, context: Context) -> Message:
     job = task.Job.from_config(msg.content["config"])
     site = task.open_site(context, job.experiment)
     flip = attack.flips_labels(context)  # simulated bad sites only
-    weights, metrics = task.train_on_site(job, site, msg.content["arrays"], flip)
+    out = task.output_dir(context, site, job.run_name)
+    weights, metrics = task.train_on_site(job, site, msg.content["arrays"], out, flip)
     return _reply(msg, site.name, metrics, weights, job.experiment.federation.transport)
 
 

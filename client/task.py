@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
-from common import config, training
+from common import config, dpsgd, training
 from common.checkpoint import save_checkpoint
 from common.evaluation import score
 from common.experiment import ExperimentConfig
@@ -129,11 +129,13 @@ def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
 
 
 def train_on_site(
-    job: Job, site: SiteData, arrays: ArrayRecord, flip_labels: bool = False
+    job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path, flip_labels: bool = False
 ) -> tuple[dict, dict]:
     """Local epochs from the global weights; returns (new weights, metrics for the reply).
 
-    ``flip_labels`` is the label-flipping attack (``client.attack``: simulated sites only).
+    With DP-SGD the site keeps its own privacy ledger in ``out_dir``, refuses a round that would
+    take its epsilon past its budget, and reports the epsilon spent and what one more round
+    would bring it to. ``flip_labels`` is the label-flipping attack (simulated sites only).
     """
     model = global_model(job, arrays)
     train_ds = site.dataset("train", job.space)
@@ -145,8 +147,27 @@ def train_on_site(
         seed=job.experiment.local.seed + job.server_round,
     )
     anchor = arrays.to_torch_state_dict() if job.proximal_mu > 0 else None
+    dp = job.experiment.federation.dp_sgd
+    rounds = job.experiment.federation.rounds
+    ledger = dpsgd.Ledger(out_dir)
+    if dp.enabled:
+        planned = dpsgd.plan(dp, len(train_ds), cfg.batch_size, cfg.epochs, rounds)
+        after = dpsgd.epsilon([*ledger.read(), planned], dp.delta)
+        if dp.max_epsilon is not None and after > dp.max_epsilon:
+            raise dpsgd.SiteBudgetExhausted(
+                f"site {site.name}: this round would take its DP-SGD epsilon to {after:.3f}, past "
+                f"its budget of {dp.max_epsilon} (delta {dp.delta}); it does not train"
+            )
     result = training.train(
-        model, train_ds, None, cfg, progress=False, proximal_to=anchor, labels=job.space.labels
+        model,
+        train_ds,
+        None,
+        cfg,
+        progress=False,
+        proximal_to=anchor,
+        labels=job.space.labels,
+        dp=dp if dp.enabled else None,
+        dp_rounds=rounds,
     )
     metrics = {
         "num-examples": len(train_ds),
@@ -154,6 +175,12 @@ def train_on_site(
         "positives": train_ds.y.sum(0).tolist(),
         "annotated": train_ds.mask.sum(0).tolist(),
     }
+    if result.dp_steps is not None:
+        ledger.add(result.dp_steps)
+        spent = ledger.read()
+        metrics["dp-epsilon"] = dpsgd.epsilon(spent, dp.delta)
+        metrics["dp-epsilon-next"] = dpsgd.epsilon([*spent, result.dp_steps], dp.delta)
+        metrics["dp-noise-multiplier"] = result.dp_steps.noise_multiplier
     clip = job.experiment.federation.update_clip_norm
     if clip is not None:
         return clip_update(model.state_dict(), arrays.to_torch_state_dict(), clip), metrics

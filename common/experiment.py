@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from common import config
+from common.dpsgd import DPSGDSettings
 from common.models import ModelConfig
 from common.preprocess import PipelineConfig
 from common.training import TrainConfig
@@ -91,6 +92,7 @@ class FederationSettings:
     transport: str = "float32"  # or float16: half the bytes on the wire each way
     update_clip_norm: float | None = None  # sites clip w_local - w_global to this L2 norm
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    dp_sgd: DPSGDSettings = field(default_factory=DPSGDSettings)  # sample-level, at each site
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -145,6 +147,16 @@ class ExperimentConfig:
         return config.load(cls, path) if path else cls()
 
     def validate(self) -> None:
+        if self.federation.dp_sgd.enabled and (
+            self.model.norm == "batch"
+            or self.federation.proximal_mu > 0
+            or self.local.class_weights != "none"
+            or self.local.max_grad_norm is not None
+        ):
+            raise ValueError(
+                "federation.dp_sgd needs model.norm: group (BatchNorm mixes records within a "
+                "batch), no FedProx term, local.class_weights: none and no local.max_grad_norm"
+            )
         if self.federation.privacy.enabled and self.model.norm == "batch":
             raise ValueError(
                 "federation.privacy needs model.norm: group. BatchNorm's running statistics "

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from common import dpsgd
 from common.metrics import Metrics, compute_metrics
 from common.models import ECGClassifier
 
@@ -39,6 +40,14 @@ def masked_bce(
     """Binary cross-entropy averaged over annotated entries only; 0 when nothing is annotated."""
     loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def per_record_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each record's masked mean, averaged over the batch: no record's loss depends on another
+    record's annotations, as DP-SGD's per-record gradients need (0 for an empty batch)."""
+    loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    per_record = (loss * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    return per_record.sum() / max(len(per_record), 1)
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class TrainResult:
     best_score: float | None = None
     stopped_early: bool = False
     val_metrics: Metrics | None = None
+    dp_steps: dpsgd.Steps | None = None  # what DP-SGD spent, for the site's privacy ledger
 
 
 def default_device() -> torch.device:
@@ -249,16 +259,26 @@ def train(
     proximal_to: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
     param_groups: list[dict] | None = None,
     labels: Sequence[str] | None = None,
+    dp: dpsgd.DPSGDSettings | None = None,
+    dp_rounds: int = 1,
 ) -> TrainResult:
     """Train ``model`` in place and return its per-epoch history.
 
     ``proximal_to`` (the global weights) adds FedProx's (mu/2)*||w - w_global||^2.
     ``param_groups`` (optimizer groups, e.g. per-block learning rates) replaces the default of
     every parameter that requires grad at ``cfg.lr``. ``labels`` names per-class metrics.
+    ``dp`` trains with DP-SGD (``common.dpsgd``): per-record clipping, noise, Poisson batches;
+    its ``target_epsilon`` is spread over ``dp_rounds`` calls like this one.
     """
     cfg.validate()
     if cfg.early_stopping_patience is not None and val_ds is None:
         raise ValueError("early stopping needs a validation set")
+    private = dp is not None and dp.enabled
+    if private and (proximal_to is not None or cfg.class_weights != "none" or cfg.max_grad_norm):
+        raise ValueError(
+            "DP-SGD clips per-record gradients itself and cannot account for FedProx's term, "
+            "class weights computed from the data, or max_grad_norm: turn those off"
+        )
     device = torch.device(device) if device is not None else default_device()
     seed_everything(cfg.seed)
     model.to(device)
@@ -269,11 +289,18 @@ def train(
         shuffle=True,
         generator=generator,
         num_workers=cfg.num_workers,
-        # A last batch of one sample would make BatchNorm fail.
-        drop_last=len(train_ds) % cfg.batch_size == 1,
+        # A last batch of one sample would make BatchNorm fail (DP-SGD models have none).
+        drop_last=not private and len(train_ds) % cfg.batch_size == 1,
     )
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = _make_optimizer(groups, cfg)
+    net: nn.Module = model
+    result = TrainResult(n_train=len(train_ds))
+    if private:
+        result.dp_steps = dpsgd.plan(dp, len(train_ds), cfg.batch_size, cfg.epochs, dp_rounds)
+        net, optimizer, loader = dpsgd.make_private(
+            model, optimizer, loader, result.dp_steps, dp.max_grad_norm
+        )
     scheduler = _make_scheduler(optimizer, cfg, max(1, cfg.epochs * len(loader)))
     pos_weight = (
         _balanced_pos_weight(train_ds, cfg.batch_size).to(device)
@@ -283,7 +310,6 @@ def train(
     anchors = _reference_weights(model, proximal_to, device) if proximal_to is not None else []
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
 
-    result = TrainResult(n_train=len(train_ds))
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -296,7 +322,10 @@ def train(
             _require_length(x, model.input_length)
             x = random_crop(x, model.input_length, generator)
             x, y, mask = x.to(device), y.to(device), mask.to(device)
-            loss = masked_bce(model(x), y, mask, pos_weight)
+            if private:
+                loss = per_record_bce(net(x), y, mask)
+            else:
+                loss = masked_bce(net(x), y, mask, pos_weight)
             objective = loss
             if anchors and cfg.proximal_mu > 0:
                 drift = sum((p - ref).pow(2).sum() for p, ref in anchors)
@@ -335,6 +364,9 @@ def train(
         if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
             result.stopped_early = epoch < cfg.epochs
             break
+    if private:
+        optimizer.zero_grad(set_to_none=True)  # drops the per-record gradients too
+        net.remove_hooks()
     if best_state is not None:
         model.load_state_dict(best_state)
     elif metrics is not None:

@@ -94,6 +94,7 @@ def main(grid: Grid, context: Context) -> None:
         metrics,
         save_global,
         fed.transport,
+        fed.dp_sgd.max_epsilon,
     )
 
     log.info("fine-tuning the global model at every site")

@@ -236,14 +236,67 @@ def stop_entry(rnd: int, strategy: Strategy, reason: PrivacyBudgetExhausted) -> 
     return entry
 
 
+def dp_sgd_stop(rnd: int, entries: list[dict], budget: float | None) -> dict | None:
+    """The metrics.jsonl line refusing round ``rnd`` when, by the sites' own DP-SGD ledgers
+    (reported as ``dp-epsilon-next`` with the last round), it would take a site past ``budget``.
+
+    Each site also refuses on its own (``client.task``); this stops the run cleanly instead of
+    sending a round every site would refuse.
+    """
+    trained = [e for e in entries if e["phase"] == "train" and e["round"] < rnd]
+    if budget is None or not trained:
+        return None
+    projected = {
+        site: m["dp-epsilon-next"]
+        for site, m in trained[-1]["sites"].items()
+        if "dp-epsilon-next" in m
+    }
+    over = {site: eps for site, eps in projected.items() if eps > budget}
+    if not over:
+        return None
+    site, eps = max(over.items(), key=lambda item: item[1])
+    reason = (
+        f"round {rnd} would take the DP-SGD epsilon of {len(over)} site(s) past the per-site "
+        f"budget {budget} (most: {site}, to {eps:.3f})"
+    )
+    log.warning(
+        "privacy budget: %s; going on to fine-tuning with the model of round %d", reason, rnd - 1
+    )
+    return {"round": rnd, "phase": "privacy-stop", "reason": reason}
+
+
+def dp_sgd_lines(entries: list[dict]) -> list[str]:
+    """The DP-SGD part of report.md: the range of the sites' epsilon after each round."""
+    rows = []
+    for e in (e for e in entries if e["phase"] == "train"):
+        spent = [m["dp-epsilon"] for m in e["sites"].values() if "dp-epsilon" in m]
+        sigma = [m["dp-noise-multiplier"] for m in e["sites"].values() if "dp-epsilon" in m]
+        if spent:
+            rows.append(
+                f"| {e['round']} | {min(spent):.3f} - {max(spent):.3f} | "
+                f"{min(sigma):.3g} - {max(sigma):.3g} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Differential privacy (per ECG record, DP-SGD at each site)",
+        "",
+        "| round | sites' epsilon (min - max) | noise multiplier (min - max) |",
+        "|---|---|---|",
+        *rows,
+    ]
+
+
 def report_lines(entries: list[dict]) -> list[str]:
-    """The privacy section of report.md: epsilon after each round and any budget stop."""
+    """The privacy sections of report.md: epsilon after each round and any budget stop."""
     rows = [e for e in entries if e["phase"] == "train" and e.get("privacy")]
     stops = [e for e in entries if e["phase"] == "privacy-stop"]
-    if not rows and not stops:
-        return []
-    p = (rows or stops)[-1]["privacy"]
-    lines = [
+    lines = dp_sgd_lines(entries)
+    if not rows:
+        return lines + [f"\n**Stopped before round {e['round']}**: {e['reason']}" for e in stops]
+    p = rows[-1]["privacy"]
+    lines += [
         "",
         "## Differential privacy (per site, central, update level)",
         "",

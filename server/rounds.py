@@ -165,16 +165,22 @@ def run_rounds(
     metrics: MetricsLog,
     on_round: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     transport: str = "float32",
+    dp_sgd_budget: float | None = None,
 ) -> RoundState:
     """Rounds ``state.round + 1 .. total_rounds``; returns the final state.
 
     ``transport`` float16 halves what travels; the global model itself stays float32.
+    ``dp_sgd_budget``: stop before a round that would take a site's DP-SGD epsilon past it.
     """
     restore_strategy_state(strategy, state.strategy)
     privacy.restore(strategy, metrics.read())
     arrays = ArrayRecord(state.arrays)
     for rnd in range(state.round + 1, total_rounds + 1):
         started = time.perf_counter()
+        stop = privacy.dp_sgd_stop(rnd, metrics.read(), dp_sgd_budget)
+        if stop is not None:
+            metrics.write(stop)
+            break
         log.info("round %d/%d: training", rnd, total_rounds)
         sent = to_wire(arrays, transport)
         try:

@@ -83,3 +83,13 @@ def test_model_config_builds_and_rejects_bad_values():
         from_dict(ModelConfig, {"norm": "layer"})
     with pytest.raises(ConfigError, match="name"):
         from_dict(ModelConfig, {"name": "nope"})
+
+
+@pytest.mark.parametrize("width", [0.125, 0.25, 1.0])
+def test_group_norm_keeps_at_least_eight_channels_per_group(width):
+    """One channel per group (instance norm) erases filter amplitudes: such models barely learn."""
+    model = build_model("ribeiro_resnet", n_classes=2, input_length=256, norm="group", width=width)
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):
+            assert m.num_channels // m.num_groups >= min(8, m.num_channels)
+            assert m.num_groups <= 32

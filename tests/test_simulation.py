@@ -112,7 +112,7 @@ def test_report_has_every_site_and_baseline(finished):
     ).exists()
 
 
-def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished):
+def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished, tmp_path):
     """Redo each site's local training from round 0 and average with numpy."""
     experiment = ExperimentConfig.load(finished / "experiment.yaml")
     start = RoundState.load(checkpoint_path(finished, 0))
@@ -123,7 +123,7 @@ def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished):
     updates, weights = [], []
     for i in range(3):
         site = SiteData.from_manifest(manifest, i, experiment.pipeline)
-        state, metrics = train_on_site(job, site, ArrayRecord(start.arrays))
+        state, metrics = train_on_site(job, site, ArrayRecord(start.arrays), tmp_path)
         updates.append({k: v.numpy().astype(np.float64) for k, v in state.items()})
         weights.append(metrics["num-examples"])
     w = np.array(weights, float) / sum(weights)

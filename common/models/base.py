@@ -15,12 +15,15 @@ NORMS = ("batch", "group")
 def norm1d(kind: str, channels: int) -> nn.Module:
     """BatchNorm, or GroupNorm where per-sample gradients are needed (DP-SGD forbids BatchNorm).
 
-    GroupNorm takes the largest group count up to 32 that divides ``channels``, so any width works.
+    GroupNorm keeps at least 8 channels per group (at most 32 groups, Wu & He 2018), taking the
+    largest group count that divides ``channels`` so any width works. One channel per group would
+    be instance norm, which erases each filter's response amplitude: such models barely learn.
     """
     if kind == "batch":
         return nn.BatchNorm1d(channels)
     if kind == "group":
-        groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+        most = max(1, min(32, channels // 8))
+        groups = max(g for g in range(1, most + 1) if channels % g == 0)
         return nn.GroupNorm(groups, channels)
     raise ValueError(f"norm={kind!r}: expected one of {NORMS}")
 
