@@ -1,10 +1,11 @@
-"""Robust aggregation against a bad site: the same simulation once per strategy, clean and with
-one (or more) virtual sites attacking, summarised as global and fine-tuned macro AUC of the
-honest sites.
+"""Robust aggregation against a bad site: the same simulation once per strategy clean, and once
+per attack with one (or more) virtual sites attacking, summarised as global and fine-tuned macro
+AUC of the honest sites.
 
-An attack YAML is a simulation YAML (``base:`` works as usual) plus two sections:
+An attack YAML is a simulation YAML (``base:`` works as usual) plus an attack, or a list of them
+(one clean run per strategy serves them all), and the strategies:
 
-    attack: {kind: sign-flip, sites: [0], factor: 4.0}
+    attack: {kind: sign-flip, sites: [0], factor: 4.0}      # or attacks: [{...}, {...}]
     strategies: [fedavg, fedmedian, fedtrimmedavg, krum]
 
 The bad sites are chosen by partition id (the order of ``partition/sites.json``); the behaviour
@@ -44,32 +45,52 @@ class AttackSettings:
         if not self.sites or min(self.sites) < 0:
             raise ValueError("sites: partition ids of the bad sites, at least one, from 0")
 
+    @property
+    def label(self) -> str:
+        return (
+            self.kind
+            if self.kind in ("label-flip", "exfiltrate")
+            else f"{self.kind} x{self.factor:g}"
+        )
+
 
 @dataclass
 class AttackExperiment:
     simulation: SimulationConfig
-    attack: AttackSettings
+    attacks: list[AttackSettings]
     strategies: list[str]
 
     @classmethod
     def load(cls, path: str | Path) -> AttackExperiment:
         data = _resolve(Path(path))
-        attack = config.from_dict(AttackSettings, data.pop("attack", {}) or {}, f"{path}: attack")
+        if "attack" in data and "attacks" in data:
+            raise config.ConfigError(f"{path}: give 'attack' or 'attacks', not both")
+        raw = data.pop("attacks", None) or [data.pop("attack", {}) or {}]
+        attacks = [
+            config.from_dict(AttackSettings, a, f"{path}: attacks[{i}]") for i, a in enumerate(raw)
+        ]
+        kinds = [a.kind for a in attacks]
+        if len(set(kinds)) != len(kinds):
+            raise config.ConfigError(f"{path}: attacks: each kind once (got {kinds})")
         strategies = list(data.pop("strategies", DEFAULT_STRATEGIES))
         unknown = sorted(set(strategies) - set(STRATEGIES))
         if unknown:
             raise config.ConfigError(f"{path}: strategies: unknown {unknown}")
-        return cls(config.from_dict(SimulationConfig, data, str(path)), attack, strategies)
+        return cls(config.from_dict(SimulationConfig, data, str(path)), attacks, strategies)
 
-    def run_config(self, strategy: str, attacked: bool) -> SimulationConfig:
+    def run_config(self, strategy: str, attack: AttackSettings | None) -> SimulationConfig:
+        """``attack`` None: the clean run. Krum assumes as many bad sites as the attack has."""
         cfg = copy.deepcopy(self.simulation)
         fed = cfg.experiment.federation
         fed.strategy = strategy
-        fed.krum_malicious = len(self.attack.sites) if strategy == "krum" else fed.krum_malicious
-        cfg.experiment.name = (
-            f"{cfg.experiment.name}-{strategy}-{'attacked' if attacked else 'clean'}"
-        )
+        if strategy == "krum":
+            fed.krum_malicious = max(len(a.sites) for a in self.attacks)
+        cfg.experiment.name = f"{cfg.experiment.name}-{strategy}-{run_tag(attack)}"
         return cfg
+
+
+def run_tag(attack: AttackSettings | None) -> str:
+    return "clean" if attack is None else attack.kind
 
 
 def failed_replies(run_dir: Path, bad: list[int]) -> int:
@@ -104,37 +125,60 @@ def honest_means(run_dir: Path, bad: list[int]) -> dict[str, float | None]:
     return out
 
 
-def run_grid(experiment: AttackExperiment, out: Path, progress: bool = True) -> Path:
-    """Every strategy clean then attacked; returns the path of the table (attack.md).
+def _simulate(
+    experiment: AttackExperiment,
+    strategy: str,
+    attack: AttackSettings | None,
+    out: Path,
+    progress: bool,
+) -> tuple[Path, float]:
+    """One run of the grid, in ``out/<strategy>-<clean or attack kind>``; returns (dir, seconds)."""
+    cfg = experiment.run_config(strategy, attack)
+    cfg.baselines.local_only = cfg.baselines.centralized = False
+    run_dir = out / f"{strategy}-{run_tag(attack)}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "attack.json").unlink(missing_ok=True)
+    if attack is not None:
+        Attack(attack.kind, tuple(attack.sites), attack.factor, attack.seed).write(run_dir)
+    started = time.perf_counter()
+    sim.run(cfg, run_dir, progress=progress)
+    return run_dir, round(time.perf_counter() - started, 1)
 
-    Rows of other strategies already in ``out`` are kept: a rerun of some strategies (after a
-    failure, or to add one) completes the same table.
+
+def run_grid(experiment: AttackExperiment, out: Path, progress: bool = True) -> Path:
+    """Every strategy clean, then under each attack; returns the path of the table (attack.md).
+
+    The honest sites are the same in every row (the union of the attacks' bad sites is left out
+    of the clean means too). Rows of other strategies already in ``out`` are kept: a rerun of some
+    strategies (after a failure, or to add one) completes the same table.
     """
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    a = experiment.attack
+    bad = sorted({i for a in experiment.attacks for i in a.sites})
     previous = out / "attack.json"
     rows = json.loads(previous.read_text())["rows"] if previous.exists() else []
     rows = [r for r in rows if r["strategy"] not in experiment.strategies]
     for strategy in experiment.strategies:
-        row = {"strategy": strategy}
-        for attacked in (False, True):
-            cfg = experiment.run_config(strategy, attacked)
-            cfg.baselines.local_only = cfg.baselines.centralized = False
-            run_dir = out / f"{strategy}-{'attacked' if attacked else 'clean'}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "attack.json").unlink(missing_ok=True)
-            if attacked:
-                Attack(a.kind, tuple(a.sites), a.factor, a.seed).write(run_dir)
-            started = time.perf_counter()
-            sim.run(cfg, run_dir, progress=progress)
-            means = honest_means(run_dir, a.sites)
-            tag = "attacked" if attacked else "clean"
-            row[f"{tag}_global"], row[f"{tag}_finetuned"] = means["before"], means["after"]
-            row[f"{tag}_s"] = round(time.perf_counter() - started, 1)
-            row[f"{tag}_failed"] = failed_replies(run_dir, a.sites if attacked else [])
-        rows.append(row)
-        _write(out, experiment, rows)
+        clean_dir, clean_s = _simulate(experiment, strategy, None, out, progress)
+        clean = honest_means(clean_dir, bad)
+        for attack in experiment.attacks:
+            run_dir, seconds = _simulate(experiment, strategy, attack, out, progress)
+            attacked = honest_means(run_dir, bad)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "attack": attack.label,
+                    "clean_global": clean["before"],
+                    "clean_finetuned": clean["after"],
+                    "attacked_global": attacked["before"],
+                    "attacked_finetuned": attacked["after"],
+                    "clean_s": clean_s,
+                    "attacked_s": seconds,
+                    "clean_failed": failed_replies(clean_dir, []),
+                    "attacked_failed": failed_replies(run_dir, attack.sites),
+                }
+            )
+            _write(out, experiment, rows)
     return _write(out, experiment, rows)
 
 
@@ -143,24 +187,26 @@ def _fmt(value: float | None) -> str:
 
 
 def _write(out: Path, experiment: AttackExperiment, rows: list[dict]) -> Path:
-    a = experiment.attack
-    (out / "attack.json").write_text(json.dumps({"attack": a.__dict__, "rows": rows}, indent=1))
+    attacks = [a.__dict__ for a in experiment.attacks]
+    (out / "attack.json").write_text(json.dumps({"attacks": attacks, "rows": rows}, indent=1))
+    bad = sorted({i for a in experiment.attacks for i in a.sites})
     lines = [
-        f"# Robust aggregation: {a.kind} (factor {a.factor}) from partition(s) {a.sites}",
+        f"# Robust aggregation against bad partition(s) {bad}",
         "",
         "Macro AUC on the honest sites' test splits (mean over sites): the global model, and "
         "the global model fine-tuned at each site. Failed replies (honest sites only) should be "
         "0: a failed site makes a row incomparable (rerun it with --strategies).",
         "",
-        "| strategy | clean global | clean fine-tuned | attacked global | attacked fine-tuned "
-        "| global drop | failed replies | s (clean + attacked) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| strategy | attack | clean global | clean fine-tuned | attacked global "
+        "| attacked fine-tuned | global drop | failed replies | s (clean + attacked) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c, t = r.get("clean_global"), r.get("attacked_global")
         drop = None if c is None or t is None else c - t
         lines.append(
-            f"| {r['strategy']} | {_fmt(c)} | {_fmt(r.get('clean_finetuned'))} | {_fmt(t)} | "
+            f"| {r['strategy']} | {r.get('attack', '-')} | {_fmt(c)} | "
+            f"{_fmt(r.get('clean_finetuned'))} | {_fmt(t)} | "
             f"{_fmt(r.get('attacked_finetuned'))} | {_fmt(drop)} | "
             f"{r.get('clean_failed', '-')} + {r.get('attacked_failed', '-')} | "
             f"{r.get('clean_s', '-')} + {r.get('attacked_s', '-')} |"

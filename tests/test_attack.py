@@ -11,6 +11,7 @@ from test_simulation import TINY
 
 from client.attack import Attack, active_attack, flips_labels, tamper
 from client.task import clip_update
+from common.config import ConfigError
 from simulations.attack import AttackExperiment, run_grid
 from simulations.config import CONFIG_DIR, SimulationConfig
 
@@ -77,28 +78,52 @@ def test_every_shipped_attack_and_dp_scenario_loads():
         if path.name == "attack_base.yaml":
             continue
         experiment = AttackExperiment.load(path)
-        krum = experiment.run_config("krum", attacked=True).experiment.federation
-        assert krum.strategy == "krum" and krum.krum_malicious == len(experiment.attack.sites)
+        attack = experiment.attacks[0]
+        krum = experiment.run_config("krum", attack).experiment.federation
+        assert krum.strategy == "krum" and krum.krum_malicious == len(attack.sites)
     for path in sorted(CONFIG_DIR.glob("dp_*.yaml")):
         cfg = SimulationConfig.load(path)
         assert cfg.experiment.model.norm == "group"
     assert SimulationConfig.load(CONFIG_DIR / "dp_eps3.yaml").experiment.federation.privacy.enabled
+    assert SimulationConfig.load(
+        CONFIG_DIR / "dp_sgd_eps3.yaml"
+    ).experiment.federation.dp_sgd.enabled
+
+
+def test_attack_yaml_takes_one_attack_or_a_list_of_distinct_kinds(tmp_path):
+    path = tmp_path / "a.yaml"
+    base = {"base": str(CONFIG_DIR / "attack_base.yaml")}
+    path.write_text(json.dumps({**base, "attacks": [{"kind": "noise"}, {"kind": "scale"}]}))
+    assert [a.kind for a in AttackExperiment.load(path).attacks] == ["noise", "scale"]
+    for bad, message in (
+        ({"attack": {"kind": "noise"}, "attacks": [{"kind": "scale"}]}, "not both"),
+        ({"attacks": [{"kind": "noise"}, {"kind": "noise", "factor": 2}]}, "each kind once"),
+        ({"attacks": [{"kind": "melt"}]}, "attacks\\[0\\]"),
+    ):
+        path.write_text(json.dumps({**base, **bad}))
+        with pytest.raises(ConfigError, match=message):
+            AttackExperiment.load(path)
 
 
 @pytest.mark.slow
 def test_attack_grid_end_to_end(tmp_path):
-    """Two tiny runs (FedMedian clean and with a sign-flipping site) and the table."""
+    """Three tiny runs (FedMedian clean, with a sign-flipping and with a label-flipping site)."""
     data = json.loads(json.dumps(TINY))
     data["experiment"]["model"]["norm"] = "group"
     data["baselines"] = {"local_only": False, "centralized": False}
-    data["attack"] = {"kind": "sign-flip", "sites": [0], "factor": 4.0}
+    data["attacks"] = [{"kind": "sign-flip", "sites": [0], "factor": 4.0}, {"kind": "label-flip"}]
     data["strategies"] = ["fedmedian"]
     path = tmp_path / "attack.yaml"
     path.write_text(json.dumps(data))  # JSON is YAML
     table = run_grid(AttackExperiment.load(path), tmp_path / "grid", progress=False)
     rows = json.loads((tmp_path / "grid" / "attack.json").read_text())["rows"]
-    assert [r["strategy"] for r in rows] == ["fedmedian"]
-    assert all(0 <= rows[0][k] <= 1 for k in ("clean_global", "attacked_global"))
-    assert (tmp_path / "grid" / "fedmedian-attacked" / "attack.json").exists()
+    assert [(r["strategy"], r["attack"]) for r in rows] == [
+        ("fedmedian", "sign-flip x4"),
+        ("fedmedian", "label-flip"),
+    ]
+    assert rows[0]["clean_global"] == rows[1]["clean_global"]  # one clean run serves both
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("clean_global", "attacked_global"))
+    for kind in ("sign-flip", "label-flip"):
+        assert (tmp_path / "grid" / f"fedmedian-{kind}" / "attack.json").exists()
     assert not (tmp_path / "grid" / "fedmedian-clean" / "attack.json").exists()
-    assert "fedmedian" in table.read_text()
+    assert "label-flip" in table.read_text()
