@@ -150,6 +150,12 @@ VALID = {"name": "x", "labels": ["A", "B"], "codebooks": {"scp": {"A": ["a"], "B
         ({**VALID, "labels": []}, "non-empty"),
         ({**VALID, "codebooks": {"scp": ["A", "a"]}}, "codebooks.scp must map label"),
         (["not", "a", "mapping"], "expected a mapping"),
+        (
+            {**VALID, "codebooks": {"scp": {"A": "a1", "B": ["b"]}}},
+            r"codebooks.scp.A: expected a list",
+        ),
+        ({**VALID, "labels": "AB"}, "labels: expected a list"),
+        ({**VALID, "hierarchical": "scp"}, "hierarchical: expected a list"),
     ],
 )
 def test_bad_label_space_file_is_a_config_error_naming_the_file(tmp_path, data, message):

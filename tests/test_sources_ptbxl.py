@@ -268,6 +268,21 @@ def test_row_with_unparsable_scp_codes_is_rejected_at_scan(site):
     assert len(scan.refs) == 19
 
 
+def test_junk_in_an_optional_column_keeps_the_record_without_that_field(site, database):
+    db = pd.read_csv(site / "ptbxl_database.csv", dtype=str)
+    db.loc[db.ecg_id == "1", "age"] = "about sixty"
+    db.loc[db.ecg_id == "2", "age"] = ""
+    db.to_csv(site / "ptbxl_database.csv", index=False)
+    scan = sources.scan(site)
+    assert not scan.problems and len(scan.refs) == 20
+    ages = {ref.record_id: ref.meta["age"] for ref in scan.refs}
+    assert ages["1"] is None and ages["2"] is None
+    for record_id, age in ages.items():
+        if record_id not in ("1", "2"):
+            expected = database.loc[int(record_id), "age"]
+            assert age == (None if pd.isna(expected) else pytest.approx(expected))
+
+
 def test_unknown_scp_code_is_kept_not_an_error(site):
     db = pd.read_csv(site / "ptbxl_database.csv", dtype=str)
     db.loc[db.ecg_id == "1", "scp_codes"] = "{'NORM': 100.0, 'XYZ42': 50.0}"

@@ -54,7 +54,7 @@ class LabelSpace:
         for key in ("name", "labels", "codebooks"):
             if key not in data:
                 raise ConfigError(f"{origin}: missing key {key!r}")
-        labels = tuple(str(lab) for lab in data["labels"])
+        labels = _strings(data["labels"], f"{origin}: labels")
         if len(set(labels)) != len(labels) or not labels:
             raise ConfigError(f"{origin}: 'labels' must be a non-empty list without repeats")
         codebooks: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -67,13 +67,16 @@ class LabelSpace:
                         f"{origin}: codebooks.{coding} names label {label!r}, not in 'labels'"
                     )
             codebooks[str(coding)] = {
-                str(label): tuple(str(c) for c in codes) for label, codes in book.items()
+                str(label): _strings(codes, f"{origin}: codebooks.{coding}.{label}")
+                for label, codes in book.items()
             }
         return cls(
             name=str(data["name"]),
             labels=labels,
             codebooks=codebooks,
-            hierarchical=frozenset(data.get("hierarchical", [])),
+            hierarchical=frozenset(
+                _strings(data.get("hierarchical", []), f"{origin}: hierarchical")
+            ),
         )
 
     def to_dict(self) -> dict:
@@ -121,3 +124,10 @@ class LabelSpace:
 
     def known_codes(self, coding: str) -> set[str]:
         return {c for codes in self.codebooks.get(coding, {}).values() for c in codes}
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    """A YAML list of names or codes; a bare string would otherwise split into characters."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+    return tuple(str(v) for v in value)

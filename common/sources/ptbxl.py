@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,15 @@ def _id(value) -> str | None:
         return None
     text = str(value).strip()
     return text[:-2] if text.endswith(".0") else text
+
+
+def _number(value) -> float | None:
+    """An optional numeric field: junk counts as missing, the record itself is still good."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
 def scan(root: Path, rate: int = 500) -> Scan:
@@ -66,7 +76,7 @@ def scan(root: Path, rate: int = 500) -> Scan:
             "codes": tuple(str(c) for c in codes),
             "coding": "scp",
             "strat_fold": fold,
-            "age": None if pd.isna(row.get("age")) else float(row["age"]),
+            "age": _number(row.get("age")),
             "sex": None if pd.isna(row.get("sex")) else ("F" if _id(row["sex"]) == "1" else "M"),
             "date": row.get("recording_date") if not pd.isna(row.get("recording_date")) else None,
         }
