@@ -6,6 +6,7 @@ import copy
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 
 
@@ -15,9 +16,11 @@ def export_onnx(
     path: str | Path,
     n_leads: int = 12,
     opset: int = 17,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model`` (in eval mode, on the CPU) to ``path``: input ``ecg`` (batch, leads, time),
-    output ``logits`` (batch, labels), batch size free.
+    output ``logits`` (batch, labels), batch size free. ``metadata`` goes into the file's
+    ``metadata_props`` (what the logits mean, how to preprocess), so the file is self-describing.
 
     Uses the TorchScript exporter: the newer dynamo exporter needs onnxscript, which ecgfl does
     not depend on. The caller's model is left untouched.
@@ -41,4 +44,8 @@ def export_onnx(
             dynamic_axes={"ecg": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=opset,
         )
+    if metadata:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, str(path))
     return path

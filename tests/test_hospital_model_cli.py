@@ -147,6 +147,12 @@ def test_export_writes_onnx_that_matches_pytorch(workdir, finetuned):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.zeros((3, 12, PIPELINE.length), np.float32)
     assert session.run(None, {"ecg": x})[0].shape == (3, len(SPACE))
+    # the file says what its outputs are and how to preprocess, without the checkpoint
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["ecgfl.labels"]) == list(SPACE.labels)
+    assert json.loads(props["ecgfl.pipeline"])["fs"] == PIPELINE.fs
+    thresholds = json.loads(props["ecgfl.thresholds"])
+    assert set(thresholds) <= set(SPACE.labels) and thresholds
 
 
 def test_a_truncated_wfdb_signal_file_is_a_per_record_error(workdir, global_model, ptbxl_sample):
