@@ -165,6 +165,7 @@ def overhead(workdir: Path, rounds: int, epochs: int) -> None:
 
 
 def scaling(workdir: Path) -> None:
+    sim.source_plans(config(), workdir / ".data", progress=False)  # generate the data untimed
     print("\n## 3. scaling over the same 2400 records (iid), 5 rounds")
     print("| sites | wall time of the run (s) | federation (s) | peak memory (GB) |")
     print("|---|---|---|---|")
