@@ -41,7 +41,8 @@ def train(msg: Message, context: Context) -> Message:
     site = task.open_site(context, job.experiment)
     flip = attack.flips_labels(context)  # simulated bad sites only
     out = task.output_dir(context, site, job.run_name)
-    weights, metrics = task.train_on_site(job, site, msg.content["arrays"], out, flip)
+    budget = task.site_dp_budget(context)  # a hospital's own DP-SGD budget, if it set one
+    weights, metrics = task.train_on_site(job, site, msg.content["arrays"], out, flip, budget)
     return _reply(msg, site.name, metrics, weights, job.experiment.federation.transport)
 
 

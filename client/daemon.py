@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from client.audit import AUDIT_LOG_KEY
+from client.task import DP_BUDGET_KEY
 from common import config
 from common.config import ConfigError
 from common.flower_process import flower_env, stop_process_group
@@ -55,6 +56,9 @@ class HospitalConfig:
     labels: str = "seed6"  # label space the data check reports on
     pipeline: PipelineConfig | None = None  # the federation's; None = the default pipeline
     max_backoff_s: float = 300.0
+    # This hospital's own DP-SGD budget per run: set, it trains only under DP-SGD and never past
+    # this epsilon, whatever budget (or none) the coordinator's run asks for.
+    dp_max_epsilon: float | None = None
 
     def validate(self) -> None:
         host, sep, port = self.superlink.rpartition(":")
@@ -69,6 +73,8 @@ class HospitalConfig:
         ]
         if quoted:
             raise ValueError(f"{quoted}: a double quote cannot pass through Flower's node config")
+        if self.dp_max_epsilon is not None and self.dp_max_epsilon <= 0:
+            raise ValueError("dp_max_epsilon must be > 0 (or omitted)")
 
     @classmethod
     def load(cls, path: str | Path) -> HospitalConfig:
@@ -158,6 +164,8 @@ def node_config(cfg: HospitalConfig) -> str:
     }
     if cfg.format:
         values["format"] = cfg.format
+    if cfg.dp_max_epsilon is not None:
+        values[DP_BUDGET_KEY] = str(cfg.dp_max_epsilon)
     return " ".join(f'{k}="{v}"' for k, v in values.items())
 
 

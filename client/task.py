@@ -31,6 +31,8 @@ log = logging.getLogger("ecgfl.client")
 EXPERIMENT_KEY = "experiment"  # ConfigRecord key: the experiment as JSON
 SPACE_KEY = "label-space"  # ConfigRecord key: the label space as JSON (it may be user-defined)
 FINETUNE_SPACE_KEY = "finetune-label-space"  # the space to fine-tune into
+DP_BUDGET_KEY = "dp-max-epsilon"  # node config: the hospital's own DP-SGD budget per run
+SITE_DELTA = 1e-5  # the delta at which a hospital's own budget is held
 
 
 @dataclass
@@ -128,14 +130,41 @@ def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
     return model
 
 
+def site_dp_budget(context: Context) -> float | None:
+    """The hospital's own DP-SGD budget from its node config (``ecgfl-hospital``'s
+    ``dp_max_epsilon``), or None."""
+    value = context.node_config.get(DP_BUDGET_KEY)
+    return float(str(value)) if value not in (None, "") else None
+
+
+def _dp_budgets(job: Job, site_budget: float | None) -> list[tuple[float, float]]:
+    """(epsilon, delta) limits a round must respect: the run's, and the site's own at delta
+    ``SITE_DELTA`` (so a coordinator cannot loosen it with a large delta). A site with its own
+    budget refuses to train without DP-SGD."""
+    dp = job.experiment.federation.dp_sgd
+    if site_budget is not None and not dp.enabled:
+        raise dpsgd.SiteBudgetExhausted(
+            f"this site trains only with DP-SGD (its own budget: epsilon {site_budget}), and the "
+            "run has federation.dp_sgd off; it does not train"
+        )
+    limits = [(dp.max_epsilon, dp.delta)] if dp.max_epsilon is not None else []
+    return limits + ([(site_budget, SITE_DELTA)] if site_budget is not None else [])
+
+
 def train_on_site(
-    job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path, flip_labels: bool = False
+    job: Job,
+    site: SiteData,
+    arrays: ArrayRecord,
+    out_dir: Path,
+    flip_labels: bool = False,
+    site_budget: float | None = None,
 ) -> tuple[dict, dict]:
     """Local epochs from the global weights; returns (new weights, metrics for the reply).
 
     With DP-SGD the site keeps its own privacy ledger in ``out_dir``, refuses a round that would
-    take its epsilon past its budget, and reports the epsilon spent and what one more round
-    would bring it to. ``flip_labels`` is the label-flipping attack (simulated sites only).
+    take its epsilon past the run's budget or its own (``site_budget``), and reports the epsilon
+    spent and what one more round would bring it to. ``flip_labels`` is the label-flipping attack
+    (simulated sites only).
     """
     model = global_model(job, arrays)
     train_ds = site.dataset("train", job.space)
@@ -150,14 +179,16 @@ def train_on_site(
     dp = job.experiment.federation.dp_sgd
     rounds = job.experiment.federation.rounds
     ledger = dpsgd.Ledger(out_dir)
+    limits = _dp_budgets(job, site_budget)
     if dp.enabled:
         planned = dpsgd.plan(dp, len(train_ds), cfg.batch_size, cfg.epochs, rounds)
-        after = dpsgd.epsilon([*ledger.read(), planned], dp.delta)
-        if dp.max_epsilon is not None and after > dp.max_epsilon:
-            raise dpsgd.SiteBudgetExhausted(
-                f"site {site.name}: this round would take its DP-SGD epsilon to {after:.3f}, past "
-                f"its budget of {dp.max_epsilon} (delta {dp.delta}); it does not train"
-            )
+        for limit, delta in limits:
+            after = dpsgd.epsilon([*ledger.read(), planned], delta)
+            if after > limit:
+                raise dpsgd.SiteBudgetExhausted(
+                    f"site {site.name}: this round would take its DP-SGD epsilon to {after:.3f}, "
+                    f"past its budget of {limit} (delta {delta}); it does not train"
+                )
     result = training.train(
         model,
         train_ds,

@@ -1,17 +1,19 @@
 """Sample-level DP-SGD (Opacus): clipping really bounds each step, the accountant agrees with an
 independent one, the site's ledger and budget hold, and unsuitable models are refused."""
 
+import copy
 import math
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Context, RecordDict
 from test_simulation import entries, tiny_config
 from test_training import LENGTH, sine_task
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import TensorDataset
 
-from client.task import Job, job_config, train_on_site
+from client.daemon import HospitalConfig, node_config
+from client.task import DP_BUDGET_KEY, Job, job_config, site_dp_budget, train_on_site
 from common import dpsgd
 from common.config import ConfigError, from_dict
 from common.experiment import ExperimentConfig
@@ -206,3 +208,42 @@ def test_a_site_refuses_a_round_past_its_budget_whatever_the_coordinator_says(dp
     assert dpsgd.Ledger(tmp_path).read() == [
         dpsgd.Steps(spent.noise_multiplier, spent.sample_rate, 2 * spent.count)
     ]
+
+
+def _job(experiment, **dp_sgd) -> Job:
+    experiment = copy.deepcopy(experiment)
+    experiment.federation.dp_sgd = dpsgd.DPSGDSettings(**dp_sgd)
+    return Job.from_config(job_config(experiment, "own-budget"))
+
+
+def test_a_hospitals_own_budget_binds_whatever_the_run_asks(dp_sgd_run, tmp_path):
+    run_dir, cfg = dp_sgd_run
+    site = SiteData.from_manifest(run_dir / "partition" / "sites.json", 0, cfg.experiment.pipeline)
+    arrays = ArrayRecord(RoundState.load(checkpoint_path(run_dir, 2)).arrays)
+    # the run sets no budget at all: the site's own still holds
+    with pytest.raises(dpsgd.SiteBudgetExhausted, match="budget of 0.05 \\(delta 1e-05\\)"):
+        train_on_site(
+            _job(cfg.experiment, noise_multiplier=1.0), site, arrays, tmp_path, site_budget=0.05
+        )
+    # a huge delta in the run cannot loosen it: the site holds its budget at delta 1e-5
+    loose = _job(cfg.experiment, noise_multiplier=1.0, delta=0.5, max_epsilon=100.0)
+    with pytest.raises(dpsgd.SiteBudgetExhausted, match="delta 1e-05"):
+        train_on_site(loose, site, arrays, tmp_path, site_budget=0.5)
+    # and a run without DP-SGD gets nothing from it
+    with pytest.raises(dpsgd.SiteBudgetExhausted, match="only with DP-SGD"):
+        train_on_site(_job(cfg.experiment), site, arrays, tmp_path, site_budget=3.0)
+    assert dpsgd.Ledger(tmp_path).read() == []  # nothing was trained, nothing spent
+
+
+def test_the_hospital_config_passes_its_budget_to_the_client_app(tmp_path):
+    cfg = HospitalConfig(
+        site="H1", superlink="coordinator:8000", data_dir=str(tmp_path), dp_max_epsilon=2.5
+    )
+    node = dict(pair.split("=", 1) for pair in node_config(cfg).split(" "))
+    assert node[DP_BUDGET_KEY] == '"2.5"'
+    context = Context(
+        run_id=1, node_id=1, node_config={DP_BUDGET_KEY: "2.5"}, state=RecordDict(), run_config={}
+    )
+    assert site_dp_budget(context) == 2.5
+    none = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    assert site_dp_budget(none) is None
