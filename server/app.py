@@ -48,8 +48,19 @@ def initial_state(experiment: ExperimentConfig, space: LabelSpace) -> RoundState
     return RoundState(0, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
+def log_through_flower() -> None:
+    """ecgfl's log lines take the way Flower's own do, so ``flwr run --stream`` and ``flwr log``
+    show the rounds, the privacy budget and the failed sites too."""
+    ours = logging.getLogger("ecgfl")
+    ours.setLevel(logging.INFO)
+    for handler in logging.getLogger("flwr").handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    log_through_flower()
     run_dir = Path(str(context.run_config["run-dir"]))
     experiment = ExperimentConfig.load(str(context.run_config.get("experiment", "")) or None)
     space = LabelSpace.load(experiment.labels)

@@ -112,6 +112,11 @@ def test_report_has_every_site_and_baseline(finished):
     ).exists()
 
 
+def test_the_server_apps_own_log_lines_reach_the_streamed_log(finished):
+    streamed = (finished / "flower.log").read_text()
+    assert "round 1/3: training" in streamed and "round 3/3 done" in streamed
+
+
 def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished, tmp_path):
     """Redo each site's local training from round 0 and average with numpy."""
     experiment = ExperimentConfig.load(finished / "experiment.yaml")
