@@ -25,6 +25,7 @@ STRATEGIES = (
     "fedmedian",
     "fedtrimmedavg",
     "krum",
+    "multikrum",
 )
 FINETUNE_MODES = ("full", "head", "last_k", "discriminative")
 
@@ -87,7 +88,7 @@ class FederationSettings:
     server_lr: float = 0.01  # fedadam / fedyogi eta, fedavgm server learning rate
     server_momentum: float = 0.9  # fedavgm
     trimmed_beta: float = 0.2  # fedtrimmedavg: share cut from each end
-    krum_malicious: int = 0  # krum: sites assumed byzantine
+    krum_malicious: int = 0  # krum, multikrum: sites assumed byzantine
     init_checkpoint: str | None = None  # start from these weights instead of from scratch
     transport: str = "float32"  # or float16: half the bytes on the wire each way
     update_clip_norm: float | None = None  # sites clip w_local - w_global to this L2 norm

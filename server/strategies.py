@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg,
     FedYogi,
     Krum,
+    MultiKrum,
     Strategy,
 )
 
@@ -90,6 +91,12 @@ def _strategy(s: FederationSettings, common: dict) -> Strategy:
             return FedTrimmedAvg(**common, beta=s.trimmed_beta)
         case "krum":
             return Krum(**common, num_malicious_nodes=s.krum_malicious)
+        case "multikrum":  # average the n - f updates Krum trusts most (Blanchard et al. 2017)
+            return MultiKrum(
+                **common,
+                num_malicious_nodes=s.krum_malicious,
+                num_nodes_to_select=s.min_sites - s.krum_malicious,
+            )
     raise AssertionError(s.strategy)
 
 

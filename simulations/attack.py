@@ -83,7 +83,7 @@ class AttackExperiment:
         cfg = copy.deepcopy(self.simulation)
         fed = cfg.experiment.federation
         fed.strategy = strategy
-        if strategy == "krum":
+        if strategy in ("krum", "multikrum"):
             fed.krum_malicious = max(len(a.sites) for a in self.attacks)
         cfg.experiment.name = f"{cfg.experiment.name}-{strategy}-{run_tag(attack)}"
         return cfg
