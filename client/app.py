@@ -37,18 +37,18 @@ def _reply(
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    job = task.Job.from_config(msg.content["config"])
+    job = task.read_job(msg.content["config"], context)
     site = task.open_site(context, job.experiment)
     flip = attack.flips_labels(context)  # simulated bad sites only
     out = task.output_dir(context, site, job.run_name)
-    budget = task.site_dp_budget(context)  # a hospital's own DP-SGD budget, if it set one
+    budget = task.site_budget(context)  # a hospital's own lifetime DP-SGD budget, if it set one
     weights, metrics = task.train_on_site(job, site, msg.content["arrays"], out, flip, budget)
     return _reply(msg, site.name, metrics, weights, job.experiment.federation.transport)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    job = task.Job.from_config(msg.content["config"])
+    job = task.read_job(msg.content["config"], context)
     site = task.open_site(context, job.experiment)
     return _reply(msg, site.name, task.evaluate_on_site(job, site, msg.content["arrays"]))
 
@@ -56,7 +56,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.train("finetune")
 def finetune(msg: Message, context: Context) -> Message:
     """The fine-tuned weights stay in the site's output folder; only scores go back."""
-    job = task.Job.from_config(msg.content["config"])
+    job = task.read_job(msg.content["config"], context)
     site = task.open_site(context, job.experiment)
     out = task.output_dir(context, site, job.run_name)
     metrics, _ = task.finetune_on_site(job, site, msg.content["arrays"], out)

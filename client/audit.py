@@ -25,7 +25,7 @@ def _round(msg: Message) -> int | None:
     return int(config["server-round"]) if config and "server-round" in config else None
 
 
-def _base(event: str, msg: Message) -> dict:
+def entry(event: str, msg: Message) -> dict:
     meta = msg.metadata
     return {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
@@ -76,16 +76,16 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if not target:
         return call_next(msg, context)
     path = Path(str(target))
-    write(path, {**_base("received", msg), "server_round": _round(msg)})
+    write(path, {**entry("received", msg), "server_round": _round(msg)})
     try:
         reply = call_next(msg, context)
-    except Exception as exc:  # Flower turns it into an error reply: nothing but the error leaves
-        write(path, {**_base("error", msg), "error": type(exc).__name__})
+    except Exception as exc:  # the runner sends an error reply: nothing else leaves
+        write(path, {**entry("error", msg), "error": type(exc).__name__})
         raise
-    entry = {**_base("sent", msg), "server_round": _round(msg)}
+    sent = {**entry("sent", msg), "server_round": _round(msg)}
     if reply.has_error():
-        entry["error"] = {"code": reply.error.code}
+        sent["error"] = {"code": reply.error.code}
     else:
-        entry["records"] = describe(reply.content)
-    write(path, entry)
+        sent["records"] = describe(reply.content)
+    write(path, sent)
     return reply

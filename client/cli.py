@@ -10,6 +10,7 @@ COMMANDS = {
     "check": ("client.commands.check", "check a folder of ECG records without modifying it"),
     "prepare": ("client.commands.prepare", "preprocess a site's records into its local cache"),
     "start": ("client.commands.start", "connect this site to the federation and serve it"),
+    "approve": ("client.commands.approve", "review a coordinator's app bundle and approve it"),
     "finetune": ("client.commands.finetune", "fine-tune a model on this site's data and keep it"),
     "predict": ("client.commands.predict", "per-label probabilities for ECG record files"),
     "export": ("client.commands.export", "export a model to ONNX, verified with onnxruntime"),

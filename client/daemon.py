@@ -1,9 +1,12 @@
 """The hospital daemon: check the site's data, prepare its cache, then keep a Flower SuperNode
 connected to the coordinator, restarting it with backoff whenever it exits.
 
-flower-supernode itself retries a lost connection (no retry limit by default); the daemon covers
-what it gives up on: a coordinator that is down when the node starts, a refused key, a crash.
-Everything the SuperNode's ClientApp needs comes from ``hospital.yaml`` through its node config.
+The SuperNode runs with ``--isolation process``: it executes no app code. The daemon's
+``Launcher`` takes each task from it with the hospital's own SuperExec secret and starts the
+hospital's ClientApp runner (``client.runner``), which runs only the installed ClientApp and only
+for bundles the hospital approved. flower-supernode itself retries a lost connection; the daemon
+covers what it gives up on (a coordinator down at start, a crash) and stops for good on what
+cannot succeed by retrying (a certificate it must not trust, a key the coordinator refuses).
 """
 
 from __future__ import annotations
@@ -11,15 +14,23 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.supercore.constant import TaskType
+from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+
 from client.audit import AUDIT_LOG_KEY
-from client.task import DP_BUDGET_KEY
+from client.policy import POLICY_KEY, SitePolicy
 from common import config
 from common.config import ConfigError
 from common.flower_process import flower_env, stop_process_group
@@ -30,8 +41,30 @@ STABLE_S = 60.0  # a SuperNode that ran this long resets the backoff
 # flower-supernode logs its exit code (flwr.supercore.exit.ExitCode) but exits with 1
 EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 FLOWER_ERROR = re.compile(r"\[code: \d+\][^\n]*")
-FATAL = {302: "its private key is invalid", 303: "node authentication needs TLS"}
-REFUSED = 305  # the SuperLink answered but would not admit this node
+FATAL_CODES = {302: "its private key is invalid", 303: "node authentication needs TLS"}
+# What no retry can fix, by what the SuperNode logged (first match wins): the daemon stops.
+FATAL_LOGS = (
+    (
+        "certificate has expired",
+        "the coordinator's TLS certificate has expired (or this machine's clock is wrong): the "
+        "coordinator must re-issue it",
+    ),
+    (
+        "mismatch, certificate is not valid for",
+        "the coordinator's TLS certificate does not name the address in hospital.yaml "
+        "'superlink': wrong address, or not this federation's coordinator",
+    ),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "the coordinator's TLS certificate is not signed by this hospital's CA "
+        "(root_certificates): wrong ca.crt, or not this federation's coordinator",
+    ),
+)
+REFUSED_LOG = "[code: 2004]"  # the coordinator would not activate this site's key
+ADMITTED = re.compile(r"SuperNode ID: \d+")  # logged once the coordinator admitted the key
+# A key the coordinator admitted before can be refused while its last session still counts as
+# online (a crash: two missed 30 s heartbeats); past this, it was unregistered.
+REFUSED_GRACE_S = 150.0
 
 
 @dataclass
@@ -56,9 +89,7 @@ class HospitalConfig:
     labels: str = "seed6"  # label space the data check reports on
     pipeline: PipelineConfig | None = None  # the federation's; None = the default pipeline
     max_backoff_s: float = 300.0
-    # This hospital's own DP-SGD budget per run: set, it trains only under DP-SGD and never past
-    # this epsilon, whatever budget (or none) the coordinator's run asks for.
-    dp_max_epsilon: float | None = None
+    policy: SitePolicy = field(default_factory=SitePolicy)  # what this site agrees to run
 
     def validate(self) -> None:
         host, sep, port = self.superlink.rpartition(":")
@@ -73,8 +104,6 @@ class HospitalConfig:
         ]
         if quoted:
             raise ValueError(f"{quoted}: a double quote cannot pass through Flower's node config")
-        if self.dp_max_epsilon is not None and self.dp_max_epsilon <= 0:
-            raise ValueError("dp_max_epsilon must be > 0 (or omitted)")
 
     @classmethod
     def load(cls, path: str | Path) -> HospitalConfig:
@@ -153,20 +182,31 @@ def prepare(cfg: HospitalConfig) -> None:
     log.info("cache ready: %s (%d records)", cache.path, len(cache))
 
 
-def node_config(cfg: HospitalConfig) -> str:
-    """What the ClientApp learns about this site (client.task.open_site reads these keys)."""
+def node_values(cfg: HospitalConfig) -> dict[str, str]:
+    """What the ClientApp learns about this site (client.task reads these keys). The hospital's
+    runner sets them on every task from ``hospital.yaml``."""
     values = {
         "site": cfg.site,
         "data-dir": cfg.data_dir,
         "cache-dir": cfg.cache_dir,
         "output-dir": cfg.output_dir,
         AUDIT_LOG_KEY: cfg.audit_log,
+        POLICY_KEY: cfg.policy.to_json(),
     }
     if cfg.format:
         values["format"] = cfg.format
-    if cfg.dp_max_epsilon is not None:
-        values[DP_BUDGET_KEY] = str(cfg.dp_max_epsilon)
-    return " ".join(f'{k}="{v}"' for k, v in values.items())
+    return values
+
+
+def superexec_secret(cfg: HospitalConfig) -> Path:
+    """The secret that lets only this daemon take the SuperNode's tasks (created once, 0600)."""
+    path = Path(cfg.state_dir) / "superexec.secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path
 
 
 def supernode_command(cfg: HospitalConfig, insecure: bool) -> list[str]:
@@ -175,11 +215,15 @@ def supernode_command(cfg: HospitalConfig, insecure: bool) -> list[str]:
         "--superlink",
         cfg.superlink,
         "--node-config",
-        node_config(cfg),
+        f'site="{cfg.site}"',
         "--host",
         "127.0.0.1",
         "--port",
         str(cfg.runtime_port),
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(superexec_secret(cfg)),
     ]
     if insecure:
         return [*command, "--insecure"]
@@ -192,26 +236,122 @@ def supernode_command(cfg: HospitalConfig, insecure: bool) -> list[str]:
     ]
 
 
-def exit_reason(log_tail: str) -> tuple[int | None, str]:
-    """Flower's exit code and its explanation, from what the SuperNode logged before exiting."""
+def exit_reason(log_tail: str) -> tuple[str, str]:
+    """("fatal" | "refused" | "retry", explanation) from what the SuperNode logged before
+    exiting: fatal when retrying cannot help, so the daemon stops instead of knocking forever."""
     codes = EXIT_CODE.findall(log_tail)
     code = int(codes[-1]) if codes else None
     detail = " ".join(FLOWER_ERROR.findall(log_tail))
-    if code in FATAL:
-        return code, f"{FATAL[code]} {detail}".strip()
-    if code == REFUSED:
-        return code, f"the coordinator refused this site (is its key registered?) {detail}".strip()
-    return code, f"exit code {code} {detail}".strip() if code else "it stopped unexpectedly"
+    if code in FATAL_CODES:
+        return "fatal", f"{FATAL_CODES[code]} {detail}".strip()
+    for needle, reason in FATAL_LOGS:
+        if needle in log_tail:
+            return "fatal", reason
+    if REFUSED_LOG in log_tail:
+        return "refused", (
+            "the coordinator refused this site's key: it is not registered there (the "
+            "coordinator's operator provisions and registers each hospital)"
+        )
+    return "retry", f"exit code {code} {detail}".strip() if code else "it stopped unexpectedly"
+
+
+class Launcher(threading.Thread):
+    """Takes the SuperNode's ClientApp tasks with the hospital's SuperExec secret and starts the
+    hospital's runner (``client.runner``) for each: Flower's ``flower-superexec`` would start
+    ``flwr-clientapp``, which installs and runs whatever bundle the coordinator sent."""
+
+    def __init__(self, cfg: HospitalConfig, config_path: Path, stopping: threading.Event) -> None:
+        super().__init__(name="ecgfl-launcher", daemon=True)
+        self.cfg, self.config_path, self.stopping = cfg, config_path, stopping
+        self.address = f"127.0.0.1:{cfg.runtime_port}"
+        self.tasks: list[subprocess.Popen] = []
+        self.failed = False
+
+    def _client(self) -> RuntimeHttpClient:
+        invoker = make_simple_http_retry_invoker()
+        invoker.max_tries = 1  # this loop retries itself, and must notice a stop
+        secret = superexec_secret(self.cfg).read_bytes()
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.address,
+            insecure=True,  # the SuperNode's Runtime API listens on loopback only
+            root_certificates=None,
+            interceptors=[
+                SuperExecAuthHttpInterceptor(
+                    master_secret=secret, protected_methods={"/flwr.proto.Runtime/AcquireTask"}
+                )
+            ],
+            retry_invoker=invoker,
+        )
+
+    def _launch(self, token: str) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "client.runner",
+            "--config",
+            str(self.config_path),
+            "--runtime-api-address",
+            self.address,
+            "--token",
+            token,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        state = Path(self.cfg.state_dir)
+        with open(self.cfg.log_file, "ab") as out:
+            self.tasks.append(
+                subprocess.Popen(
+                    command,
+                    env=flower_env(state / "flwr"),
+                    cwd=state,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+
+    def run(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # without a launcher no task runs: the daemon must not look healthy
+            log.exception("the ClientApp launcher failed; stopping")
+            self.failed = True
+            self.stopping.set()
+
+    def _serve(self) -> None:
+        client = self._client()
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        try:
+            while not self.stopping.wait(0.5):
+                self.tasks = [t for t in self.tasks if t.poll() is None]
+                try:
+                    answer = client.AcquireTask(request)
+                except Exception as exc:  # noqa: BLE001 - SuperNode (re)starting: try again
+                    log.debug("no task from the SuperNode: %s", exc)
+                    continue
+                if answer.HasField("task") and answer.token:
+                    log.info(
+                        "task %d of run %d: starting the runner",
+                        answer.task.task_id,
+                        answer.task.run_id,
+                    )
+                    self._launch(answer.token)
+        finally:
+            client.close()
+            for task in self.tasks:
+                task.terminate()
 
 
 class Daemon:
     """Runs flower-supernode until asked to stop; restarts it with exponential backoff."""
 
-    def __init__(self, cfg: HospitalConfig, insecure: bool) -> None:
+    def __init__(self, cfg: HospitalConfig, insecure: bool, config_path: Path) -> None:
         self.cfg = cfg
         self.command = supernode_command(cfg, insecure)
         self.stopping = threading.Event()
         self.proc: subprocess.Popen | None = None
+        self.launcher = Launcher(cfg, config_path, self.stopping)
+        self.refused_since: float | None = None
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
@@ -239,21 +379,46 @@ class Daemon:
                 start_new_session=True,
             )
 
+    @property
+    def _admitted_marker(self) -> Path:
+        return Path(self.cfg.state_dir) / "admitted"
+
+    def _watch(self, offset: int) -> None:
+        """Wait for the SuperNode to exit; note once that the coordinator admitted this key."""
+        while self.proc.poll() is None and not self.stopping.wait(0.5):
+            if not self._admitted_marker.exists() and ADMITTED.search(self._log_since(offset)):
+                self._admitted_marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+    def _gives_up(self, verdict: str, reason: str) -> bool:
+        """Stop for good on what retrying cannot fix. A refused key is final unless the
+        coordinator admitted it before (its last session may still count as online)."""
+        if verdict == "refused":
+            now = time.monotonic()
+            self.refused_since = self.refused_since or now
+            if self._admitted_marker.exists() and now - self.refused_since < REFUSED_GRACE_S:
+                return False
+        elif verdict == "retry":
+            self.refused_since = None
+            return False
+        log.error("SuperNode cannot run: %s; stopping (log: %s)", reason, self.cfg.log_file)
+        self.stopping.set()
+        return True
+
     def run(self) -> int:
         backoff = 1.0
+        self.launcher.start()
         while not self.stopping.is_set():
             started, offset = time.monotonic(), self._log_size()
             self.proc = self._spawn()
             log.info(
                 "SuperNode started (pid %d), connecting to %s", self.proc.pid, self.cfg.superlink
             )
-            while self.proc.poll() is None and not self.stopping.wait(0.5):
-                pass
+            self._watch(offset)
             if self.stopping.is_set():
                 break
-            code, reason = exit_reason(self._log_since(offset))
-            if code in FATAL:
-                log.error("SuperNode cannot run: %s; see %s", reason, self.cfg.log_file)
+            verdict, reason = exit_reason(self._log_since(offset))
+            if self._gives_up(verdict, reason):
+                self.launcher.join(timeout=10)
                 return 1
             if time.monotonic() - started > STABLE_S:
                 backoff = 1.0
@@ -267,12 +432,16 @@ class Daemon:
             backoff = min(backoff * 2, self.cfg.max_backoff_s)
         if self.proc is not None:
             stop_process_group(self.proc)
+        self.launcher.join(timeout=10)
         log.info("stopped")
-        return 0
+        return 1 if self.launcher.failed else 0
 
 
-def start(cfg: HospitalConfig, insecure: bool = False, check_records: bool = True) -> int:
-    """Check, prepare, then serve until SIGTERM/SIGINT."""
+def start(
+    cfg: HospitalConfig, config_path: Path, insecure: bool = False, check_records: bool = True
+) -> int:
+    """Check, prepare, then serve until SIGTERM/SIGINT. The runner re-reads ``config_path`` for
+    every task, so an approval takes effect without a restart."""
     handler = logging.FileHandler(cfg.log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
@@ -282,7 +451,7 @@ def start(cfg: HospitalConfig, insecure: bool = False, check_records: bool = Tru
     if check_records:
         check_data(cfg)
     prepare(cfg)
-    daemon = Daemon(cfg, insecure)
+    daemon = Daemon(cfg, insecure, config_path.resolve())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, daemon.stop)
     return daemon.run()

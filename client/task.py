@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
+from client.policy import POLICY_KEY, SitePolicy, check_job, plain_name
 from common import config, dpsgd, training
 from common.checkpoint import save_checkpoint
 from common.evaluation import score
@@ -31,8 +32,8 @@ log = logging.getLogger("ecgfl.client")
 EXPERIMENT_KEY = "experiment"  # ConfigRecord key: the experiment as JSON
 SPACE_KEY = "label-space"  # ConfigRecord key: the label space as JSON (it may be user-defined)
 FINETUNE_SPACE_KEY = "finetune-label-space"  # the space to fine-tune into
-DP_BUDGET_KEY = "dp-max-epsilon"  # node config: the hospital's own DP-SGD budget per run
 SITE_DELTA = 1e-5  # the delta at which a hospital's own budget is held
+SITE_LEDGER_DIR = "privacy"  # under the hospital's output folder: its lifetime DP-SGD ledger
 
 
 @dataclass
@@ -63,6 +64,23 @@ class Job:
             server_round=int(record.get("server-round", 0)),
             proximal_mu=float(record.get("proximal-mu", 0.0)),
         )
+
+
+def site_policy(context: Context) -> SitePolicy | None:
+    """The hospital's policy, which its own ClientApp runner puts in the node config; None in a
+    simulation (no hospital)."""
+    text = context.node_config.get(POLICY_KEY)
+    return SitePolicy.from_json(str(text)) if text else None
+
+
+def read_job(record: ConfigRecord, context: Context) -> Job:
+    """The coordinator's job, refused (``PolicyViolation``) where it breaks the site's policy."""
+    job = Job.from_config(record)
+    policy = site_policy(context)
+    if policy is not None:
+        spaces = [job.space, job.finetune_space]
+        check_job(policy, job.experiment, spaces, job.run_name, job.server_round)
+    return job
 
 
 def job_config(experiment: ExperimentConfig, run_name: str) -> ConfigRecord:
@@ -114,7 +132,7 @@ def output_dir(context: Context, site: SiteData, run_name: str) -> Path:
         base = Path(str(node["output-dir"]))
     else:
         base = Path(str(context.run_config["run-dir"])) / "sites" / site.name
-    path = base / run_name
+    path = base / plain_name(run_name, "run-name")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -130,25 +148,37 @@ def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
     return model
 
 
-def site_dp_budget(context: Context) -> float | None:
-    """The hospital's own DP-SGD budget from its node config (``ecgfl-hospital``'s
-    ``dp_max_epsilon``), or None."""
-    value = context.node_config.get(DP_BUDGET_KEY)
-    return float(str(value)) if value not in (None, "") else None
+@dataclass
+class SiteBudget:
+    """A hospital's own DP-SGD budget and the ledger of every step it ever took, across runs."""
+
+    max_epsilon: float
+    ledger: dpsgd.Ledger
 
 
-def _dp_budgets(job: Job, site_budget: float | None) -> list[tuple[float, float]]:
-    """(epsilon, delta) limits a round must respect: the run's, and the site's own at delta
-    ``SITE_DELTA`` (so a coordinator cannot loosen it with a large delta). A site with its own
-    budget refuses to train without DP-SGD."""
+def site_budget(context: Context) -> SiteBudget | None:
+    """The hospital's lifetime budget (``policy.dp_max_epsilon``), kept in its output folder."""
+    policy = site_policy(context)
+    if policy is None or policy.dp_max_epsilon is None:
+        return None
+    folder = Path(str(context.node_config["output-dir"])) / SITE_LEDGER_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return SiteBudget(policy.dp_max_epsilon, dpsgd.Ledger(folder))
+
+
+def _dp_limits(job: Job, run_ledger: dpsgd.Ledger, site: SiteBudget | None) -> list[tuple]:
+    """(ledger, epsilon, delta) limits a round must respect: the run's budget on the run's ledger,
+    and the site's own on its lifetime ledger at delta ``SITE_DELTA`` (so a coordinator cannot
+    loosen it with a large delta or reset it with a new run name). A site with its own budget
+    refuses to train without DP-SGD."""
     dp = job.experiment.federation.dp_sgd
-    if site_budget is not None and not dp.enabled:
+    if site is not None and not dp.enabled:
         raise dpsgd.SiteBudgetExhausted(
-            f"this site trains only with DP-SGD (its own budget: epsilon {site_budget}), and the "
-            "run has federation.dp_sgd off; it does not train"
+            f"this site trains only with DP-SGD (its own budget: epsilon {site.max_epsilon}), and "
+            "the run has federation.dp_sgd off; it does not train"
         )
-    limits = [(dp.max_epsilon, dp.delta)] if dp.max_epsilon is not None else []
-    return limits + ([(site_budget, SITE_DELTA)] if site_budget is not None else [])
+    limits = [(run_ledger, dp.max_epsilon, dp.delta)] if dp.max_epsilon is not None else []
+    return limits + ([(site.ledger, site.max_epsilon, SITE_DELTA)] if site is not None else [])
 
 
 def train_on_site(
@@ -157,12 +187,13 @@ def train_on_site(
     arrays: ArrayRecord,
     out_dir: Path,
     flip_labels: bool = False,
-    site_budget: float | None = None,
+    site_budget: SiteBudget | None = None,
 ) -> tuple[dict, dict]:
     """Local epochs from the global weights; returns (new weights, metrics for the reply).
 
     With DP-SGD the site keeps its own privacy ledger in ``out_dir``, refuses a round that would
-    take its epsilon past the run's budget or its own (``site_budget``), and reports the epsilon
+    take its epsilon past the run's budget or the hospital's own (``site_budget``, counted over
+    every run), and reports the epsilon
     spent and what one more round would bring it to. ``flip_labels`` is the label-flipping attack
     (simulated sites only).
     """
@@ -179,11 +210,11 @@ def train_on_site(
     dp = job.experiment.federation.dp_sgd
     rounds = job.experiment.federation.rounds
     ledger = dpsgd.Ledger(out_dir)
-    limits = _dp_budgets(job, site_budget)
+    limits = _dp_limits(job, ledger, site_budget)
     if dp.enabled:
         planned = dpsgd.plan(dp, len(train_ds), cfg.batch_size, cfg.epochs, rounds)
-        for limit, delta in limits:
-            after = dpsgd.epsilon([*ledger.read(), planned], delta)
+        for spent, limit, delta in limits:
+            after = dpsgd.epsilon([*spent.read(), planned], delta)
             if after > limit:
                 raise dpsgd.SiteBudgetExhausted(
                     f"site {site.name}: this round would take its DP-SGD epsilon to {after:.3f}, "
@@ -208,6 +239,8 @@ def train_on_site(
     }
     if result.dp_steps is not None:
         ledger.add(result.dp_steps)
+        if site_budget is not None:
+            site_budget.ledger.add(result.dp_steps)
         spent = ledger.read()
         metrics["dp-epsilon"] = dpsgd.epsilon(spent, dp.delta)
         metrics["dp-epsilon-next"] = dpsgd.epsilon([*spent, result.dp_steps], dp.delta)

@@ -12,8 +12,9 @@ from test_training import LENGTH, sine_task
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import TensorDataset
 
-from client.daemon import HospitalConfig, node_config
-from client.task import DP_BUDGET_KEY, Job, job_config, site_dp_budget, train_on_site
+from client.daemon import HospitalConfig, node_values
+from client.policy import SitePolicy
+from client.task import Job, SiteBudget, job_config, site_budget, train_on_site
 from common import dpsgd
 from common.config import ConfigError, from_dict
 from common.experiment import ExperimentConfig
@@ -220,30 +221,62 @@ def test_a_hospitals_own_budget_binds_whatever_the_run_asks(dp_sgd_run, tmp_path
     run_dir, cfg = dp_sgd_run
     site = SiteData.from_manifest(run_dir / "partition" / "sites.json", 0, cfg.experiment.pipeline)
     arrays = ArrayRecord(RoundState.load(checkpoint_path(run_dir, 2)).arrays)
+    own = dpsgd.Ledger(tmp_path / "lifetime")
+    (tmp_path / "lifetime").mkdir()
     # the run sets no budget at all: the site's own still holds
     with pytest.raises(dpsgd.SiteBudgetExhausted, match="budget of 0.05 \\(delta 1e-05\\)"):
         train_on_site(
-            _job(cfg.experiment, noise_multiplier=1.0), site, arrays, tmp_path, site_budget=0.05
+            _job(cfg.experiment, noise_multiplier=1.0),
+            site,
+            arrays,
+            tmp_path,
+            False,
+            SiteBudget(0.05, own),
         )
     # a huge delta in the run cannot loosen it: the site holds its budget at delta 1e-5
     loose = _job(cfg.experiment, noise_multiplier=1.0, delta=0.5, max_epsilon=100.0)
     with pytest.raises(dpsgd.SiteBudgetExhausted, match="delta 1e-05"):
-        train_on_site(loose, site, arrays, tmp_path, site_budget=0.5)
+        train_on_site(loose, site, arrays, tmp_path, False, SiteBudget(0.5, own))
     # and a run without DP-SGD gets nothing from it
     with pytest.raises(dpsgd.SiteBudgetExhausted, match="only with DP-SGD"):
-        train_on_site(_job(cfg.experiment), site, arrays, tmp_path, site_budget=3.0)
-    assert dpsgd.Ledger(tmp_path).read() == []  # nothing was trained, nothing spent
+        train_on_site(_job(cfg.experiment), site, arrays, tmp_path, False, SiteBudget(3.0, own))
+    assert dpsgd.Ledger(tmp_path).read() == [] and own.read() == []  # nothing trained or spent
 
 
-def test_the_hospital_config_passes_its_budget_to_the_client_app(tmp_path):
+def test_a_hospitals_ledger_counts_every_run_so_a_new_run_name_resets_nothing(dp_sgd_run, tmp_path):
+    run_dir, cfg = dp_sgd_run
+    site = SiteData.from_manifest(run_dir / "partition" / "sites.json", 0, cfg.experiment.pipeline)
+    arrays = ArrayRecord(RoundState.load(checkpoint_path(run_dir, 2)).arrays)
+    output = tmp_path / "output"
+    node = {"output-dir": str(output), "policy": SitePolicy(dp_max_epsilon=50.0).to_json()}
+    context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+    job = _job(cfg.experiment, noise_multiplier=1.0)
+    for run_name in ("first", "another-name"):
+        (output / run_name).mkdir(parents=True)
+    train_on_site(job, site, arrays, output / "first", False, site_budget(context))
+    one_round = site_budget(context).ledger.read()
+    spent = dpsgd.epsilon(one_round, 1e-5)
+    assert spent > 0
+    two_rounds = dpsgd.epsilon([*one_round, *one_round], 1e-5)
+    budget = SiteBudget((spent + two_rounds) / 2, site_budget(context).ledger)  # < one more round
+    with pytest.raises(dpsgd.SiteBudgetExhausted, match="budget of"):
+        train_on_site(job, site, arrays, output / "another-name", False, budget)
+    assert dpsgd.Ledger(output / "another-name").read() == []
+
+
+def test_the_hospital_config_passes_its_policy_to_the_client_app(tmp_path):
     cfg = HospitalConfig(
-        site="H1", superlink="coordinator:8000", data_dir=str(tmp_path), dp_max_epsilon=2.5
+        site="H1",
+        superlink="coordinator:8000",
+        data_dir=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
+        policy=SitePolicy(dp_max_epsilon=2.5),
     )
-    node = dict(pair.split("=", 1) for pair in node_config(cfg).split(" "))
-    assert node[DP_BUDGET_KEY] == '"2.5"'
     context = Context(
-        run_id=1, node_id=1, node_config={DP_BUDGET_KEY: "2.5"}, state=RecordDict(), run_config={}
+        run_id=1, node_id=1, node_config=node_values(cfg), state=RecordDict(), run_config={}
     )
-    assert site_dp_budget(context) == 2.5
+    budget = site_budget(context)
+    assert budget is not None and budget.max_epsilon == 2.5
+    assert budget.ledger.path.parent == tmp_path / "out" / "privacy"
     none = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    assert site_dp_budget(none) is None
+    assert site_budget(none) is None

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message import make_message
 from flwr.app.metadata import Metadata
-from flwr.common.config import parse_config_args
 
 from client.audit import audit_mod
-from client.daemon import HospitalConfig, exit_reason, supernode_command
+from client.daemon import HospitalConfig, exit_reason, node_values, supernode_command
+from client.policy import SitePolicy
 from common.config import ConfigError
 from server.coordinator import CoordinatorConfig, superlink_command
 from server.provision import provision
@@ -143,30 +143,50 @@ def test_superlink_runs_with_tls_node_auth_database_and_no_dependency_installati
     assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
 
 
-def test_supernode_gets_the_sites_paths_through_its_node_config(federation):
+def test_supernode_runs_no_app_code_and_only_the_hospitals_launcher_takes_its_tasks(federation):
     cfg = HospitalConfig.load(federation / "hospitals" / "H1" / "hospital.yaml")
     command = supernode_command(cfg, insecure=False)
     assert command[command.index("--root-certificates") + 1] == cfg.root_certificates
     assert command[command.index("--auth-supernode-private-key") + 1] == cfg.private_key
     assert command[command.index("--port") + 1] == "9094"
-    node = parse_config_args([command[command.index("--node-config") + 1]])
-    assert node == {
-        "site": "H1",
-        "data-dir": cfg.data_dir,
-        "cache-dir": cfg.cache_dir,
-        "output-dir": cfg.output_dir,
-        "audit-log": cfg.audit_log,
-    }
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--isolation") + 1] == "process"
+    secret = Path(command[command.index("--superexec-auth-secret-file") + 1])
+    assert len(secret.read_text()) == 64 and secret.stat().st_mode & 0o077 == 0
+    # the site's paths and policy reach the ClientApp from hospital.yaml through the runner
+    node = node_values(cfg)
+    assert node["data-dir"] == cfg.data_dir and node["output-dir"] == cfg.output_dir
+    assert SitePolicy.from_json(node["policy"]) == cfg.policy
 
 
-def test_a_refused_key_is_explained_from_the_supernode_log():
-    tail = (
-        "ERROR :     Exit Code: 305\nFailed to initialize the connection to the SuperLink.\n"
-        "[code: 2004] Failed to activate SuperNode.\n"
-    )
-    code, reason = exit_reason(tail)
-    assert code == 305
-    assert "refused this site" in reason and "[code: 2004]" in reason
+@pytest.mark.parametrize(
+    ("tail", "verdict", "words"),
+    [
+        (
+            "ERROR :     Exit Code: 305\nFailed to initialize the connection to the SuperLink.\n"
+            "[code: 2004] Failed to activate SuperNode.\n",
+            "refused",
+            "not registered",
+        ),
+        (
+            "ERROR :     SSL/TLS handshake error detected.\nERROR :     Exit Code: 305\n[SSL: "
+            "CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer "
+            "certificate (_ssl.c:1006)\n",
+            "fatal",
+            "not signed by this hospital's CA",
+        ),
+        (
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired",
+            "fatal",
+            "has expired",
+        ),
+        ("ERROR :     Exit Code: 302\n", "fatal", "private key is invalid"),
+        ("Connection refused\n", "retry", "stopped unexpectedly"),
+    ],
+)
+def test_each_supernode_failure_gets_its_own_explanation(tail, verdict, words):
+    assert exit_reason(tail)[0] == verdict
+    assert words in exit_reason(tail)[1]
 
 
 def _train_message() -> Message:

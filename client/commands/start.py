@@ -20,4 +20,4 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = daemon.HospitalConfig.load(args.config)
-    return daemon.start(cfg, args.insecure, check_records=not args.skip_check)
+    return daemon.start(cfg, args.config, args.insecure, check_records=not args.skip_check)

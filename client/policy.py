@@ -1,0 +1,131 @@
+"""A hospital's own limits on what a coordinator may ask of it, enforced in the hospital's installed
+ClientApp whatever the run config says.
+
+The policy comes from ``hospital.yaml`` (section ``policy``) and reaches the ClientApp through the
+node config that the hospital's own ClientApp runner writes (``client.runner``), never through the
+coordinator's messages. A message that asks for more is refused with the limit it broke named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from common import config
+from common.experiment import ExperimentConfig
+from common.labels import LabelSpace, builtin_spaces
+
+POLICY_KEY = "policy"  # node config key: the policy as JSON
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class PolicyViolation(Exception):
+    """The coordinator asked for something this hospital's policy does not allow."""
+
+
+@dataclass
+class SitePolicy:
+    """``hospital.yaml: policy``: what this site agrees to run. The defaults are safe for the
+    models and pipelines ecgfl ships; a site raises a limit deliberately."""
+
+    max_rounds: int = 200  # federation.rounds and any server round
+    max_epochs: int = 50  # local epochs per round, and fine-tuning epochs
+    max_batch_size: int = 1024
+    max_length_s: float = 60.0  # pipeline.length_s
+    max_fs: float = 1000.0  # pipeline.fs, Hz
+    max_model_parameters: int = 20_000_000
+    label_spaces: list[str] = field(default_factory=builtin_spaces)  # as installed here
+    # Set: this site trains only under DP-SGD and never past this epsilon at delta 1e-5, counted
+    # over every run for the site's lifetime.
+    dp_max_epsilon: float | None = None
+    trust_installed_release: bool = True  # accept bundles whose Python code equals ours
+    approved_apps: dict[str, str] = field(default_factory=dict)  # bundle sha256 -> note
+
+    def validate(self) -> None:
+        positive = ("max_rounds", "max_epochs", "max_batch_size", "max_length_s", "max_fs")
+        if any(getattr(self, k) <= 0 for k in (*positive, "max_model_parameters")):
+            raise ValueError(f"{', '.join(positive)} and max_model_parameters must be positive")
+        if self.dp_max_epsilon is not None and self.dp_max_epsilon <= 0:
+            raise ValueError("dp_max_epsilon must be > 0 (or omitted)")
+        unknown = sorted(set(self.label_spaces) - set(builtin_spaces()))
+        if unknown:
+            raise ValueError(f"label_spaces {unknown}: not installed here ({builtin_spaces()})")
+        bad = [h for h in self.approved_apps if not re.fullmatch(r"[0-9a-f]{64}", h)]
+        if bad:
+            raise ValueError(f"approved_apps {bad}: expected SHA-256 hex digests")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SitePolicy:
+        return config.from_dict(cls, json.loads(text), "hospital policy")
+
+
+def plain_name(value: str, what: str) -> str:
+    """A coordinator-sent name that becomes a folder: one plain path component, nothing else."""
+    if not PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise PolicyViolation(
+            f"{what} is not a plain name (1-64 of A-Z a-z 0-9 . _ -, no '..', no separators)"
+        )
+    return value
+
+
+def model_parameters(experiment: ExperimentConfig, n_classes: int) -> int:
+    """Parameters of the requested model, counted on the meta device: nothing is allocated, so a
+    hostile width costs nothing to refuse."""
+    with torch.device("meta"):
+        model = experiment.model_config().build(n_classes=n_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_job(
+    policy: SitePolicy,
+    experiment: ExperimentConfig,
+    spaces: list[LabelSpace],
+    run_name: str,
+    server_round: int,
+) -> None:
+    """Raise ``PolicyViolation`` naming the first limit the coordinator's job breaks."""
+    plain_name(run_name, "run-name")
+    fed, pipe = experiment.federation, experiment.pipeline
+    checks = [
+        ("max_rounds", max(fed.rounds, server_round), policy.max_rounds),
+        (
+            "max_epochs",
+            max(experiment.local.epochs, experiment.finetune.train.epochs),
+            policy.max_epochs,
+        ),
+        (
+            "max_batch_size",
+            max(experiment.local.batch_size, experiment.finetune.train.batch_size),
+            policy.max_batch_size,
+        ),
+        ("max_length_s", pipe.length_s, policy.max_length_s),
+        ("max_fs", pipe.fs, policy.max_fs),
+    ]
+    for name, asked, limit in checks:
+        if asked > limit:
+            raise PolicyViolation(
+                f"the run asks for {asked:g}, past this hospital's {name} {limit}"
+            )
+    for space in spaces:
+        if space.name not in policy.label_spaces or space != LabelSpace.load(space.name):
+            raise PolicyViolation(
+                f"label space {space.name!r} is not one this hospital allows as installed here "
+                f"(label_spaces: {policy.label_spaces})"
+            )
+    n = model_parameters(experiment, max(len(s) for s in spaces))
+    if n > policy.max_model_parameters:
+        raise PolicyViolation(
+            f"the model has {n:,} parameters, past this hospital's max_model_parameters "
+            f"{policy.max_model_parameters:,}"
+        )
+    if policy.dp_max_epsilon is not None and not fed.dp_sgd.enabled:
+        raise PolicyViolation(
+            f"this hospital trains only with DP-SGD (dp_max_epsilon {policy.dp_max_epsilon}) and "
+            "the run has federation.dp_sgd off"
+        )
