@@ -1,0 +1,186 @@
+"""The coordinator's front door: Debian's nginx on the public address, forwarding only the Fleet
+API to the SuperLink on loopback.
+
+Flower 1.42 serves the Fleet, Control and Runtime APIs on one port, and its open-source Control API
+accepts every caller. The hospitals need only the Fleet API, so nginx terminates TLS with the
+federation's server certificate and forwards exactly the paths of Flower's own Fleet router (read
+from ``flwr.superlink.routers.fleet.router`` when the configuration is written), each to that same
+path on the SuperLink, whose certificate it verifies with the federation's CA. Every other path
+(``/v1/control/*``, ``/v1/runtime/*``, anything unknown) ends at nginx with 403 or 404.
+
+nginx runs in the foreground (``daemon off``) under the coordinator's supervision, with its
+configuration, pid file, logs and temporary folders in ``STATE_DIR/nginx``, so it needs no root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from common.config import ConfigError
+
+# Importing Flower's routers sets up its database layer, whose migration tool logs at INFO.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+INSTALL_HINT = "apt-get install nginx"
+DEBIAN_NGINX = Path("/usr/sbin/nginx")  # not on a normal user's PATH on Debian
+# Flower pushes and pulls one object per request; arrays travel in chunks of 5 MiB
+# (FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE), so 64 MiB leaves room for larger chunks and metadata.
+MAX_BODY = "64m"
+# The SuperNode's own HTTP timeout is 30 s; these only cut connections that are truly stuck.
+TIMEOUT = "300s"
+UPSTREAM_NAME = "localhost"  # the name nginx checks in the SuperLink's certificate (always in it)
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def find_nginx() -> str:
+    """The nginx binary, or a ConfigError that says how to install it."""
+    found = shutil.which("nginx") or (str(DEBIAN_NGINX) if DEBIAN_NGINX.is_file() else None)
+    if found is None:
+        raise ConfigError(
+            f"nginx not found: the coordinator's front door needs it ({INSTALL_HINT}); or start "
+            "with --listen 127.0.0.1 to serve only this host, without a front door"
+        )
+    return found
+
+
+def fleet_routes() -> list[tuple[str, list[str]]]:
+    """(path, methods) of every route in Flower's Fleet router: what the SuperNodes call."""
+    from fastapi.routing import APIRoute
+    from flwr.superlink.routers.fleet.router import router
+
+    routes = [(r.path, sorted(r.methods)) for r in router.routes if isinstance(r, APIRoute)]
+    if not routes or any(not path.startswith("/v1/fleet/") for path, _ in routes):
+        raise ConfigError(f"unexpected Fleet routes in this Flower version: {routes}")
+    return routes
+
+
+def routine_paths() -> frozenset[str]:
+    """The polling paths Flower's own access log leaves out when they succeed (every few seconds
+    per hospital); the front door's access log does the same."""
+    from flwr.supercore.http_logging import ROUTINE_ACCESS_PATHS
+
+    return frozenset(ROUTINE_ACCESS_PATHS)
+
+
+def _q(path: Path | str) -> str:
+    """A path as an nginx string (quoted: a state folder may contain spaces)."""
+    return json.dumps(str(path))
+
+
+def _listen(host: str, port: int) -> str:
+    """nginx's listen address; ``::`` takes IPv4 too, like the SuperLink's own wildcard."""
+    host = host.strip("[]")
+    if host == "::":
+        return f"[::]:{port} ipv6only=off"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _location(path: str, methods: list[str], scheme: str) -> str:
+    """One exact path, forwarded to the same path (never the client's own spelling of it)."""
+    return (
+        f"        location = {path} {{\n"
+        f"            limit_except {' '.join(methods)} {{ deny all; }}\n"
+        f"            proxy_pass {scheme}://superlink{path};\n"
+        "        }\n"
+    )
+
+
+def nginx_config(
+    state: Path,
+    listen: tuple[str, int],
+    superlink_port: int,
+    tls: tuple[str, str, str] | None,
+    routes: list[tuple[str, list[str]]],
+    quiet: frozenset[str] = frozenset(),
+) -> str:
+    """nginx.conf for the front door.
+
+    ``tls`` is (ca_certificate, certificate, private_key), or None for plaintext (``--insecure``,
+    tests only). ``routes`` are the Fleet paths to forward; everything else is refused. Successful
+    requests to ``quiet`` paths stay out of the access log.
+    """
+    scheme = "https" if tls else "http"
+    temp = "".join(f"    {name}_temp_path {_q(state / 'tmp' / name)};\n" for name in TEMP_PATHS)
+    server_tls = upstream_tls = ""
+    if tls:
+        ca, cert, key = tls
+        server_tls = (
+            f"        ssl_certificate {_q(cert)};\n        ssl_certificate_key {_q(key)};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        )
+        upstream_tls = (
+            f"        proxy_ssl_trusted_certificate {_q(ca)};\n        proxy_ssl_verify on;\n"
+            f"        proxy_ssl_verify_depth 2;\n        proxy_ssl_name {UPSTREAM_NAME};\n"
+            "        proxy_ssl_protocols TLSv1.2 TLSv1.3;\n"
+        )
+    locations = "".join(_location(path, methods, scheme) for path, methods in routes)
+    routine = "".join(f"        {path} 1;\n" for path, _ in routes if path in quiet)
+    return (
+        "# Written by ecgfl-coordinator start at every start; edits are lost.\n"
+        "daemon off;\n"
+        "worker_processes 1;\n"
+        f"pid {_q(state / 'nginx.pid')};\n"
+        f"error_log {_q(state / 'error.log')} warn;\n"
+        "events { worker_connections 1024; }\n"
+        "http {\n"
+        "    map $uri $ecgfl_routine {\n        default 0;\n"
+        f"{routine}"
+        "    }\n"
+        '    map "$ecgfl_routine:$status" $ecgfl_log {\n'
+        "        ~^1:[23] 0;\n        default 1;\n    }\n"
+        f"    access_log {_q(state / 'access.log')} combined if=$ecgfl_log;\n"
+        f"{temp}"
+        "    server_tokens off;\n"
+        "    default_type application/octet-stream;\n"
+        "    upstream superlink {\n"
+        f"        server 127.0.0.1:{superlink_port};\n"
+        "        keepalive 16;\n"
+        "    }\n"
+        "    server {\n"
+        f"        listen {_listen(*listen)}{' ssl' if tls else ''};\n"
+        f"{server_tls}"
+        f"        client_max_body_size {MAX_BODY};\n"
+        f"        client_body_timeout {TIMEOUT};\n"
+        f"        send_timeout {TIMEOUT};\n"
+        "        proxy_http_version 1.1;\n"
+        '        proxy_set_header Connection "";\n'
+        "        proxy_set_header X-Forwarded-For $remote_addr;\n"
+        f"        proxy_set_header X-Forwarded-Proto {scheme};\n"
+        # Streamed both ways: nginx never writes request or response bodies to disk.
+        "        proxy_request_buffering off;\n"
+        "        proxy_buffering off;\n"
+        "        proxy_connect_timeout 10s;\n"
+        f"        proxy_read_timeout {TIMEOUT};\n"
+        f"        proxy_send_timeout {TIMEOUT};\n"
+        f"{upstream_tls}"
+        f"{locations}"
+        "        location /v1/control/ { return 403; }\n"
+        "        location /v1/runtime/ { return 403; }\n"
+        "        location / { return 404; }\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+def write_config(
+    state: Path,
+    listen: tuple[str, int],
+    superlink_port: int,
+    tls: tuple[str, str, str] | None,
+) -> Path:
+    """Write ``state/nginx.conf`` (and its temporary folders) from Flower's Fleet router."""
+    for name in TEMP_PATHS:
+        (state / "tmp" / name).mkdir(parents=True, exist_ok=True)
+    path = state / "nginx.conf"
+    path.write_text(
+        nginx_config(state, listen, superlink_port, tls, fleet_routes(), routine_paths())
+    )
+    return path
+
+
+def nginx_command(nginx: str, state: Path, conf: Path) -> list[str]:
+    """nginx with its own prefix and error log, so nothing outside ``state`` is touched."""
+    return [nginx, "-p", f"{state}/", "-c", str(conf), "-e", str(state / "error.log")]
