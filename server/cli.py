@@ -8,11 +8,14 @@ from common import cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "provision": ("server.commands.provision", "create the federation's CA, certificates and keys"),
-    "start": ("server.commands.start", "run the SuperLink with TLS and hospital authentication"),
+    "start": (
+        "server.commands.start",
+        "run the SuperLink (loopback), its SuperExec and the nginx front door (Fleet API only)",
+    ),
     "run": ("server.commands.run", "submit a federated job and follow it to its report"),
-    "status": ("server.commands.status", "SuperLink, connected hospitals and runs"),
+    "status": ("server.commands.status", "the coordinator's processes, hospitals online, runs"),
     "logs": ("server.commands.logs", "a run's log"),
-    "stop": ("server.commands.stop", "stop a run, or the SuperLink"),
+    "stop": ("server.commands.stop", "stop a run, or the whole coordinator"),
 }
 
 

@@ -1,9 +1,19 @@
-"""The coordinator's Flower SuperLink: start and stop it, admit the provisioned hospitals' keys, and
-drive it with Flower's own CLI (``flwr run / ls / log / stop``).
+"""The coordinator: Flower's SuperLink and SuperExec behind an nginx front door, started, watched
+and stopped together; the provisioned hospitals' keys admitted; Flower's own CLI (``flwr run / ls /
+log / stop``) to drive it.
 
-Everything the SuperLink keeps lives in the configuration's ``state_dir``: its database (runs and
-registered nodes survive a restart), its log, its pid file and the FLWR_HOME whose
-``config.toml`` holds the connection the ``flwr`` CLI uses.
+Three processes, each in a process group of its own, supervised by ``ecgfl-coordinator start``:
+
+- ``flower-superlink`` on 127.0.0.1 only (``superlink_port``), TLS, SuperNode authentication,
+  ``--isolation process`` and a SuperExec secret: its Control and Runtime APIs are reachable from
+  this host only, and only the holder of the secret may take ServerApp tasks;
+- ``flower-superexec`` with that secret: it launches the ServerApp of every run;
+- nginx on ``host:port`` (what the hospitals dial), forwarding only the Fleet API
+  (server/front_door.py).
+
+Everything lives in the configuration's ``state_dir``: the SuperLink's database (runs and
+registered nodes survive a restart), the logs, the pid files, the SuperExec secret and the
+FLWR_HOME whose ``config.toml`` holds the connection the ``flwr`` CLI uses.
 """
 
 from __future__ import annotations
@@ -12,12 +22,17 @@ import contextlib
 import json
 import logging
 import os
+import re
+import secrets
+import select
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,31 +42,43 @@ import yaml
 from common import config
 from common.config import ConfigError
 from common.flower_process import flower_env, stop_process_group
+from server import front_door
 
 log = logging.getLogger("ecgfl.coordinator")
 CONNECTION = "ecgfl"  # the connection name in FLWR_HOME/config.toml
 ALREADY_REGISTERED = "Public key already in use"  # flwr supernode register, key in the database
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARD = ("0.0.0.0", "::", "")
+OPEN_FLAG = "--i-understand-the-control-api-is-open"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 INSECURE_WARNING = (
     "\n" + "!" * 78 + "\n!! INSECURE: plaintext HTTP and NO hospital authentication. Anyone who can"
     " reach\n!! this port can join the federation and read the model. Never use this outside"
     " a test.\n" + "!" * 78
 )
+OPEN_WARNING = (
+    "\n" + "!" * 78 + "\n!! OPEN CONTROL API: the SuperLink itself listens on {host}, without the"
+    " front door.\n!! Anyone who reaches it can submit runs (code that runs here and at every"
+    " hospital),\n!! register keys and read every run's log. Flower's open-source Control API has"
+    " no login.\n" + "!" * 78
+)
 
 
 @dataclass
 class CoordinatorConfig:
-    """``coordinator.yaml``: where the SuperLink listens and what it trusts.
+    """``coordinator.yaml``: where the coordinator listens and what it trusts.
 
     Relative paths are relative to the YAML file.
     """
 
     address: str  # HOST:PORT as the hospitals dial it (a name in the server certificate)
-    host: str = "0.0.0.0"  # interface the SuperLink binds
-    port: int = 8000
+    host: str = "0.0.0.0"  # interface the front door (nginx) binds
+    port: int = 8000  # the front door's port: the one the hospitals dial
+    superlink_port: int | None = None  # the SuperLink's own port, on 127.0.0.1; None: port + 1
     ca_certificate: str = "ca.crt"
     certificate: str = "server.crt"
     private_key: str = "server.key"
-    state_dir: str = "state"  # database, log, pid file, FLWR_HOME
+    state_dir: str = "state"  # database, logs, pid files, SuperExec secret, FLWR_HOME
     hospitals: dict[str, str] = field(default_factory=dict)  # site -> its OpenSSH public key
 
     def validate(self) -> None:
@@ -60,6 +87,11 @@ class CoordinatorConfig:
             raise ValueError(f"address={self.address!r}: expected HOST:PORT")
         if not 0 < self.port < 65536:
             raise ValueError(f"port={self.port}: expected 1..65535")
+        if not 0 < self.internal_port < 65536 or self.internal_port == self.port:
+            raise ValueError(
+                f"superlink_port={self.internal_port}: expected 1..65535, not the front door's "
+                f"port {self.port}"
+            )
 
     @classmethod
     def load(cls, path: str | Path, resolve: bool = True) -> CoordinatorConfig:
@@ -81,6 +113,11 @@ class CoordinatorConfig:
         )
 
     @property
+    def internal_port(self) -> int:
+        """The SuperLink's port on 127.0.0.1 behind the front door."""
+        return self.port + 1 if self.superlink_port is None else self.superlink_port
+
+    @property
     def state(self) -> Path:
         return Path(self.state_dir)
 
@@ -90,20 +127,59 @@ class CoordinatorConfig:
 
     @property
     def pid_file(self) -> Path:
-        return self.state / "superlink.pid"
+        """The supervising ``ecgfl-coordinator start`` process."""
+        return self.state / "coordinator.pid"
+
+    @property
+    def processes_file(self) -> Path:
+        """The supervised processes: name -> pid, where it listens, its log."""
+        return self.state / "processes.json"
 
     @property
     def log_file(self) -> Path:
         return self.state / "superlink.log"
 
     @property
-    def local_address(self) -> str:
-        """Where this host reaches the SuperLink (the server certificate always names 127.0.0.1)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "127.0.0.1") else self.host
-        return f"{host}:{self.port}"
+    def secret_file(self) -> Path:
+        return self.state / "superexec.secret"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.state / "nginx"
 
 
-def write_connection(cfg: CoordinatorConfig, insecure: bool) -> None:
+def check_exposure(insecure: bool, listen: str | None, open_control_api: bool) -> None:
+    """Refuse to bind the SuperLink itself beyond loopback unless the operator says they know;
+    say loudly what an insecure or open start gives away."""
+    if listen is not None and listen not in LOOPBACK:
+        if not open_control_api:
+            raise ConfigError(
+                f"--listen {listen}: the SuperLink itself would serve its Control API (flwr run, "
+                "flwr supernode register; no login in open-source Flower) and its Runtime API on "
+                f"{listen}, to anyone who can reach it. Leave out --listen to put the nginx front "
+                f"door before it (Fleet API only), or pass {OPEN_FLAG}"
+            )
+        log.warning(OPEN_WARNING.format(host=listen))
+    if insecure:
+        log.warning(INSECURE_WARNING)
+
+
+def superlink_bind(cfg: CoordinatorConfig, listen: str | None) -> tuple[str, int]:
+    """Where the SuperLink binds: loopback behind the front door, or ``--listen`` on the port."""
+    return ("127.0.0.1", cfg.internal_port) if listen is None else (listen, cfg.port)
+
+
+def _dial(host: str, port: int) -> str:
+    """Where this host reaches a bound address (the server certificate always names 127.0.0.1)."""
+    return f"127.0.0.1:{port}" if host in WILDCARD or host in LOOPBACK else f"{host}:{port}"
+
+
+def superlink_address(cfg: CoordinatorConfig, listen: str | None = None) -> str:
+    """Where the ``flwr`` CLI and the SuperExec reach the SuperLink."""
+    return _dial(*superlink_bind(cfg, listen))
+
+
+def write_connection(cfg: CoordinatorConfig, insecure: bool, listen: str | None = None) -> None:
     """The ``flwr`` CLI's connection to this SuperLink, in the coordinator's own FLWR_HOME."""
     cfg.flwr_home.mkdir(parents=True, exist_ok=True)
     trust = (
@@ -111,99 +187,381 @@ def write_connection(cfg: CoordinatorConfig, insecure: bool) -> None:
     )
     (cfg.flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "{cfg.local_address}"\n{trust}\n'
+        f'address = "{superlink_address(cfg, listen)}"\n{trust}\n'
     )
 
 
-def superlink_command(cfg: CoordinatorConfig, insecure: bool) -> list[str]:
+def tls_files(cfg: CoordinatorConfig) -> tuple[str, str, str]:
+    """(CA, certificate, key), each checked to exist."""
+    files = (cfg.ca_certificate, cfg.certificate, cfg.private_key)
+    for path in files:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such file (run ecgfl-coordinator provision first)")
+    return files
+
+
+def superlink_command(
+    cfg: CoordinatorConfig, insecure: bool, listen: str | None = None
+) -> list[str]:
+    host, port = superlink_bind(cfg, listen)
     command = [
         "flower-superlink",
         "--host",
-        cfg.host,
+        host,
         "--port",
-        str(cfg.port),
+        str(port),
         "--database",
         str(cfg.state / "superlink.db"),
         "--log-file",
         str(cfg.log_file),
         "--disable-runtime-dependency-installation",
+        "--isolation",
+        "process",  # no SuperExec of its own: ours, with the secret, runs the ServerApps
+        "--superexec-auth-secret-file",
+        str(cfg.secret_file),
     ]
     if insecure:
         return [*command, "--insecure"]
-    for path in (cfg.ca_certificate, cfg.certificate, cfg.private_key):
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: no such file (run ecgfl-coordinator provision first)")
+    ca, cert, key = tls_files(cfg)
     return [
         *command,
         "--ssl-ca-certfile",
-        cfg.ca_certificate,
+        ca,
         "--ssl-certfile",
-        cfg.certificate,
+        cert,
         "--ssl-keyfile",
-        cfg.private_key,
+        key,
         "--enable-supernode-auth",
     ]
 
 
+def superexec_command(
+    cfg: CoordinatorConfig, insecure: bool, listen: str | None = None
+) -> list[str]:
+    """Flower's SuperExec for the ServerApps; runtime dependency installation stays off."""
+    command = [
+        "flower-superexec",
+        "--runtime-api-address",
+        superlink_address(cfg, listen),
+        "--superexec-auth-secret-file",
+        str(cfg.secret_file),
+    ]
+    if insecure:
+        return [*command, "--insecure"]
+    return [*command, "--root-certificates", tls_files(cfg)[0]]
+
+
+def ensure_secret(cfg: CoordinatorConfig) -> Path:
+    """The SuperExec secret: made once (mode 0600), refused if others can read it."""
+    path = cfg.secret_file
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: mode {mode:o}, readable by others; chmod 600 it (or delete it: a new one is "
+            "made at start)"
+        )
+    return path
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
 def running_pid(cfg: CoordinatorConfig) -> int | None:
-    """The SuperLink's pid from the pid file, if that process still runs."""
+    """The supervising process's pid from the pid file, if it still runs.
+
+    Started with ``--detach`` it leads a process group of its own; SIGTERM to it stops all three
+    processes it supervises.
+    """
     try:
         pid = int(cfg.pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError):
         return None
-    return pid
+    return pid if is_running(pid) else None
 
 
-def wait_healthy(
-    cfg: CoordinatorConfig, proc: subprocess.Popen, insecure: bool, limit_s: float = 60
-) -> None:
-    scheme = "http" if insecure else "https"
-    verify: ssl.SSLContext | bool = (
-        False if insecure else ssl.create_default_context(cafile=cfg.ca_certificate)
-    )
+def processes(cfg: CoordinatorConfig) -> dict[str, dict]:
+    """The supervised processes as the running coordinator recorded them."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return json.loads(cfg.processes_file.read_text())
+    return {}
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a process's output, on one line, without terminal colours."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return " | ".join(ANSI.sub("", text).strip().splitlines()[-lines:])
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGTERM/SIGINT in the supervisor and checked between steps, never raised into one,
+    so no process is started without being recorded for stopping (a plain flag: a lock taken in a
+    signal handler can deadlock)."""
+
+    requested: bool = False
+
+    def after(self, seconds: float) -> bool:
+        """Sleep, then say whether a stop was asked for."""
+        time.sleep(seconds)
+        return self.requested
+
+
+STOP = StopRequest()
+
+
+class Stopping(Exception):
+    """SIGTERM or SIGINT reached the supervisor while it was starting."""
+
+
+def _stop(_signum: int, _frame) -> None:
+    STOP.requested = True
+
+
+@dataclass
+class Child:
+    """One supervised process: its own process group, its output in ``STATE/NAME.out``."""
+
+    name: str
+    proc: subprocess.Popen
+    out: Path
+    log: Path  # where its operator looks: its own log
+    where: str
+
+    def failed(self) -> ConfigError:
+        return ConfigError(
+            f"{self.name} exited ({self.proc.returncode}): {_tail(self.out)} (see {self.log})"
+        )
+
+
+def spawn(
+    cfg: CoordinatorConfig,
+    children: list[Child],
+    name: str,
+    command: list[str],
+    where: str,
+    log_path: Path | None = None,
+) -> Child:
+    """Start ``command`` in a new session with Flower's environment; it joins ``children`` at
+    once, so a start that fails later still stops it."""
+    out = cfg.state / f"{name}.out"
+    with open(out, "ab") as fh:
+        proc = subprocess.Popen(
+            command,
+            env=flower_env(cfg.flwr_home),
+            cwd=cfg.state,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    children.append(Child(name, proc, out, log_path or out, where))
+    return children[-1]
+
+
+def wait_until(child: Child, ready: Callable[[], bool], limit_s: float = 60) -> None:
+    """Poll ``ready`` until it holds; fail at once if the process exits."""
     deadline = time.monotonic() + limit_s
-    while True:
-        if proc.poll() is not None:
-            raise ConfigError(f"flower-superlink exited ({proc.returncode}); see {cfg.log_file}")
-        with contextlib.suppress(httpx.HTTPError):
-            url = f"{scheme}://{cfg.local_address}/health"
-            if httpx.get(url, verify=verify, timeout=2).is_success:
-                return
+    while not ready():
+        if child.proc.poll() is not None:
+            raise child.failed()
         if time.monotonic() > deadline:
-            raise ConfigError(f"flower-superlink not healthy after {limit_s:.0f} s; see log")
-        time.sleep(0.3)
+            raise ConfigError(f"{child.name} not ready after {limit_s:.0f} s; see {child.log}")
+        if STOP.after(0.3):
+            raise Stopping
 
 
-def start_superlink(cfg: CoordinatorConfig, insecure: bool, detach: bool) -> subprocess.Popen:
-    """Start the SuperLink in its own process group, wait until it answers, write the pid file."""
-    if (pid := running_pid(cfg)) is not None:
-        raise ConfigError(f"a SuperLink already runs for this coordinator (pid {pid})")
-    if insecure:
-        log.warning(INSECURE_WARNING)
-    cfg.state.mkdir(parents=True, exist_ok=True)
-    write_connection(cfg, insecure)
-    output = open(cfg.state / "superlink.out", "ab") if detach else None  # noqa: SIM115
-    proc = subprocess.Popen(
-        superlink_command(cfg, insecure),
-        env=flower_env(cfg.flwr_home),
-        cwd=cfg.state,
-        stdout=output,
-        stderr=subprocess.STDOUT if detach else None,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    if output is not None:
-        output.close()
-    cfg.pid_file.write_text(f"{proc.pid}\n")
+def _answers(url: str, ca: str | None, success: bool) -> bool:
+    """Whether ``url`` answers over TLS verified with ``ca`` (any status unless ``success``)."""
+    verify: ssl.SSLContext | bool = False
+    if ca:
+        verify = ssl.create_default_context(cafile=ca)
+        verify.check_hostname = False  # the chain is checked; the host may be any interface
     try:
-        wait_healthy(cfg, proc, insecure)
-    except BaseException:
-        stop_process_group(proc)
+        response = httpx.get(url, verify=verify, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.is_success or not success
+
+
+def _probe(cfg: CoordinatorConfig, insecure: bool, address: str, path: str, success: bool):
+    scheme, ca = ("http", None) if insecure else ("https", cfg.ca_certificate)
+    return lambda: _answers(f"{scheme}://{address}{path}", ca, success)
+
+
+def start_superlink(
+    cfg: CoordinatorConfig, insecure: bool, listen: str | None, children: list[Child]
+) -> None:
+    host, port = superlink_bind(cfg, listen)
+    command = superlink_command(cfg, insecure, listen)
+    where = f"on {host}:{port} (Fleet, Control and Runtime APIs)"
+    child = spawn(cfg, children, "superlink", command, where, cfg.log_file)
+    wait_until(child, _probe(cfg, insecure, superlink_address(cfg, listen), "/health", True))
+
+
+def start_superexec(
+    cfg: CoordinatorConfig, insecure: bool, listen: str | None, children: list[Child]
+) -> None:
+    command = superexec_command(cfg, insecure, listen)
+    where = f"dialing {superlink_address(cfg, listen)} (runs each run's ServerApp)"
+    spawn(cfg, children, "superexec", command, where)
+
+
+def start_front_door(cfg: CoordinatorConfig, insecure: bool, children: list[Child]) -> None:
+    """nginx on ``host:port``, forwarding the Fleet API to the loopback SuperLink."""
+    state = cfg.nginx_dir
+    tls = None if insecure else tls_files(cfg)
+    conf = front_door.write_config(state, (cfg.host, cfg.port), cfg.internal_port, tls)
+    command = front_door.nginx_command(front_door.find_nginx(), state, conf)
+    where = f"on {cfg.host}:{cfg.port} (front door: Fleet API only)"
+    child = spawn(cfg, children, "nginx", command, where, state / "error.log")
+    wait_until(child, _probe(cfg, insecure, _dial(cfg.host, cfg.port), "/", False))
+
+
+def _record(cfg: CoordinatorConfig, children: list[Child]) -> None:
+    cfg.processes_file.write_text(
+        json.dumps(
+            {c.name: {"pid": c.proc.pid, "where": c.where, "log": str(c.log)} for c in children},
+            indent=1,
+        )
+    )
+
+
+def _start_all(
+    cfg: CoordinatorConfig, insecure: bool, listen: str | None, children: list[Child]
+) -> None:
+    """SuperLink, SuperExec, hospitals' keys, then the front door: it opens when all is ready."""
+    ensure_secret(cfg)
+    write_connection(cfg, insecure, listen)
+    start_superlink(cfg, insecure, listen, children)
+    start_superexec(cfg, insecure, listen, children)
+    if not insecure:
+        register_hospitals(cfg)
+    if STOP.requested:
+        raise Stopping
+    if listen is None:
+        start_front_door(cfg, insecure, children)
+    _record(cfg, children)
+
+
+def _watch(children: list[Child]) -> int:
+    """Until one of them exits: then the coordinator stops (a service manager restarts it)."""
+    while not STOP.after(0.5):
+        for child in children:
+            if child.proc.poll() is not None:
+                log.error("%s; stopping the coordinator", child.failed())
+                return 1
+    log.info("stopping")
+    return 0
+
+
+def _signal_ready(ready_fd: int | None) -> None:
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+
+
+def preflight(cfg: CoordinatorConfig, insecure: bool, listen: str | None) -> None:
+    """What can be refused before anything starts."""
+    if (pid := running_pid(cfg)) is not None:
+        raise ConfigError(f"a coordinator already runs for this configuration (pid {pid})")
+    if not insecure:
+        tls_files(cfg)
+    if listen is None:
+        front_door.find_nginx()
+
+
+def serve(
+    cfg: CoordinatorConfig, insecure: bool, listen: str | None, ready_fd: int | None = None
+) -> int:
+    """Start the three processes and supervise them until SIGTERM/SIGINT or one of them exits."""
+    preflight(cfg, insecure, listen)
+    cfg.state.mkdir(parents=True, exist_ok=True)
+    cfg.pid_file.write_text(f"{os.getpid()}\n")
+    children: list[Child] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    try:
+        _start_all(cfg, insecure, listen, children)
+        log.info(
+            "coordinator up: %s",
+            "; ".join(f"{c.name} (pid {c.proc.pid}) {c.where}" for c in children),
+        )
+        _signal_ready(ready_fd)
+        return _watch(children)
+    except Stopping:
+        log.info("stopped while starting")
+        return 0
+    finally:
+        for child in reversed(children):  # the front door first, the SuperLink last
+            stop_process_group(child.proc)
+        cfg.processes_file.unlink(missing_ok=True)
         cfg.pid_file.unlink(missing_ok=True)
-        raise
-    log.info("SuperLink up on %s:%d (pid %d, log %s)", cfg.host, cfg.port, proc.pid, cfg.log_file)
-    return proc
+
+
+def detach(cfg: CoordinatorConfig, argv: list[str], limit_s: float = 300) -> int:
+    """Run ``ecgfl-coordinator ARGV`` (a foreground start) in a session of its own, output to
+    ``state/coordinator.log``; return once it says it is up, or with its error."""
+    cfg.state.mkdir(parents=True, exist_ok=True)
+    log_path = cfg.state / "coordinator.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    read_end, write_end = os.pipe()
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", *argv, "--ready-fd", str(write_end)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(write_end,),
+            start_new_session=True,
+            cwd=cfg.state,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        up = select.select([ready], [], [], limit_s)[0] and ready.readline() == b"ready\n"
+    if up:
+        log.info("coordinator up (pid %d); log %s", proc.pid, log_path)
+        return 0
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)  # it stops what it started
+    code = proc.wait()
+    with open(log_path, "rb") as fh:
+        fh.seek(offset)
+        sys.stderr.write(fh.read().decode(errors="replace"))
+    return code or 1
+
+
+def stop_coordinator(cfg: CoordinatorConfig, grace_s: float = 60) -> bool:
+    """SIGTERM the supervisor (it stops its three processes); SIGKILL what is left after
+    ``grace_s``."""
+    pid = running_pid(cfg)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while is_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    leftover = [p["pid"] for p in processes(cfg).values() if is_running(p["pid"])]
+    for child in leftover:  # each leads its own process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
+    cfg.processes_file.unlink(missing_ok=True)
+    cfg.pid_file.unlink(missing_ok=True)
+    return pid is not None or bool(leftover)
 
 
 def flwr(cfg: CoordinatorConfig, *args: str, timeout: float | None = 120) -> tuple[int, str]:
@@ -246,49 +604,6 @@ def node_names(cfg: CoordinatorConfig) -> dict[str, str]:
     """Node id (as text) -> site, for the keys this coordinator registered."""
     path = cfg.state / "nodes.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def serve(cfg: CoordinatorConfig, insecure: bool, detach: bool) -> int:
-    """Run the SuperLink until it stops (or, detached, return once it is up)."""
-    proc = start_superlink(cfg, insecure, detach)
-    try:
-        if not insecure:
-            register_hospitals(cfg)
-    except BaseException:
-        stop_process_group(proc)
-        cfg.pid_file.unlink(missing_ok=True)
-        raise
-    if detach:
-        return 0
-
-    def forward(signum: int, _frame) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    code = proc.wait()
-    stop_process_group(proc)  # what it started, once it is gone
-    cfg.pid_file.unlink(missing_ok=True)
-    log.info("SuperLink exited (%d)", code)
-    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
-
-
-def stop_superlink(cfg: CoordinatorConfig, grace_s: float = 15) -> bool:
-    """SIGTERM the SuperLink's process group from its pid file, SIGKILL after ``grace_s``."""
-    pid = running_pid(cfg)
-    if pid is None:
-        cfg.pid_file.unlink(missing_ok=True)
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while running_pid(cfg) is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    cfg.pid_file.unlink(missing_ok=True)
-    return True
 
 
 def prepare_run(

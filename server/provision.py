@@ -34,7 +34,8 @@ from common.config import ConfigError
 from server.coordinator import CoordinatorConfig
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-LOOPBACK = ("localhost", "127.0.0.1")  # the SuperLink's own ServerApp process dials it here
+# The front door, the flwr CLI and the SuperExec/ServerApp reach the SuperLink on loopback.
+LOOPBACK = ("localhost", "127.0.0.1")
 CA_DAYS, SERVER_DAYS = 3650, 825
 DATA_DIR_PLACEHOLDER = "/EDIT/ME/folder-of-ecg-records"
 _CURVE = ec.SECP384R1()
@@ -205,7 +206,8 @@ def provision(
             )
     else:
         address = address or f"{(sans or ['localhost'])[0]}:8000"
-        cfg = CoordinatorConfig(address=address, host=listen, port=int(address.rsplit(":", 1)[1]))
+        port = int(address.rsplit(":", 1)[1])
+        cfg = CoordinatorConfig(address=address, host=listen, port=port, superlink_port=port + 1)
     ca = load_ca(coord) if (coord / "ca.key").exists() else make_ca(coord)
     wanted = set(sans) | {_host(cfg.address), *LOOPBACK}
     if not (coord / "server.crt").exists() or force:

@@ -22,7 +22,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         "are always included",
     )
     p.add_argument("--address", help="HOST:PORT the hospitals dial (default: first SAN:8000)")
-    p.add_argument("--listen", default="0.0.0.0", help="interface the SuperLink binds")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0",
+        help="interface the front door (nginx, Fleet API only) binds; the SuperLink itself "
+        "always binds 127.0.0.1 on the next port",
+    )
     p.add_argument(
         "--force", action="store_true", help="replace existing keys/certificates (key rotation)"
     )

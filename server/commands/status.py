@@ -1,4 +1,4 @@
-"""Is the SuperLink up, which hospitals are connected, and which runs exist."""
+"""Are the coordinator's processes up, which hospitals are connected, and which runs exist."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = coordinator.CoordinatorConfig.load(args.config)
     pid = coordinator.running_pid(cfg)
     if pid is None:
-        print("SuperLink: not running")
+        print("coordinator: not running")
         return 1
-    print(f"SuperLink: running (pid {pid}) on {cfg.host}:{cfg.port}; log {cfg.log_file}")
+    print(f"coordinator: running (pid {pid}); log {cfg.state / 'coordinator.log'}")
+    down = 0
+    for name, proc in coordinator.processes(cfg).items():
+        up = coordinator.is_running(proc["pid"])
+        down += not up
+        state = "running" if up else "NOT RUNNING"
+        print(f"{name}: {state} (pid {proc['pid']}) {proc['where']}; log {proc['log']}")
     for what in (("supernode", "list"), ("ls",)):
         code, out = coordinator.flwr(cfg, *what, coordinator.CONNECTION)
         print(out)
         if code != 0:
             return code
-    return 0
+    return 1 if down else 0

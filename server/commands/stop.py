@@ -1,4 +1,4 @@
-"""Stop one run (``--run RUN_ID``), or the whole SuperLink."""
+"""Stop one run (``--run RUN_ID``), or the whole coordinator (front door, SuperExec, SuperLink)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def run(args: argparse.Namespace) -> int:
         code, out = coordinator.flwr(cfg, "stop", str(args.run), coordinator.CONNECTION)
         print(out)
         return code
-    if not coordinator.stop_superlink(cfg):
-        print("SuperLink was not running")
+    if not coordinator.stop_coordinator(cfg):
+        print("coordinator was not running")
         return 1
-    print("SuperLink stopped")
+    print("coordinator stopped (front door, SuperExec, SuperLink)")
     return 0
