@@ -106,6 +106,7 @@ def test_attack_yaml_takes_one_attack_or_a_list_of_distinct_kinds(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_attack_grid_end_to_end(tmp_path):
     """Three tiny runs (FedMedian clean, with a sign-flipping and with a label-flipping site)."""
     data = json.loads(json.dumps(TINY))

@@ -8,6 +8,7 @@ started in sessions of their own (Flower's SuperExec), also when a test fails.
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,12 +19,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server import coordinator
+from common.flower_process import APP_DIR
+from server import coordinator, front_door
 from server.coordinator import CoordinatorConfig
 from server.provision import provision
 from simulations.synth.build import write_tis_network
 from simulations.synth.network import TisNetworkSpec
 
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        shutil.which("nginx") is None and not front_door.DEBIAN_NGINX.is_file(),
+        reason=f"the coordinator's front door needs nginx ({front_door.INSTALL_HINT})",
+    ),
+]
 BIN = Path(sys.executable).parent
 SITES = ("H1", "H2", "H3")
 EXPERIMENT = {
@@ -221,6 +230,73 @@ def finished(federation) -> Path:
     return run_dir
 
 
+PROBE_APP = '''"""A coordinator's probe: read the site's data index, send its first line back."""
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+def leak(msg, context):
+    folder = Path(str(context.node_config.get("data-dir", ".")))
+    (folder.parent / "probe-was-here").write_text("x")
+    line = (folder / "index.csv").read_text().splitlines()[0]
+    metrics = MetricRecord({"num-examples": 1})
+    return Message(RecordDict({"metrics": metrics, "site": ConfigRecord({"name": line})}), msg)
+
+
+app.train()(leak)
+app.evaluate()(leak)
+app.train("finetune")(leak)
+'''
+
+
+def rogue_app(root: Path, client_app: str) -> Path:
+    """ecgfl's own app folder with its ClientApp replaced: what a rogue coordinator submits."""
+    app = root / "app"
+    shutil.copytree(
+        APP_DIR,
+        app,
+        ignore=shutil.ignore_patterns(
+            ".*", "__pycache__", "*.egg-info", "tests", "docs", "benchmarks", "runs"
+        ),
+    )
+    (app / "client" / "app.py").write_text(client_app)
+    return app
+
+
+def test_a_rogue_coordinators_apps_are_refused_at_every_hospital_and_nothing_leaves(federation):
+    unguarded = (APP_DIR / "client" / "app.py").read_text().replace("egress_guard, ", "")
+    assert unguarded != (APP_DIR / "client" / "app.py").read_text()
+    experiment = federation.experiment("probe", rounds=1, fraction_evaluate=0.0)
+    first_line = (federation.root / "data" / "H1" / "index.csv").read_text().splitlines()[0]
+    for name, client_app in (("probe", PROBE_APP), ("unguarded", unguarded)):
+        run_dir = federation.root / "runs" / name
+        app = rogue_app(federation.root / name, client_app)
+        proc = federation.submit("--config", experiment, "--run-dir", run_dir, "--app", app)
+        proc.wait(timeout=240)
+        failed = [f for e in metrics(run_dir) for f in e["failed"]]
+        assert {f["site"] for f in failed} == set(SITES)
+        assert all("app not approved by this hospital" in f["reason"] for f in failed)
+        assert not any(first_line in p.read_text(errors="ignore") for p in run_dir.rglob("*.*"))
+    assert not list(federation.root.rglob("probe-was-here"))
+    refused_by_site = {}
+    for site in SITES:
+        hospital = federation.root / "hospitals" / site
+        log = [json.loads(x) for x in (hospital / "audit.jsonl").read_text().splitlines()]
+        refused = [e for e in log if e["event"] == "refused"]
+        refused_by_site[site] = {e["bundle_sha256"] for e in refused}
+        assert {e["message_type"] for e in refused} == {"train", "train.finetune"}
+        runs = {e["run_id"] for e in refused}
+        assert not [e for e in log if e["run_id"] in runs and e["event"] != "refused"]
+        for sha in refused_by_site[site]:  # kept for the hospital's review
+            assert (hospital / "state" / "bundles" / f"{sha}.fab").exists()
+    assert len(refused_by_site["H1"]) == 2
+    assert refused_by_site["H1"] == refused_by_site["H2"] == refused_by_site["H3"]
+
+
 def test_three_hospitals_train_two_rounds_and_fine_tune(finished):
     log = metrics(finished)
     for rnd in (1, 2):
@@ -264,23 +340,33 @@ def test_audit_log_shows_every_message_and_that_only_weights_and_metrics_left(fe
             assert kinds == {"metrics": "metrics", "site": "config"}  # no weights leave
 
 
-def test_an_unregistered_key_is_refused_and_the_hospital_log_says_so(federation, tmp_path):
-    """A key the coordinator never registered (same CA, so TLS itself succeeds)."""
-    provision(tmp_path, ["H9"], ["localhost"], federation.cfg.address)
-    bundle = tmp_path / "hospitals" / "H9"
-    (bundle / "ca.crt").write_bytes((federation.root / "coordinator" / "ca.crt").read_bytes())
+def _stranger(federation, tmp_path, name: str) -> Path:
+    """A hospital bundle the coordinator never registered, from a federation of its own."""
+    provision(tmp_path, [name], ["localhost"], federation.cfg.address)
+    bundle = tmp_path / "hospitals" / name
     federation.configure_hospital(bundle, federation.root / "data" / "H1")
-    daemon = federation.start_hospital("H9", bundle)
-    try:
-        wait_for(
-            "the refusal in the hospital's log",
-            lambda: "refused this site" in text(bundle / "supernode.log"),
-            90,
-        )
-        assert daemon.poll() is None  # it keeps trying (the key may be registered later)
-        assert online(federation.cfg) == 3
-    finally:
-        federation.procs.kill(daemon.pid, signal.SIGTERM)
+    return bundle
+
+
+@pytest.mark.parametrize(
+    ("name", "own_ca", "words"),
+    [
+        ("H8", True, "not signed by this hospital's CA"),  # TLS refuses the coordinator
+        ("H9", False, "refused this site's key"),  # same CA, so TLS succeeds; the key does not
+    ],
+)
+def test_a_hospital_that_cannot_join_says_why_and_stops_within_a_minute(
+    federation, tmp_path, name, own_ca, words
+):
+    bundle = _stranger(federation, tmp_path, name)
+    if not own_ca:
+        (bundle / "ca.crt").write_bytes((federation.root / "coordinator" / "ca.crt").read_bytes())
+    started = time.monotonic()
+    daemon = federation.start_hospital(name, bundle)
+    assert daemon.wait(timeout=60) == 1
+    assert time.monotonic() - started < 60
+    assert words in text(bundle / "daemon.out")
+    assert online(federation.cfg) == 3
 
 
 def test_a_stopped_coordinator_restarts_and_the_run_resumes_from_its_checkpoint(federation):

@@ -156,6 +156,7 @@ def dp_sgd_run(tmp_path_factory):
     return run_dir, cfg
 
 
+@pytest.mark.e2e
 def test_sites_account_their_own_dp_sgd_and_the_run_stops_at_the_budget(dp_sgd_run):
     run_dir, cfg = dp_sgd_run
     log = entries(run_dir)
@@ -185,6 +186,7 @@ def test_sites_account_their_own_dp_sgd_and_the_run_stops_at_the_budget(dp_sgd_r
     assert "DP-SGD" in report and "Stopped before round 3" in report
 
 
+@pytest.mark.e2e
 def test_a_site_refuses_a_round_past_its_budget_whatever_the_coordinator_says(dp_sgd_run, tmp_path):
     run_dir, cfg = dp_sgd_run
     experiment = cfg.experiment
@@ -217,6 +219,7 @@ def _job(experiment, **dp_sgd) -> Job:
     return Job.from_config(job_config(experiment, "own-budget"))
 
 
+@pytest.mark.e2e
 def test_a_hospitals_own_budget_binds_whatever_the_run_asks(dp_sgd_run, tmp_path):
     run_dir, cfg = dp_sgd_run
     site = SiteData.from_manifest(run_dir / "partition" / "sites.json", 0, cfg.experiment.pipeline)
@@ -243,6 +246,7 @@ def test_a_hospitals_own_budget_binds_whatever_the_run_asks(dp_sgd_run, tmp_path
     assert dpsgd.Ledger(tmp_path).read() == [] and own.read() == []  # nothing trained or spent
 
 
+@pytest.mark.e2e
 def test_a_hospitals_ledger_counts_every_run_so_a_new_run_name_resets_nothing(dp_sgd_run, tmp_path):
     run_dir, cfg = dp_sgd_run
     site = SiteData.from_manifest(run_dir / "partition" / "sites.json", 0, cfg.experiment.pipeline)

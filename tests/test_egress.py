@@ -185,6 +185,7 @@ def exfiltrating_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.e2e
 def test_end_to_end_an_exfiltrating_site_sends_nothing_and_is_reported(exfiltrating_run):
     manifest = json.loads((exfiltrating_run / "partition" / "sites.json").read_text())
     names = [s["name"] for s in manifest["sites"]]

@@ -228,6 +228,7 @@ def test_the_superexec_secret_is_made_once_private_and_refused_when_readable(tmp
 # --- a running coordinator, seen from outside and from this host ------------------------------
 
 
+@pytest.mark.e2e
 def test_the_operators_flwr_reaches_the_loopback_superlink(door):
     code, out = coordinator.flwr(door.cfg, "ls", coordinator.CONNECTION)
     assert code == 0, out
@@ -248,6 +249,7 @@ def test_the_operators_flwr_reaches_the_loopback_superlink(door):
     [("ls", "door"), ("run", str(APP_DIR), "door"), ("supernode", "register", "H1.pub", "door")],
     ids=["ls", "run", "supernode-register"],
 )
+@pytest.mark.e2e
 def test_flwr_through_the_front_door_is_refused(door, command):
     command = tuple(
         str(door.root / "coordinator" / "hospitals" / a) if a == "H1.pub" else a for a in command
@@ -257,6 +259,7 @@ def test_flwr_through_the_front_door_is_refused(door, command):
     assert "403 Forbidden" in out
 
 
+@pytest.mark.e2e
 def test_every_control_and_runtime_path_is_refused_at_the_front_door(door):
     codes = {
         (method, path): request(door.public, path, door.hospital_ca, method)[0]
@@ -281,22 +284,26 @@ def test_every_control_and_runtime_path_is_refused_at_the_front_door(door):
         "/unknown",
     ],
 )
+@pytest.mark.e2e
 def test_spelled_differently_a_control_path_is_still_refused(door, path):
     assert request(door.public, path, door.hospital_ca)[0] in (400, 403, 404)
 
 
+@pytest.mark.e2e
 def test_fleet_calls_pass_and_meet_node_authentication(door):
     code, body = request(door.public, "/v1/fleet/pull-messages", door.hospital_ca)
     assert code == 401 and b"Invalid SuperNode authentication" in body  # the SuperLink's answer
     assert request(door.public, "/v1/fleet/pull-messages", door.hospital_ca, "GET")[0] == 403
 
 
+@pytest.mark.e2e
 def test_acquire_task_on_the_loopback_superlink_needs_the_secret(door):
     ca = door.root / "coordinator" / "ca.crt"
     assert request(door.loopback, "/v1/control/list-runs", ca)[0] == 200  # this host: the operator
     assert request(door.loopback, "/v1/runtime/acquire-task", ca)[0] == 401
 
 
+@pytest.mark.e2e
 def test_a_run_is_launched_by_the_coordinators_superexec(door):
     """No hospital is needed to see it: the ServerApp starts and stops at its own config check."""
     code, out = coordinator.flwr(
@@ -314,6 +321,7 @@ def test_a_run_is_launched_by_the_coordinators_superexec(door):
     assert run["running-at"] and "min_sites" in run["status-details"]  # ecgfl's ServerApp ran
 
 
+@pytest.mark.e2e
 def test_listen_on_all_interfaces_is_refused_without_the_flag(door):
     done = door.start("--listen", "0.0.0.0", "--detach")
     assert done.returncode == 2
@@ -321,6 +329,7 @@ def test_listen_on_all_interfaces_is_refused_without_the_flag(door):
     assert coordinator.running_pid(door.cfg) is not None  # the running one is untouched
 
 
+@pytest.mark.e2e
 def test_stop_ends_all_three_processes(door):
     pids = [p["pid"] for p in coordinator.processes(door.cfg).values()]
     assert len(pids) == 3

@@ -126,6 +126,7 @@ def budget_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.e2e
 def test_epsilon_is_recorded_each_round_and_the_run_stops_before_the_budget(budget_run):
     log = entries(budget_run)
     trained = [e for e in log if e["phase"] == "train"]

@@ -60,6 +60,7 @@ def finished(workdir) -> Path:
     return run_dir
 
 
+@pytest.mark.e2e
 def test_every_site_trains_each_round_and_fine_tunes(finished):
     sites = json.loads((finished / "partition" / "sites.json").read_text())["sites"]
     names = {s["name"] for s in sites}
@@ -75,6 +76,7 @@ def test_every_site_trains_each_round_and_fine_tunes(finished):
         assert 0 <= metrics["after-macro-auc"] <= 1
 
 
+@pytest.mark.e2e
 def test_masked_labels_stay_out_of_a_site_that_does_not_annotate_them(finished):
     (train,) = [e for e in entries(finished) if e["round"] == 1 and e["phase"] == "train"]
     ptbxl = train["sites"]["ptbxl-0"]
@@ -85,6 +87,7 @@ def test_masked_labels_stay_out_of_a_site_that_does_not_annotate_them(finished):
     assert all(tis["annotated"][i] > 0 for i in masked)
 
 
+@pytest.mark.e2e
 def test_fine_tuning_replies_carry_metrics_only(finished):
     log = entries(finished)
     (ft,) = [e for e in log if e["phase"] == "finetune"]
@@ -93,6 +96,7 @@ def test_fine_tuning_replies_carry_metrics_only(finished):
     assert not any("bytes-up" in m for m in ft["sites"].values())  # no arrays came back
 
 
+@pytest.mark.e2e
 def test_fine_tuned_models_stay_at_their_site(finished):
     for site in ("tis-H01", "tis-H02", "ptbxl-0"):
         (found,) = (finished / "sites" / site).glob("*/finetuned.pt")
@@ -101,6 +105,7 @@ def test_fine_tuned_models_stay_at_their_site(finished):
     assert set(summary["finetune"]) == {p.name for p in (finished / "sites").iterdir()}
 
 
+@pytest.mark.e2e
 def test_report_has_every_site_and_baseline(finished):
     text = (finished / "simulation.md").read_text()
     for name in ("tis-H01", "ptbxl-0", "local-only", "centralized + fine-tune", "global"):
@@ -112,11 +117,13 @@ def test_report_has_every_site_and_baseline(finished):
     ).exists()
 
 
+@pytest.mark.e2e
 def test_the_server_apps_own_log_lines_reach_the_streamed_log(finished):
     streamed = (finished / "flower.log").read_text()
     assert "round 1/3: training" in streamed and "round 3/3 done" in streamed
 
 
+@pytest.mark.e2e
 def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished, tmp_path):
     """Redo each site's local training from round 0 and average with numpy."""
     experiment = ExperimentConfig.load(finished / "experiment.yaml")
@@ -144,6 +151,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.e2e
 def test_stopped_run_resumes_from_last_round_and_matches(finished, workdir, monkeypatch):
     run_dir = workdir / "stopped"
     real = engine.flwr_run
