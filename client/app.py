@@ -61,3 +61,10 @@ def finetune(msg: Message, context: Context) -> Message:
     out = task.output_dir(context, site, job.run_name)
     metrics, _ = task.finetune_on_site(job, site, msg.content["arrays"], out)
     return _reply(msg, site.name, metrics)
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Which site this node is, so the coordinator can name it even if it never trains."""
+    job = task.read_job(msg.content["config"], context)
+    return _reply(msg, task.open_site(context, job.experiment).name, {})

@@ -33,7 +33,7 @@ from client.audit import AUDIT_LOG_KEY
 from client.policy import POLICY_KEY, SitePolicy
 from common import config
 from common.config import ConfigError
-from common.flower_process import flower_env, stop_process_group
+from common.flower_process import copy_plain, flower_env, stop_process_group
 from common.preprocess import PipelineConfig
 
 log = logging.getLogger("ecgfl.hospital")
@@ -366,18 +366,27 @@ class Daemon:
             return fh.read().decode(errors="replace")
 
     def _spawn(self) -> subprocess.Popen:
+        """Start the SuperNode; its output goes to the log without Flower's colour codes."""
         state = Path(self.cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        with open(self.cfg.log_file, "ab") as out:
-            return subprocess.Popen(
-                self.command,
-                env=flower_env(state / "flwr"),
-                cwd=state,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = subprocess.Popen(
+            self.command,
+            env=flower_env(state / "flwr"),
+            cwd=state,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+
+        def copy() -> None:
+            with open(self.cfg.log_file, "a") as out:
+                copy_plain(proc.stdout, out)
+
+        self.copier = threading.Thread(target=copy, name="supernode-log", daemon=True)
+        self.copier.start()
+        return proc
 
     @property
     def _admitted_marker(self) -> Path:
@@ -416,6 +425,7 @@ class Daemon:
             self._watch(offset)
             if self.stopping.is_set():
                 break
+            self.copier.join(timeout=10)  # all it wrote, before reading why it exited
             verdict, reason = exit_reason(self._log_since(offset))
             if self._gives_up(verdict, reason):
                 self.launcher.join(timeout=10)

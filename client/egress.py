@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp.typing import ClientAppCallable
 
 from client.task import FINETUNE_SPACE_KEY, SPACE_KEY
+from common.names import is_plain_name
 
 log = logging.getLogger("ecgfl.client")
 MAX_LIST = 64
@@ -29,7 +30,6 @@ MAX_METRICS = 32
 ALLOWED_RECORDS = {"arrays": ArrayRecord, "metrics": MetricRecord, "site": ConfigRecord}
 SITE_RECORD, SITE_KEY = "site", "name"
 _KEY = re.compile(r"[a-z][a-z0-9_-]{0,39}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NUMERIC = {"float16", "float32", "float64", "int32", "int64"}
 
 
@@ -105,7 +105,7 @@ def _check_site(record: ConfigRecord, site: str | None) -> None:
     if list(record.keys()) != [SITE_KEY]:
         raise EgressViolation(f"the site record may hold only {SITE_KEY!r}")
     name = record[SITE_KEY]
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not is_plain_name(name):
         raise EgressViolation("the site name is not a short plain name")
     if site is not None and name != site:
         raise EgressViolation("the site name differs from this node's configured site")

@@ -17,9 +17,9 @@ import torch
 from common import config
 from common.experiment import ExperimentConfig
 from common.labels import LabelSpace, builtin_spaces
+from common.names import RULE, is_plain_name
 
 POLICY_KEY = "policy"  # node config key: the policy as JSON
-PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class PolicyViolation(Exception):
@@ -67,10 +67,8 @@ class SitePolicy:
 
 def plain_name(value: str, what: str) -> str:
     """A coordinator-sent name that becomes a folder: one plain path component, nothing else."""
-    if not PLAIN_NAME.fullmatch(value) or ".." in value:
-        raise PolicyViolation(
-            f"{what} is not a plain name (1-64 of A-Z a-z 0-9 . _ -, no '..', no separators)"
-        )
+    if not is_plain_name(value):
+        raise PolicyViolation(f"{what} is not a plain name ({RULE}; no separators)")
     return value
 
 

@@ -21,6 +21,7 @@ from flwr.common.constant import ErrorCode, SubStatus
 from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.logger import update_console_handler
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parent_pid:
         start_parent_process_monitor(args.parent_pid)
+    update_console_handler(colored=False)  # its output lands in the hospital's log file
     cfg = HospitalConfig.load(args.config)
     logging.basicConfig(
         filename=cfg.log_file,

@@ -7,13 +7,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the project root: the Flower app's pyproject
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Flower colours its log lines whatever the output
+
+
+def plain(text: str) -> str:
+    """Text without terminal colour codes: logs and reports are read in files, not terminals."""
+    return ANSI.sub("", text)
+
+
+def copy_plain(stream: IO[str], *outputs: IO[str]) -> None:
+    """Copy a process's output line by line, without colour codes, as it comes."""
+    for line in stream:
+        for out in outputs:
+            out.write(plain(line))
+            out.flush()
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:

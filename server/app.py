@@ -22,8 +22,10 @@ from common.finetune import adapt_head
 from common.labels import LabelSpace
 from server import privacy, report
 from server.rounds import (
+    FAILURES_LOG,
     MetricsLog,
     RoundState,
+    RunStopped,
     checkpoint_path,
     exchange,
     latest_checkpoint,
@@ -56,6 +58,16 @@ def log_through_flower() -> None:
     for handler in logging.getLogger("flwr").handlers:
         if handler not in ours.handlers:
             ours.addHandler(handler)
+
+
+def learn_site_names(grid: Grid, config, timeout: float, known: dict[int, str]) -> None:
+    """Ask each node the coordinator cannot name (a simulation's virtual sites) which site it
+    is, so a site that fails from round 1 is reported by name, not by node id."""
+    unknown = [node for node in grid.get_node_ids() if node not in known]
+    if unknown:
+        content = RecordDict({"config": config})
+        messages = [Message(content, dst_node_id=n, message_type="query") for n in unknown]
+        exchange(grid, messages, timeout, known)
 
 
 @app.main()
@@ -94,19 +106,25 @@ def main(grid: Grid, context: Context) -> None:
 
     config = job_config(experiment, run_dir.name)
     fed = experiment.federation
-    state = run_rounds(
-        grid,
-        build_strategy(fed),
-        state,
-        fed.rounds,
-        lambda _: config.copy(),
-        fed.round_timeout_s,
-        run_dir,
-        metrics,
-        save_global,
-        fed.transport,
-        fed.dp_sgd.max_epsilon,
-    )
+    learn_site_names(grid, config, fed.round_timeout_s, state.sites)
+    try:
+        state = run_rounds(
+            grid,
+            build_strategy(fed),
+            state,
+            fed.rounds,
+            lambda _: config.copy(),
+            fed.round_timeout_s,
+            run_dir,
+            metrics,
+            save_global,
+            fed.transport,
+            fed.dp_sgd.max_epsilon,
+            fed.min_sites or 1,
+        )
+    except RunStopped:  # a site always fails, or too few are left: nothing comparable to tune
+        report.write(run_dir, metrics.read(), experiment)
+        return
 
     log.info("fine-tuning the global model at every site")
     content = RecordDict({"arrays": ArrayRecord(state.arrays), "config": config})
@@ -114,7 +132,9 @@ def main(grid: Grid, context: Context) -> None:
         Message(content=content, dst_node_id=node, message_type="train.finetune")
         for node in grid.get_node_ids()
     ]
-    _, per_site, failed = exchange(grid, messages, fed.round_timeout_s, state.sites)
+    _, per_site, failed = exchange(
+        grid, messages, fed.round_timeout_s, state.sites, run_dir / FAILURES_LOG
+    )
     metrics.write({"round": state.round, "phase": "finetune", "sites": per_site, "failed": failed})
     report.write(run_dir, metrics.read(), experiment)
     privacy.append_to_report(run_dir, metrics.read())

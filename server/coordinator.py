@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import select
 import signal
@@ -41,7 +40,7 @@ import yaml
 
 from common import config
 from common.config import ConfigError
-from common.flower_process import flower_env, stop_process_group
+from common.flower_process import copy_plain, flower_env, plain, stop_process_group
 from server import front_door
 
 log = logging.getLogger("ecgfl.coordinator")
@@ -50,7 +49,6 @@ ALREADY_REGISTERED = "Public key already in use"  # flwr supernode register, key
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARD = ("0.0.0.0", "::", "")
 OPEN_FLAG = "--i-understand-the-control-api-is-open"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 INSECURE_WARNING = (
     "\n" + "!" * 78 + "\n!! INSECURE: plaintext HTTP and NO hospital authentication. Anyone who can"
     " reach\n!! this port can join the federation and read the model. Never use this outside"
@@ -303,7 +301,7 @@ def processes(cfg: CoordinatorConfig) -> dict[str, dict]:
 def _tail(path: Path, lines: int = 3) -> str:
     """The last lines of a process's output, on one line, without terminal colours."""
     text = path.read_text(errors="replace") if path.exists() else ""
-    return " | ".join(ANSI.sub("", text).strip().splitlines()[-lines:])
+    return " | ".join(plain(text).strip().splitlines()[-lines:])
 
 
 @dataclass
@@ -682,12 +680,7 @@ def submit(cfg: CoordinatorConfig, app: Path, run_dir: Path) -> int:
             start_new_session=True,
         )
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                out.write(line)
-                out.flush()
+            copy_plain(proc.stdout, sys.stdout, out)
             return proc.wait()
         finally:
             stop_process_group(proc)

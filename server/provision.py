@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -31,9 +30,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from client.daemon import HospitalConfig
 from common.config import ConfigError
+from common.names import RULE, is_plain_name
 from server.coordinator import CoordinatorConfig
 
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # The front door, the flwr CLI and the SuperExec/ServerApp reach the SuperLink on loopback.
 LOOPBACK = ("localhost", "127.0.0.1")
 CA_DAYS, SERVER_DAYS = 3650, 825
@@ -188,11 +187,11 @@ def provision(
     force: bool = False,
 ) -> CoordinatorConfig:
     """Create (or extend) a federation under ``out``; returns the coordinator's configuration."""
-    bad = [h for h in hospitals if not SITE_NAME.fullmatch(h)]
+    bad = [h for h in hospitals if not is_plain_name(h)]
     if bad or len(set(hospitals)) != len(hospitals):
         raise ConfigError(
-            f"hospital names {hospitals}: each must be unique, 1-64 of A-Z a-z 0-9 . _ - "
-            "(it names the site in reports and on disk)"
+            f"hospital names {hospitals}: each must be unique, {RULE} (it names the site in "
+            "reports and on disk)"
         )
     coord = out / "coordinator"
     (coord / "hospitals").mkdir(parents=True, exist_ok=True)

@@ -74,11 +74,13 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
     sites, failed = finetune_table(entries)
     if rows:
         plot_rounds(rows, run_dir / "rounds.png")
+    stopped = next((e["reason"] for e in entries if e["phase"] == "stopped"), None)
     summary = {
         "experiment": experiment.to_dict(),
         "rounds": rows,
         "finetune": sites,
         "finetune_failed": failed,
+        "stopped": stopped,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [
@@ -87,11 +89,12 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
         f"Strategy {experiment.federation.strategy}, {len(rows)} rounds, model "
         f"{experiment.model.name}, labels {experiment.labels}.",
         "",
+        *([f"**The run stopped**: {stopped}. No site fine-tuned.", ""] if stopped else []),
         "| round | sites | train loss | val loss | val macro AUC | s | failed |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
+        lines.append(  # failure reasons are one line each (server.rounds.reason_line)
             f"| {r['round']} | {len(r.get('sites', []))} | {_fmt(r.get('train_loss'))} | "
             f"{_fmt(r.get('val_loss'))} | {_fmt(r.get('val_macro_auc'))} | "
             f"{_fmt(r.get('seconds'))} | {'; '.join(r['failed']) or '-'} |"

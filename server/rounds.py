@@ -18,15 +18,37 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.flower_process import plain
 from common.transport import from_wire, nbytes, to_wire
 from server import privacy
 from server.strategies import restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
 SITE_RECORD = "site"  # a ConfigRecord each reply carries: {"name": site name}
+FAILURES_LOG = "failures.log"  # in the run folder: each failure's full reason
+# The site itself answered with an error (its code raised, or could not load), as opposed to
+# Flower reporting it gone.
+SITE_ERRORS = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+MAX_REASON = 240
+
+
+class RunStopped(RuntimeError):
+    """The federation cannot go on comparably: too few sites, or one that always fails."""
+
+
+def reason_line(reason: str) -> str:
+    """One readable line from a failure's reason (a traceback's last line, without colours)."""
+    lines = [
+        line.strip()
+        for line in plain(reason).splitlines()
+        if line.strip() and not line.startswith("  ") and not line.startswith("Traceback")
+    ]
+    line = lines[-1] if lines else "no reason given"
+    return line if len(line) <= MAX_REASON else line[: MAX_REASON - 3] + "..."
 
 
 @dataclass
@@ -109,9 +131,14 @@ def site_name(reply: Message, node: int, known: dict[int, str]) -> str:
 
 
 def exchange(
-    grid: Grid, messages: list[Message], timeout: float, known: dict[int, str]
+    grid: Grid,
+    messages: list[Message],
+    timeout: float,
+    known: dict[int, str],
+    failures_log: Path | None = None,
 ) -> tuple[list[Message], dict[str, dict], list[dict]]:
-    """Send, wait, and sort the outcome per site: metrics of those that replied, the others' why."""
+    """Send, wait, and sort the outcome per site: metrics of those that replied, the others' why
+    (one line each; the full reason goes to ``failures_log``)."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     # A dead node's error reply comes from the SuperLink itself (src_node_id 1): match replies
     # to what was sent instead (send_and_receive has filled in the message ids).
@@ -123,7 +150,14 @@ def exchange(
         name = site_name(reply, node, known)
         answered.add(node)
         if reply.has_error():
-            failed.append({"site": name, "reason": reply.error.reason})
+            failed.append(
+                {"site": name, "reason": reason_line(reply.error.reason), "code": reply.error.code}
+            )
+            if failures_log is not None:
+                kind = messages[0].metadata.message_type if messages else "?"
+                with open(failures_log, "a") as fh:
+                    fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {kind} {name}\n")
+                    fh.write(plain(reply.error.reason).rstrip() + "\n")
             continue
         per_site[name] = dict(next(iter(reply.content.metric_records.values())))
         for key, record in list(reply.content.array_records.items()):
@@ -154,6 +188,46 @@ def same_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
     return ArrayRecord(out)
 
 
+def _report_failures(rnd: int, failed: list[dict], before: list[dict]) -> None:
+    """Log each failing site once while it fails the same way round after round."""
+    previous = {f["site"]: f["reason"] for f in before}
+    for f in failed:
+        if previous.get(f["site"]) != f["reason"]:
+            log.warning("round %d: site %s failed: %s", rnd, f["site"], f["reason"])
+
+
+def stop_reason(
+    rnd: int,
+    per_site: dict,
+    failed: list[dict],
+    min_sites: int,
+    history: list[dict],
+    total_rounds: int,
+) -> str | None:
+    """Why the run cannot go on comparably after this training round, or None.
+
+    Too few sites replied; or a site has answered with the same error in every round since
+    round 1 (from round 2 on, or at once in a one-round run): a federation without it would be
+    reported as if it were the one asked for. A site that is gone (no reply, node unavailable)
+    is dropout, not a deterministic failure: the run goes on while ``min_sites`` remain.
+    """
+    if len(per_site) < min_sites:
+        who = "; ".join(f"{f['site']}: {f['reason']}" for f in failed) or "no reply"
+        return (
+            f"round {rnd}: {len(per_site)} site(s) trained, fewer than min_sites {min_sites} "
+            f"(failed: {who})"
+        )
+    trains = [e for e in history if e["phase"] == "train"] + [{"round": rnd, "failed": failed}]
+    if trains[0]["round"] != 1 or (len(trains) < 2 and total_rounds > 1):
+        return None
+    for f in failed:
+        if f.get("code") in SITE_ERRORS and all(f in e["failed"] for e in trains):
+            return (
+                f"site {f['site']} failed the same way in every round since round 1: {f['reason']}"
+            )
+    return None
+
+
 def run_rounds(
     grid: Grid,
     strategy: Strategy,
@@ -166,12 +240,15 @@ def run_rounds(
     on_round: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     transport: str = "float32",
     dp_sgd_budget: float | None = None,
+    min_sites: int = 1,
 ) -> RoundState:
     """Rounds ``state.round + 1 .. total_rounds``; returns the final state.
 
     ``transport`` float16 halves what travels; the global model itself stays float32.
     ``dp_sgd_budget``: stop before a round that would take a site's DP-SGD epsilon past it.
+    Raises ``RunStopped`` (after a ``stopped`` entry in the metrics) when ``stop_reason`` says so.
     """
+    failures_log = run_dir / FAILURES_LOG
     restore_strategy_state(strategy, state.strategy)
     privacy.restore(strategy, metrics.read())
     arrays = ArrayRecord(state.arrays)
@@ -188,7 +265,15 @@ def run_rounds(
         except privacy.PrivacyBudgetExhausted as exc:
             metrics.write(privacy.stop_entry(rnd, strategy, exc))
             break
-        replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
+        replies, per_site, failed = exchange(grid, messages, timeout, state.sites, failures_log)
+        history = metrics.read()
+        trained_before = [e for e in history if e["phase"] == "train"]
+        _report_failures(rnd, failed, trained_before[-1]["failed"] if trained_before else [])
+        halt = stop_reason(rnd, per_site, failed, min_sites, history, total_rounds)
+        if halt is not None:
+            metrics.write({"round": rnd, "phase": "stopped", "failed": failed, "reason": halt})
+            log.error("the run stops: %s (full reasons: %s)", halt, failures_log)
+            raise RunStopped(halt)
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = same_dtypes(new_arrays, arrays)
@@ -210,7 +295,7 @@ def run_rounds(
             strategy.configure_evaluate(rnd, to_wire(arrays, transport), train_config(rnd), grid)
         )
         if messages:
-            replies, per_site, failed = exchange(grid, messages, timeout, state.sites)
+            replies, per_site, failed = exchange(grid, messages, timeout, state.sites, failures_log)
             agg = strategy.aggregate_evaluate(rnd, replies)
             metrics.write(
                 {

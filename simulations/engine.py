@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from common.config import ConfigError
-from common.flower_process import APP_DIR, flower_env, stop_process_group
+from common.flower_process import APP_DIR, copy_plain, flower_env, stop_process_group
 
 
 def _free_port() -> int:
@@ -103,10 +104,13 @@ def flwr_run(
                 "--stream",
             ],
             env=flower_env(flwr_home),
-            stdout=log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
+        copier = threading.Thread(target=copy_plain, args=(proc.stdout, log), daemon=True)
+        copier.start()
         try:
             while proc.poll() is None:
                 if poll is not None:
@@ -114,6 +118,7 @@ def flwr_run(
                 time.sleep(0.25)
         finally:
             stop_process_group(proc)
+            copier.join(timeout=10)
     if poll is not None:
         poll()
     return proc.returncode

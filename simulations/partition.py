@@ -18,6 +18,7 @@ import pandas as pd
 from common import sources
 from common.config import ConfigError
 from common.labels import LabelSpace
+from common.names import RULE, is_plain_name, plain_from
 from common.splits import SPLITS, assign_splits
 
 SCHEMES = ("natural", "iid", "dirichlet", "quantity")
@@ -66,22 +67,30 @@ def _by_patient(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _natural(table: pd.DataFrame, max_sites: int | None, min_size: int) -> dict[str, str]:
-    """Group name per natural site; the smallest groups merge until sizes and count fit."""
-    groups = {str(k): [str(k)] for k in sorted(table["site"].unique())}
+    """Group per natural site; the smallest groups merge until sizes and count fit. Each group
+    gets a plain name (common.names): its member's, or for merged sites the members joined by
+    '_' (``2_3``), or the first member and a count when that grows long (``2_and_7_more``)."""
+    groups = [[str(k)] for k in sorted(table["site"].unique())]
     size = table.groupby("site").size().to_dict()
 
-    def total(name: str) -> int:
-        return sum(size[m] for m in groups[name])
+    def total(members: list[str]) -> int:
+        return sum(size[m] for m in members)
 
     while len(groups) > 1:
-        smallest = sorted(groups, key=total)
+        groups.sort(key=total)
         too_many = max_sites is not None and len(groups) > max_sites
-        if not too_many and total(smallest[0]) >= min_size:
+        if not too_many and total(groups[0]) >= min_size:
             break
-        a, b = smallest[0], smallest[1]
-        merged = f"{a}+{b}"
-        groups[merged] = groups.pop(a) + groups.pop(b)
-    return {member: name for name, members in groups.items() for member in members}
+        groups = [groups[0] + groups[1], *groups[2:]]
+    names: dict[str, str] = {}
+    for members in groups:
+        plain = [plain_from(m, 16) for m in sorted(members)]
+        joined = "_".join(plain)
+        name = joined if len(joined) <= 32 else f"{plain[0]}_and_{len(plain) - 1}_more"
+        while name in names.values():  # two labels that read the same once made plain
+            name = f"{name[:28]}_{len(names)}"
+        names.update({m: name for m in members})
+    return names
 
 
 def assign_sites(
@@ -157,6 +166,8 @@ def partition(
         table["split"] = assign_splits(table)
         for vsite, part in table.groupby("vsite", sort=True):
             name = f"{plan.name}-{vsite}"
+            if not is_plain_name(name):
+                raise ConfigError(f"source name {plan.name!r}: site {name!r} is not {RULE}")
             manifest["sites"].append(
                 {
                     "name": name,

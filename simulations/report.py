@@ -38,6 +38,10 @@ def site_rows(
             "site": site.name,
             **{f"n_{k}": int(v) for k, v in site.counts().items()},
             "failed": failed.get(site.name),
+            # rounds this site did not train in: its baselines are not comparable there
+            "missed_rounds": [
+                r["round"] for r in summary["rounds"] if site.name not in r.get("sites", [])
+            ],
         }
         for key in ("before", "after"):
             row[f"{key}_auc"] = _num(fed.get(f"{key}-macro-auc"))
@@ -89,6 +93,10 @@ def write(
     for r in rows:
         cells = " | ".join(f"{_fmt(r[f'{k}_auc'])} | {_fmt(r[f'{k}_f1'])}" for _, k in COLUMNS)
         note = f" (failed: {r['failed']})" if r["failed"] else ""
+        if r["missed_rounds"]:
+            note += (
+                f" (not in the federation in round(s) {', '.join(map(str, r['missed_rounds']))})"
+            )
         lines.append(f"| {r['site']}{note} | {r['n_train']} | {r['n_test']} | {cells} |")
     means = " | ".join(
         f"{_fmt(_mean(rows, f'{k}_auc'))} | {_fmt(_mean(rows, f'{k}_f1'))}" for _, k in COLUMNS

@@ -105,8 +105,12 @@ def federate(
             poll,
         )
     bar.close()
-    if code != 0 or not (run_dir / "summary.json").exists():
+    summary = run_dir / "summary.json"
+    if code != 0 or not summary.exists():
         raise ConfigError(f"the federated run failed (flwr exit {code}); see {run_dir}/flower.log")
+    stopped = json.loads(summary.read_text()).get("stopped")
+    if stopped:
+        raise ConfigError(f"the federation stopped: {stopped} (see {run_dir}/failures.log)")
 
 
 def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:

@@ -279,6 +279,7 @@ def test_a_rogue_coordinators_apps_are_refused_at_every_hospital_and_nothing_lea
         proc.wait(timeout=240)
         failed = [f for e in metrics(run_dir) for f in e["failed"]]
         assert {f["site"] for f in failed} == set(SITES)
+        assert "fewer than min_sites 3" in text(federation.root / "run.out")
         assert all("app not approved by this hospital" in f["reason"] for f in failed)
         assert not any(first_line in p.read_text(errors="ignore") for p in run_dir.rglob("*.*"))
     assert not list(federation.root.rglob("probe-was-here"))
@@ -288,7 +289,7 @@ def test_a_rogue_coordinators_apps_are_refused_at_every_hospital_and_nothing_lea
         log = [json.loads(x) for x in (hospital / "audit.jsonl").read_text().splitlines()]
         refused = [e for e in log if e["event"] == "refused"]
         refused_by_site[site] = {e["bundle_sha256"] for e in refused}
-        assert {e["message_type"] for e in refused} == {"train", "train.finetune"}
+        assert {e["message_type"] for e in refused} == {"train"}  # then the run stopped
         runs = {e["run_id"] for e in refused}
         assert not [e for e in log if e["run_id"] in runs and e["event"] != "refused"]
         for sha in refused_by_site[site]:  # kept for the hospital's review

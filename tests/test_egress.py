@@ -22,6 +22,7 @@ from test_simulation import entries, tiny_config
 from client.attack import Attack
 from client.egress import EgressViolation, check_reply, egress_guard, label_limit
 from client.task import SPACE_KEY
+from common.config import ConfigError
 from common.models import ModelConfig
 from simulations import run as sim
 
@@ -181,17 +182,27 @@ def exfiltrating_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("egress") / "run"
     run_dir.mkdir()
     Attack("exfiltrate", (1,), 1.0).write(run_dir)
-    sim.run(cfg, run_dir, progress=False)
-    return run_dir
+    with pytest.raises(ConfigError) as stopped:
+        sim.run(cfg, run_dir, progress=False)
+    return run_dir, str(stopped.value)
 
 
 @pytest.mark.e2e
-def test_end_to_end_an_exfiltrating_site_sends_nothing_and_is_reported(exfiltrating_run):
-    manifest = json.loads((exfiltrating_run / "partition" / "sites.json").read_text())
+def test_end_to_end_an_exfiltrating_site_sends_nothing_and_stops_the_run(exfiltrating_run):
+    """Its train reply is refused by its own guard; every virtual site must take part
+    (min_sites), so the run stops in round 1 naming it, instead of finishing without it as if
+    the federation were the one asked for."""
+    run_dir, message = exfiltrating_run
+    manifest = json.loads((run_dir / "partition" / "sites.json").read_text())
     names = [s["name"] for s in manifest["sites"]]
-    for entry in (e for e in entries(exfiltrating_run) if e["phase"] == "train"):
-        assert sorted(entry["sites"]) == sorted(n for i, n in enumerate(names) if i != 1)
-        (failed,) = entry["failed"]
-        assert "EgressViolation" in failed["reason"] and "leaked-ecg" in failed["reason"]
-    (ft,) = [e for e in entries(exfiltrating_run) if e["phase"] == "finetune"]
-    assert len(ft["sites"]) == 3  # only train replies are tampered with
+    (stop,) = [e for e in entries(run_dir) if e["phase"] == "stopped"]
+    (failed,) = stop["failed"]
+    assert failed["site"] == names[1] and "\n" not in failed["reason"]
+    assert "arrays differ from the model" in failed["reason"] and "leaked-ecg" in failed["reason"]
+    assert stop["round"] == 1 and f"failed: {names[1]}: " in stop["reason"]
+    assert message.startswith("the federation stopped: round 1: 2 site(s) trained, fewer than")
+    assert "\n" not in message and "\x1b" not in message
+    assert not [e for e in entries(run_dir) if e["phase"] in ("train", "finetune")]
+    assert "The run stopped" in (run_dir / "report.md").read_text()
+    assert "\x1b[" not in (run_dir / "flower.log").read_text()
+    assert "leaked-ecg" in (run_dir / "failures.log").read_text()

@@ -6,6 +6,7 @@ import pytest
 
 from common.config import ConfigError
 from common.labels import LabelSpace
+from common.names import is_plain_name
 from simulations.partition import SourcePlan, assign_sites, partition, write_report
 from simulations.synth import PtbxlLikeSpec, TisNetworkSpec, write_ptbxl_like, write_tis_network
 
@@ -42,6 +43,8 @@ def test_mixed_natural_scenario_keeps_hospitals_and_patients_whole(sources, tmp_
     manifest, counts = partition(plans, SPACE, "natural", tmp_path / "cache", min_size=10)
     names = [s["name"] for s in manifest["sites"]]
     assert sum(n.startswith("tis-") for n in names) == 3  # 5 hospitals merged down to 3
+    assert any("_" in n for n in names)  # merged sites get a plain name, e.g. tis-H01_H02
+    assert all(is_plain_name(n) for n in names)
     assert sum(n.startswith("ptbxl-") for n in names) == 3
     index = pd.read_csv(sources / "tis" / "index.csv", dtype=str)
     t = table(manifest).merge(index[["record_id", "patient_id"]], on="record_id")
@@ -105,3 +108,13 @@ def test_report_writes_manifest_counts_and_heatmap(sources, tmp_path):
     totals = json.loads((tmp_path / "out" / "partition.json").read_text())
     assert len(totals) == 4 and sum(t["records"] for t in totals.values()) == 240
     assert (tmp_path / "out" / "partition.png").stat().st_size > 1000
+
+
+def test_natural_labels_from_data_become_plain_unique_site_names():
+    labels = ["St. Mary's/ICU"] * 30 + ["st-mary-s-icu"] * 30 + ["../etc"] * 5 + ["x" * 200] * 5
+    table = pd.DataFrame({"site": labels, "record_id": range(70), "patient_id": range(70)})
+    sites = assign_sites(table, "natural", None, 0.5, 10, np.random.default_rng(0))
+    names = sorted(set(sites))
+    assert len(names) == 3 and all(is_plain_name(f"tis-{n}") for n in names)
+    merged = [n for n in names if "_" in n]  # the two 5-record sites merged
+    assert merged and ".." not in merged[0] and len(merged[0]) <= 32

@@ -180,3 +180,25 @@ def test_stopped_run_resumes_from_last_round_and_matches(finished, workdir, monk
         full[2]["aggregate"]["val-loss"], abs=0.02
     )
     shutil.rmtree(run_dir / "flwr", ignore_errors=True)
+
+
+@pytest.mark.e2e
+def test_a_natural_partition_that_merges_sites_federates_every_site(tmp_path):
+    """Three hospitals merged down to two: the merged site has a plain name (tis-H01_H02) that
+    the egress guard accepts, so every site trains every round and fine-tunes."""
+    data = json.loads(json.dumps(TINY))
+    data["data"]["tis"].update(n_records=90, n_hospitals=3)
+    data["data"]["ptbxl_like"]["n_records"] = 40
+    data["partition"].update(tis_sites=2, min_size=5)
+    data["experiment"]["federation"]["rounds"] = 1
+    data["baselines"] = {"local_only": False, "centralized": False}
+    run_dir = tmp_path / "merged"
+    sim.run(from_dict(SimulationConfig, data, "merged"), run_dir, progress=False)
+    names = {
+        s["name"] for s in json.loads((run_dir / "partition" / "sites.json").read_text())["sites"]
+    }
+    assert len(names) == 3 and any(n.startswith("tis-") and "_" in n for n in names)
+    (train,) = [e for e in entries(run_dir) if e["phase"] == "train"]
+    (ft,) = [e for e in entries(run_dir) if e["phase"] == "finetune"]
+    assert set(train["sites"]) == set(ft["sites"]) == names
+    assert train["failed"] == [] and ft["failed"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -34,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
     run_dir = run_dir.resolve()
     coordinator.prepare_run(cfg, args.config, run_dir, bool(args.resume))
     code = coordinator.submit(cfg, args.app.resolve(), run_dir)
-    if code != 0 or not (run_dir / "summary.json").exists():
+    summary = run_dir / "summary.json"
+    if code != 0 or not summary.exists():
         print(f"the run did not finish (flwr exit {code}); resume with --resume {run_dir}")
         return code or 1
+    stopped = json.loads(summary.read_text()).get("stopped")
+    if stopped:
+        print(f"the run stopped: {stopped} (full reasons: {run_dir / 'failures.log'})")
+        return 1
     print(f"report: {run_dir / 'report.md'}")
     return 0
