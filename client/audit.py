@@ -17,22 +17,27 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from common.names import is_plain_name
+
 AUDIT_LOG_KEY = "audit-log"
 
 
-def _round(msg: Message) -> int | None:
-    config = msg.content.config_records.get("config") if msg.has_content() else None
-    return int(config["server-round"]) if config and "server-round" in config else None
-
-
 def entry(event: str, msg: Message) -> dict:
+    """The common part of every line: when, what, and which run (Flower's id and the run
+    folder's name, which the coordinator's operator and reports use)."""
     meta = msg.metadata
+    config = msg.content.config_records.get("config") if msg.has_content() else None
+    config = config or {}
+    run = config.get("run-name")
+    rnd = config.get("server-round")
     return {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
         "event": event,
         "run_id": meta.run_id,
+        "run": run if is_plain_name(run) else None,  # anything else is refused anyway
         "message_type": meta.message_type,
         "message_id": meta.message_id,
+        "server_round": int(rnd) if isinstance(rnd, int) else None,
     }
 
 
@@ -76,13 +81,13 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if not target:
         return call_next(msg, context)
     path = Path(str(target))
-    write(path, {**entry("received", msg), "server_round": _round(msg)})
+    write(path, entry("received", msg))
     try:
         reply = call_next(msg, context)
     except Exception as exc:  # the runner sends an error reply: nothing else leaves
         write(path, {**entry("error", msg), "error": type(exc).__name__})
         raise
-    sent = {**entry("sent", msg), "server_round": _round(msg)}
+    sent = entry("sent", msg)
     if reply.has_error():
         sent["error"] = {"code": reply.error.code}
     else:

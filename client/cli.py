@@ -11,6 +11,8 @@ COMMANDS = {
     "prepare": ("client.commands.prepare", "preprocess a site's records into its local cache"),
     "start": ("client.commands.start", "connect this site to the federation and serve it"),
     "approve": ("client.commands.approve", "review a coordinator's app bundle and approve it"),
+    "audit": ("client.commands.audit", "what was asked of this site and what left it, per run"),
+    "stop": ("client.commands.stop", "stop this site's running daemon"),
     "finetune": ("client.commands.finetune", "fine-tune a model on this site's data and keep it"),
     "predict": ("client.commands.predict", "per-label probabilities for ECG record files"),
     "export": ("client.commands.export", "export a model to ONNX, verified with onnxruntime"),

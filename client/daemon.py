@@ -393,10 +393,16 @@ class Daemon:
         return Path(self.cfg.state_dir) / "admitted"
 
     def _watch(self, offset: int) -> None:
-        """Wait for the SuperNode to exit; note once that the coordinator admitted this key."""
+        """Wait for the SuperNode to exit; say once when the coordinator admitted this site."""
+        connected = False
         while self.proc.poll() is None and not self.stopping.wait(0.5):
-            if not self._admitted_marker.exists() and ADMITTED.search(self._log_since(offset)):
-                self._admitted_marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+            if not connected and ADMITTED.search(self._log_since(offset)):
+                connected = True
+                log.info(
+                    "connected to the coordinator %s as site %s", self.cfg.superlink, self.cfg.site
+                )
+                if not self._admitted_marker.exists():
+                    self._admitted_marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
 
     def _gives_up(self, verdict: str, reason: str) -> bool:
         """Stop for good on what retrying cannot fix. A refused key is final unless the
@@ -458,10 +464,45 @@ def start(
     if insecure:
         log.warning("INSECURE: plaintext connection and no node authentication; test setups only")
     check(cfg, insecure)
+    if (pid := running_pid(cfg)) is not None:
+        raise ConfigError(f"a daemon already runs for site {cfg.site} (pid {pid})")
     if check_records:
         check_data(cfg)
     prepare(cfg)
     daemon = Daemon(cfg, insecure, config_path.resolve())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, daemon.stop)
-    return daemon.run()
+    pid_file(cfg).parent.mkdir(parents=True, exist_ok=True)
+    pid_file(cfg).write_text(f"{os.getpid()}\n")
+    try:
+        return daemon.run()
+    finally:
+        pid_file(cfg).unlink(missing_ok=True)
+
+
+def pid_file(cfg: HospitalConfig) -> Path:
+    return Path(cfg.state_dir) / "daemon.pid"
+
+
+def running_pid(cfg: HospitalConfig) -> int | None:
+    """The daemon's pid from its pid file, if that process still runs."""
+    try:
+        pid = int(pid_file(cfg).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def stop(cfg: HospitalConfig, grace_s: float = 30.0) -> bool:
+    """SIGTERM the running daemon (it stops its SuperNode and tasks) and wait for it to go."""
+    pid = running_pid(cfg)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while running_pid(cfg) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if running_pid(cfg) is not None:
+        raise ConfigError(f"the daemon (pid {pid}) did not stop within {grace_s:.0f} s")
+    return True

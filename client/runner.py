@@ -79,7 +79,7 @@ def handle(cfg: HospitalConfig, message: Message, context: Context, fab_content:
     from client.app import app  # installed code; imported only for an approved run
 
     try:
-        return app(message, context)
+        reply = app(message, context)
     except TOLD as exc:
         log.error("run %d: refused: %s", context.run_id, exc)
         return _error(message, f"refused by this hospital: {exc}")
@@ -87,6 +87,32 @@ def handle(cfg: HospitalConfig, message: Message, context: Context, fab_content:
         log.exception("run %d: the ClientApp failed", context.run_id)
         failed = type(exc).__name__
         return _error(message, f"the hospital's ClientApp failed ({failed}); see its log")
+    log.info("%s", answered(cfg, message, reply))
+    return reply
+
+
+def answered(cfg: HospitalConfig, message: Message, reply: Message) -> str:
+    """One plain line for the hospital's log: what was asked and what left (or was kept)."""
+    what = audit.entry("sent", message)
+    head = f"run {what['run'] or message.metadata.run_id}"
+    if what["server_round"] is not None:
+        head += f" round {what['server_round']}"
+    kind = message.metadata.message_type
+    if reply.has_error():
+        return f"{head}: {kind} answered with an error: {reply.error.reason}"
+    sent = audit.describe(reply.content)
+    arrays = sum(r.get("bytes", 0) for r in sent.values() if r["kind"] == "arrays")
+    line = f"{head}: {kind} answered: " + (f"weights ({arrays:,} bytes) and " if arrays else "")
+    line += f"metrics {', '.join(sent['metrics']['keys']) if 'metrics' in sent else '-'}"
+    if kind == "train.finetune":
+        m = reply.content["metrics"]
+        kept = Path(cfg.output_dir) / str(what["run"]) / "finetuned.pt"
+        line += (
+            f"; fine-tuned model kept at {kept}, test macro AUC "
+            f"{m['before-macro-auc']:.3f} -> {m['after-macro-auc']:.3f}"
+        )
+    return line
+
 
 
 def run_task(cfg: HospitalConfig, runtime_api_address: str, token: str) -> int:

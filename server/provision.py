@@ -37,6 +37,7 @@ from server.coordinator import CoordinatorConfig
 LOOPBACK = ("localhost", "127.0.0.1")
 CA_DAYS, SERVER_DAYS = 3650, 825
 DATA_DIR_PLACEHOLDER = "/EDIT/ME/folder-of-ecg-records"
+RUNTIME_PORT = 9094  # the first bundle's local ClientApp API port; the next get 9095, ...
 _CURVE = ec.SECP384R1()
 
 
@@ -221,12 +222,15 @@ def provision(
         bundle.mkdir(parents=True, exist_ok=True)
         make_node_key(bundle / f"{site}.key", coord / "hospitals" / f"{site}.pub", site, force)
         shutil.copyfile(coord / "ca.crt", bundle / "ca.crt")
+        ordinal = list(cfg.hospitals).index(site) if site in cfg.hospitals else len(cfg.hospitals)
         hospital = HospitalConfig(
             site=site,
             superlink=cfg.address,
             root_certificates="ca.crt",
             private_key=f"{site}.key",
             data_dir=DATA_DIR_PLACEHOLDER,
+            # distinct per bundle, so hospitals tried out on one host do not collide
+            runtime_port=RUNTIME_PORT + ordinal,
         )
         if not (bundle / "hospital.yaml").exists():  # it holds the hospital's own edits
             _yaml(

@@ -2,11 +2,14 @@
 
 import json
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
@@ -98,6 +101,11 @@ def test_adding_a_hospital_keeps_the_ca_server_certificate_and_other_hospitals(f
     assert all(p.read_bytes() == data for p, data in kept.items())
     cfg = CoordinatorConfig.load(coord / "coordinator.yaml")
     assert sorted(cfg.hospitals) == ["H1", "H2", "H3"]
+    ports = [
+        HospitalConfig.load(federation / "hospitals" / h / "hospital.yaml").runtime_port
+        for h in ("H1", "H2", "H3")
+    ]
+    assert ports == [9094, 9095, 9096]  # hospitals tried on one host do not collide
     assert (federation / "hospitals" / "H3" / "ca.crt").read_bytes() == (
         coord / "ca.crt"
     ).read_bytes()
@@ -191,7 +199,8 @@ def test_each_supernode_failure_gets_its_own_explanation(tail, verdict, words):
 
 def _train_message() -> Message:
     arrays = ArrayRecord({"w": Array(np.ones((3, 2), np.float32))})
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 2})})
+    config = ConfigRecord({"server-round": 2, "run-name": "study-1"})
+    content = RecordDict({"arrays": arrays, "config": config})
     return make_message(Metadata(7, "m1", 0, 5, "", "2", time.time(), 600, "train"), content)
 
 
@@ -213,6 +222,7 @@ def test_audit_log_records_each_message_and_the_shape_of_each_reply_never_values
     audit_mod(_train_message(), context, handler)
     received, sent = [json.loads(line) for line in log.read_text().splitlines()]
     assert received["event"] == "received" and received["run_id"] == 7
+    assert received["run"] == sent["run"] == "study-1"  # the run folder's name, as reports say
     assert received["message_type"] == "train" and received["server_round"] == 2
     records = sent["records"]
     assert records["arrays"]["arrays"]["w"]["shape"] == [3, 2]
@@ -222,6 +232,19 @@ def test_audit_log_records_each_message_and_the_shape_of_each_reply_never_values
     assert records["site"] == {"kind": "config", "keys": ["name"]}
     text = log.read_text()
     assert "0.98" not in text and "0.12" not in text and '"H1"' not in text
+    # and the hospital reads it per run as a table
+    hospital = tmp_path / "hospital.yaml"
+    hospital.write_text(
+        yaml.safe_dump({"site": "H1", "superlink": "c:1", "data_dir": "d", "audit_log": str(log)})
+    )
+    command = [Path(sys.executable).parent / "ecgfl-hospital", "audit", "--config", str(hospital)]
+    table = subprocess.run(
+        [*command, "--run", "study-1"], capture_output=True, text=True, timeout=60
+    )
+    rows = [r for r in table.stdout.splitlines() if "| study-1 |" in r]
+    assert len(rows) == 2 and "arrays: 1 arrays, " in rows[1] and "train-loss" in rows[1]
+    other = subprocess.run([*command, "--run", "other"], capture_output=True, text=True, timeout=60)
+    assert "study-1" not in other.stdout
 
 
 def test_audit_log_records_an_error_reply_and_without_a_path_does_nothing(tmp_path):
