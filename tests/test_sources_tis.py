@@ -314,7 +314,7 @@ def test_index_row_without_file_or_with_a_repeated_id_is_rejected_at_scan(tmp_pa
     assert [r.record_id for r in scan.refs] == ["r1", "r2", "r3"]
     assert [(e.record_id, e.reason) for e in scan.problems] == [
         ("r9", "row without record_id or file"),
-        ("r1", "record_id 'r1' repeated"),
+        ("r1", "record_id 'r1' repeated in row 5; row 1 kept"),
     ]
 
 

@@ -12,16 +12,22 @@ from types import ModuleType
 
 from common.config import ConfigError
 from common.record import RecordError
+from common.safefile import data_folder
 
 
 @dataclass(frozen=True)
 class RecordRef:
-    """Where one record lives plus what the folder's index says about it."""
+    """Where one record lives plus what the folder's index says about it.
+
+    ``root`` is the data folder (symlinks resolved) that every file of the record must resolve
+    inside; None for a record file named directly (``predict``).
+    """
 
     record_id: str
     path: Path
     source: str
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+    root: Path | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -54,11 +60,9 @@ def reader(fmt: str) -> ModuleType:
 
 def detect_format(root: Path) -> str:
     """Guess a folder's format from its marker files."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: not a directory")
+    real = data_folder(Path(root))
     for fmt, module in _readers().items():
-        if module.looks_like(root):
+        if module.looks_like(real):
             return fmt
     raise ConfigError(
         f"{root}: no ECG data format recognised (expected ptbxl_database.csv, a TIS-like "
@@ -67,8 +71,9 @@ def detect_format(root: Path) -> str:
 
 
 def scan(root: Path, fmt: str | None = None, **options) -> Scan:
-    root = Path(root)
-    return reader(fmt or detect_format(root)).scan(root, **options)
+    """The folder's records; ``Scan.root`` is the folder with symlinks resolved."""
+    real = data_folder(Path(root))
+    return reader(fmt or detect_format(real)).scan(real, **options)
 
 
 def read_record(ref: RecordRef):

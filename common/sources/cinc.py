@@ -6,16 +6,18 @@ which becomes the record's site; there are no patient ids, so each record is its
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from common.record import Record, RecordError
+from common.safefile import walk_files
 from common.sources import RecordRef, Scan
 from common.sources.wfdb_signal import read_header, read_signal
 
 
 def looks_like(root: Path) -> bool:
-    return any(p.with_suffix(".mat").exists() for p in root.rglob("*.hea"))
+    return any(os.path.lexists(p.with_suffix(".mat")) for p in walk_files(root, ".hea")[0])
 
 
 def _comments(lines: list[str]) -> dict[str, str]:
@@ -42,12 +44,14 @@ def _meta(record_id: str, comments: dict[str, str]) -> dict:
 
 
 def scan(root: Path) -> Scan:
-    refs, problems = [], []
-    for hea in sorted(root.rglob("*.hea")):
+    headers, unlisted = walk_files(root, ".hea")
+    problems = [RecordError(str(p.relative_to(root)), p, why) for p, why in unlisted]
+    refs = []
+    for hea in headers:
         base = hea.with_suffix("")
         record_id = base.name
         try:
-            header = read_header(record_id, base)
+            header = read_header(record_id, base, root)
         except RecordError as err:
             problems.append(err)
             continue
@@ -55,12 +59,12 @@ def scan(root: Path) -> Scan:
         if "dx" not in comments:
             problems.append(RecordError(record_id, hea, "no '# Dx:' line in the header"))
             continue
-        refs.append(RecordRef(record_id, base, "cinc", _meta(record_id, comments)))
+        refs.append(RecordRef(record_id, base, "cinc", _meta(record_id, comments), root))
     return Scan("cinc", root, refs, problems)
 
 
 def read_record(ref: RecordRef) -> Record:
-    signal, fs, header = read_signal(ref.record_id, Path(ref.path))
+    signal, fs, header = read_signal(ref.record_id, Path(ref.path), ref.root)
     meta = ref.meta or _meta(ref.record_id, _comments(header.comments or []))
     return Record(
         record_id=ref.record_id,

@@ -2,90 +2,131 @@
 
 from __future__ import annotations
 
-import ast
 import math
+import os
+import re
 from pathlib import Path
 
-import pandas as pd
-
 from common.config import ConfigError
-from common.record import Record, RecordError
-from common.sources import RecordRef, Scan
+from common.record import Record, RecordError, clip
+from common.safefile import CsvRow, read_csv
+from common.sources import RecordRef, Scan, limits
 from common.sources.wfdb_signal import read_signal
 
 DATABASE = "ptbxl_database.csv"
 REQUIRED = ("ecg_id", "patient_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr")
+#: One ``'CODE': likelihood`` item of the scp_codes dict literal.
+_SCP_ITEM = re.compile(r"""\s*(['"])([^'"\\]{1,64})\1\s*:\s*-?\d+(\.\d*)?([eE][-+]?\d+)?\s*""")
 
 
 def looks_like(root: Path) -> bool:
-    return (root / DATABASE).is_file()
+    """The database's name is there (whatever it is: the scan says what is wrong with it)."""
+    return os.path.lexists(root / DATABASE)
 
 
-def _id(value) -> str | None:
+def _id(value: str | None) -> str | None:
     """'15709.0' -> '15709'; missing -> None."""
-    if pd.isna(value):
+    text = (value or "").strip()
+    if not text or text.lower() == "nan":
         return None
-    text = str(value).strip()
     return text[:-2] if text.endswith(".0") else text
 
 
-def _number(value) -> float | None:
+def _number(value: str | None) -> float | None:
     """An optional numeric field: junk counts as missing, the record itself is still good."""
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        number = float(value or "")
+    except ValueError:
         return None
-    return None if math.isnan(number) else number
+    return number if math.isfinite(number) else None
+
+
+def _text(value: str | None) -> str | None:
+    text = (value or "").strip()
+    return text or None
+
+
+def scp_codes(text: str) -> tuple[str, ...]:
+    """The codes of a dict literal such as "{'NORM': 100.0, 'SR': 0.0}", in order.
+
+    Parsed flat item by item, never evaluated: a nested or huge literal is a ValueError, not
+    a RecursionError or an allocation.
+    """
+    body = text.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise ValueError("not a {'CODE': likelihood, ...} dict")
+    items = body[1:-1].strip().removesuffix(",")
+    codes = []
+    for item in items.split(",") if items.strip() else []:
+        match = _SCP_ITEM.fullmatch(item)
+        if match is None:
+            raise ValueError(f"{clip(item.strip(), 40)!r} is not 'CODE': likelihood")
+        codes.append(match.group(2))
+    return tuple(dict.fromkeys(codes))
+
+
+def _fold(text: str) -> int:
+    fold = float(text)
+    if not fold.is_integer():
+        raise ValueError(f"strat_fold {clip(text, 20)!r} is not a whole number")
+    return int(fold)
+
+
+def _ref(root: Path, row: CsvRow, record_id: str, column: str) -> RecordRef:
+    """The row as a record; ValueError if its codes or fold cannot be read."""
+    fields = row.fields
+    try:
+        codes, fold = scp_codes(fields["scp_codes"]), _fold(fields["strat_fold"])
+    except ValueError as exc:
+        raise ValueError(f"row {row.number}: bad scp_codes or strat_fold ({exc})") from None
+    sex = _id(fields.get("sex"))
+    meta = {
+        "patient_id": _id(fields["patient_id"]),
+        "site": _id(fields.get("site")),
+        "device": _text(fields.get("device")),
+        "codes": codes,
+        "coding": "scp",
+        "strat_fold": fold,
+        "age": _number(fields.get("age")),
+        "sex": None if sex is None else ("F" if sex == "1" else "M"),
+        "date": _text(fields.get("recording_date")),
+    }
+    return RecordRef(record_id, root / fields[column].strip(), "ptbxl", meta, root)
 
 
 def scan(root: Path, rate: int = 500) -> Scan:
-    """Every row of the database; rows whose codes cannot be parsed are rejected here."""
+    """Every row of the database; rows that cannot name a usable record are rejected here."""
     if rate not in (100, 500):
         raise ConfigError(f"rate={rate}: PTB-XL has records at 100 or 500 Hz")
     path = root / DATABASE
-    try:
-        db = pd.read_csv(path, dtype=str, keep_default_na=True)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise ConfigError(f"{path}: unreadable ({exc})") from exc
-    missing = [c for c in REQUIRED if c not in db.columns]
+    header, rows = read_csv(path, "database", limits.INDEX, root)
+    missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {missing}")
     column = "filename_lr" if rate == 100 else "filename_hr"
-    refs, problems = [], []
-    for row in db.to_dict("records"):
-        record_id = _id(row["ecg_id"]) or "?"
+    refs, problems, first_row = [], [], {}
+    for row in rows:
+        ecg_id = _id(row.fields.get("ecg_id"))
+        record_id = ecg_id or f"row {row.number}"
         try:
-            codes = ast.literal_eval(row["scp_codes"])
-            if not isinstance(codes, dict):
-                raise ValueError("not a dict")
-            fold = int(float(row["strat_fold"]))
-        except (ValueError, SyntaxError, TypeError) as exc:
-            problems.append(
-                RecordError(
-                    record_id, path, f"row {record_id}: bad scp_codes or strat_fold ({exc})"
-                )
-            )
-            continue
-        if pd.isna(row[column]):
-            problems.append(RecordError(record_id, path, f"no {column}"))
-            continue
-        meta = {
-            "patient_id": _id(row["patient_id"]),
-            "site": _id(row.get("site")),
-            "device": None if pd.isna(row.get("device")) else str(row["device"]).strip(),
-            "codes": tuple(str(c) for c in codes),
-            "coding": "scp",
-            "strat_fold": fold,
-            "age": _number(row.get("age")),
-            "sex": None if pd.isna(row.get("sex")) else ("F" if _id(row["sex"]) == "1" else "M"),
-            "date": row.get("recording_date") if not pd.isna(row.get("recording_date")) else None,
-        }
-        refs.append(RecordRef(record_id, root / str(row[column]), "ptbxl", meta))
+            if row.problem:
+                raise ValueError(row.problem)
+            if ecg_id is None:
+                raise ValueError(f"row {row.number} has no ecg_id")
+            if ecg_id in first_row:  # ids name records downstream: a repeat would be ambiguous
+                first = first_row[ecg_id]
+                raise ValueError(f"ecg_id {ecg_id} repeated in row {row.number}; row {first} kept")
+            first_row[ecg_id] = row.number
+            if not row.fields[column].strip():
+                raise ValueError(f"no {column}")
+            refs.append(_ref(root, row, record_id, column))
+        except ValueError as exc:
+            problems.append(RecordError(record_id, path, str(exc)))
     return Scan("ptbxl", root, refs, problems)
 
 
 def read_record(ref: RecordRef) -> Record:
-    signal, fs, _ = read_signal(ref.record_id, Path(ref.path))
+    signal, fs, _ = read_signal(ref.record_id, Path(ref.path), ref.root)
     meta = {
         k: v
         for k, v in ref.meta.items()

@@ -5,23 +5,78 @@ Shared by the PTB-XL and CinC readers; every problem becomes a per-record ``Reco
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 import wfdb
 
-from common.record import LEADS, RecordError, canonical_lead
+from common.record import LEADS, RecordError, canonical_lead, clip
+from common.safefile import check_regular, open_regular
+from common.sources import limits
 
 
-def read_header(record_id: str, base: Path) -> wfdb.Record:
-    """The parsed ``.hea`` of the record at ``base`` (path without extension)."""
+def read_header(record_id: str, base: Path, root: Path | None = None) -> wfdb.Record:
+    """The parsed ``.hea`` of the record at ``base`` (path without extension).
+
+    The text is checked before wfdb parses it: wfdb fills in what a header lacks or gets wrong
+    (no rate: 250 Hz; gain 0: 200 per mV; '-500' Hz: the default) instead of refusing it.
+    """
     hea = base.with_name(base.name + ".hea")
-    if not hea.is_file():
-        raise RecordError(record_id, hea, "header file missing")
+    with open_regular(hea, "header file", limits.MAX_HEADER_BYTES, record_id, root) as fh:
+        text = fh.read().decode("ascii", errors="ignore")  # as wfdb reads it
+    fields = _header_fields(record_id, hea, text)
     try:
-        return wfdb.rdheader(str(base))
+        header = wfdb.rdheader(str(base))
     except Exception as exc:  # wfdb raises assorted errors for malformed headers
         raise RecordError(record_id, hea, f"unreadable header ({exc})") from exc
+    read = (float(header.fs or 0), header.sig_len, [float(g) for g in header.adc_gain or []])
+    if read != fields or header.n_sig != len(fields[2]):
+        raise RecordError(record_id, hea, "unreadable header (wfdb reads its fields otherwise)")
+    return header
+
+
+def _number(token: str, what: str) -> float:
+    """The number before any '(...)' or '/...' suffix of a header token."""
+    text = re.match(r"[^(/]*", token).group()
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{what} {clip(text, 30)!r} is not a number") from None
+
+
+def _header_fields(record_id: str, hea: Path, text: str) -> tuple[float, int, list[float]]:
+    """(sampling rate, samples per lead, gain of each signal) from a header's text, if sane."""
+    lines = [line.strip() for line in text.splitlines()]
+    record, *signals = [line for line in lines if line and not line.startswith("#")] or [""]
+    tokens = record.split()
+
+    def refuse(reason: str) -> RecordError:
+        return RecordError(record_id, hea, reason)
+
+    if len(tokens) < 2 or not tokens[1].isdigit():
+        raise refuse(f"unreadable header (record line {clip(record, 60)!r})")
+    if "/" in tokens[0]:
+        raise refuse("multi-segment record: not supported")
+    if int(tokens[1]) != len(signals):  # wfdb would loop over the declared count, however large
+        raise refuse(
+            f"record line declares {tokens[1]} signals, {len(signals)} signal lines follow"
+        )
+    if len(tokens) < 4:
+        raise refuse("record line lacks the sampling frequency or sample count (WFDB would guess)")
+    try:
+        fs = _number(tokens[2], "sampling frequency")
+        gains = [_number((line.split() + ["", "", ""])[2], "ADC gain") for line in signals]
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
+    limits.check_fs(record_id, hea, fs, "sampling frequency")
+    if not tokens[3].isdigit() or int(tokens[3]) == 0:
+        raise refuse(f"sample count {clip(tokens[3], 30)!r} is not a whole number above 0")
+    bad = next((g for g in gains if not math.isfinite(g) or g == 0), None)
+    if bad is not None:  # wfdb reads gain 0 as 200 per mV: a made-up scale
+        raise refuse(f"ADC gain {bad} must be a finite, non-zero number")
+    return fs, int(tokens[3]), gains
 
 
 def lead_order(record_id: str, path: Path, names: list[str]) -> list[int]:
@@ -38,30 +93,27 @@ def lead_order(record_id: str, path: Path, names: list[str]) -> list[int]:
     return [mapped.index(lead) for lead in LEADS]
 
 
-def read_signal(record_id: str, base: Path) -> tuple[np.ndarray, float, wfdb.Record]:
+def read_signal(
+    record_id: str, base: Path, root: Path | None = None
+) -> tuple[np.ndarray, float, wfdb.Record]:
     """(12, n) float32 mV in canonical order, sampling rate, and the header."""
-    header = read_header(record_id, base)
+    header = read_header(record_id, base, root)
     hea = base.with_name(base.name + ".hea")
     names = list(header.sig_name or [])
-    if header.n_sig != len(names):  # wfdb would loop over the declared count, however large
-        reason = f"record line declares {header.n_sig} signals, {len(names)} signal lines follow"
-        raise RecordError(record_id, hea, reason)
     order = lead_order(record_id, hea, names)
-    if not header.fs or not np.isfinite(header.fs) or header.fs <= 0:
-        raise RecordError(record_id, hea, f"sampling frequency {header.fs} must be positive")
+    if any((n or 1) != 1 for n in header.samps_per_frame or []):
+        raise RecordError(record_id, hea, "several samples per frame: not supported")
     units = {str(u).strip().lower() for u in (header.units or [])}  # wfdb may give None
     if units - {"mv", "uv", "μv"}:
         raise RecordError(record_id, hea, f"unsupported signal units {sorted(units)}")
-    data_files = {base.parent / f for f in (header.file_name or [])}
-    for data in data_files:
-        if not data.is_file():
-            raise RecordError(record_id, data, "signal file missing")
+    for data in {base.parent / f for f in (header.file_name or [])}:
+        size = check_regular(data, "signal file", limits.MAX_RECORD_BYTES, record_id, root)
         expected, exact = _expected_bytes(header, data.name) or (0, False)
-        size = data.stat().st_size
         # A longer file is as wrong as a shorter one: wfdb would silently read a prefix.
         if size < expected or (exact and size != expected):
             why = "truncated?" if size < expected else "header and signal file disagree"
             raise RecordError(record_id, data, f"{size} bytes, header promises {expected} ({why})")
+    limits.check_length(record_id, hea, header.sig_len, header.fs)
     try:
         record = wfdb.rdrecord(str(base), physical=True)
     except Exception as exc:
