@@ -27,7 +27,8 @@ import pandas as pd
 from common import preprocess, sources
 from common.preprocess import PipelineConfig
 from common.record import RecordError
-from common.sources import RecordRef
+from common.safefile import data_folder
+from common.sources import RecordRef, limits
 
 CACHE_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -44,7 +45,10 @@ def source_fingerprint(root: Path, fmt: str, options: dict) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError:  # a symlink loop or a dangling link: the link itself is what changes
+                st = os.lstat(path)
             h.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
@@ -53,11 +57,14 @@ def _prepare_one(ref: RecordRef, cfg: PipelineConfig) -> tuple[dict, np.ndarray]
     """Read and preprocess one record; a bad record comes back as its error, not an exception."""
     try:
         rec = sources.read_record(ref)
+        limits.check_resampling(rec.record_id, rec.path, rec.fs, cfg.fs)
         x = preprocess.apply(cfg, rec.signal, rec.fs)
     except RecordError as err:
         return err
     except ValueError as err:
         return RecordError(ref.record_id, ref.path, str(err))
+    except Exception as exc:  # one record never stops the build (MemoryError included)
+        return RecordError.unexpected(ref.record_id, ref.path, exc)
     if not np.isfinite(x).all():
         return RecordError(ref.record_id, ref.path, "non-finite values after preprocessing")
     row = {
@@ -134,7 +141,7 @@ class SiteCache:
         **scan_options,
     ) -> Path:
         """The folder where this data + pipeline's cache lives (whether built or not)."""
-        data_dir = Path(data_dir).resolve()
+        data_dir = data_folder(data_dir)
         fmt = fmt or sources.detect_format(data_dir)
         source_fp = source_fingerprint(data_dir, fmt, scan_options)
         return Path(cache_root) / f"{fmt}-{source_fp}-{pipeline.fingerprint}"
@@ -154,7 +161,7 @@ class SiteCache:
 
         Safe to call from several processes at once: one builds, the others wait and reuse it.
         """
-        data_dir = Path(data_dir).resolve()
+        data_dir = data_folder(data_dir)
         fmt = fmt or sources.detect_format(data_dir)
         target = cls.locate(data_dir, cache_root, pipeline, fmt, **scan_options)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,9 @@ def check_site(
         except RecordError as err:
             problems.append(err)
             continue
+        except Exception as exc:  # one record never stops the check (MemoryError included)
+            problems.append(RecordError.unexpected(ref.record_id, ref.path, exc))
+            continue
         y, mask = space.encode(rec.codes, rec.coding)
         positives += y
         annotated += mask

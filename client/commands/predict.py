@@ -25,7 +25,7 @@ from common.metrics import DEFAULT_THRESHOLD
 from common.models import ECGClassifier
 from common.preprocess import PipelineConfig
 from common.record import Record, RecordError
-from common.sources import RecordRef
+from common.sources import RecordRef, limits
 from common.training import evaluate, window_starts
 
 WFDB_SUFFIXES = ("", ".hea", ".dat", ".mat")
@@ -99,12 +99,18 @@ def predict(ckpt: Checkpoint, paths: list[Path]) -> dict:
     for path in paths:
         try:
             record = read_path(path)
+            limits.check_resampling(record.record_id, path, record.fs, pipeline.fs)
             x = windows(record, pipeline)
         except RecordError as err:
             results.append({"path": str(path), "error": str(err)})
             continue
         except ValueError as err:  # preprocessing: too short to classify
             results.append({"path": str(path), "error": f"{path}: {err} - record skipped"})
+            continue
+        except Exception as exc:  # one record never stops the others (MemoryError included)
+            results.append(
+                {"path": str(path), "error": str(RecordError.unexpected(path.stem, path, exc))}
+            )
             continue
         probs = probabilities(model, x)
         results.append(
