@@ -17,8 +17,15 @@ import torch
 from common.config import ConfigError, from_dict
 from common.labels import LabelSpace
 from common.models import ECGClassifier, ModelConfig
+from common.preprocess import PipelineConfig
+from common.record import clip
+from common.safefile import open_regular
 
 FORMAT = "ecgfl-checkpoint/1"
+_KEYS = ("model", "label_space", "state_dict", "pipeline_fingerprint", "pipeline_config", "meta")
+#: Far larger than any ecgfl model (Ribeiro's ResNet, 6.8 M parameters, is 27 MB at float32);
+#: torch.load holds the whole file in memory.
+MAX_CHECKPOINT_BYTES = 1 << 30
 
 
 def _plain(obj: object) -> object:
@@ -90,21 +97,37 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint that builds: any file that is not one ends in one ConfigError naming it."""
     path = Path(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such checkpoint") from exc
-    except Exception as exc:  # torch raises assorted pickle/zip errors for a damaged file
-        raise ConfigError(f"{path}: not a readable ecgfl checkpoint ({exc})") from exc
+    if not os.path.lexists(path):
+        raise ConfigError(f"{path}: no such checkpoint")
+    with open_regular(path, "checkpoint", MAX_CHECKPOINT_BYTES, None) as fh:
+        try:
+            data = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises assorted pickle/zip errors for a damaged file
+            reason = f"not a readable ecgfl checkpoint ({type(exc).__name__}: {exc})"
+            raise ConfigError(f"{path}: {clip(reason)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path}: not an ecgfl checkpoint (expected format {FORMAT})")
-    return Checkpoint(
-        path=path,
-        model_cfg=from_dict(ModelConfig, data["model"], f"{path}: model"),
-        space=LabelSpace.from_dict(data["label_space"], origin=f"{path}: label_space"),
-        state_dict=data["state_dict"],
-        pipeline_fingerprint=data["pipeline_fingerprint"],
-        pipeline_config=data["pipeline_config"],
-        meta=data["meta"],
-    )
+    missing = [key for key in _KEYS if key not in data]
+    if missing:
+        raise ConfigError(f"{path}: checkpoint lacks {missing}")
+    thresholds = data["meta"].get("thresholds", {}) if isinstance(data["meta"], dict) else None
+    if not isinstance(thresholds, dict) or not isinstance(data["state_dict"], dict):
+        raise ConfigError(f"{path}: checkpoint's meta, thresholds or state_dict is no mapping")
+    try:
+        ckpt = Checkpoint(
+            path=path,
+            model_cfg=from_dict(ModelConfig, data["model"], f"{path}: model"),
+            space=LabelSpace.from_dict(data["label_space"], origin=f"{path}: label_space"),
+            state_dict=data["state_dict"],
+            pipeline_fingerprint=str(data["pipeline_fingerprint"]),
+            pipeline_config=data["pipeline_config"],
+            meta=data["meta"],
+        )
+        PipelineConfig(**ckpt.pipeline_config).validate()
+        ckpt.build_model()
+    except Exception as exc:  # wrong shapes, foreign keys, a config from another version
+        reason = f"not a usable ecgfl checkpoint ({type(exc).__name__}: {exc})"
+        raise ConfigError(f"{path}: {clip(reason, 600)}") from None
+    return ckpt
