@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_sources_tis import lead_signals, record_text, write_site
 
@@ -56,9 +56,15 @@ def wfdb_dir(ptbxl_sample: Path, cinc_sample: Path, tmp_path_factory) -> Path:
     return root
 
 
-def _record_at(wfdb_dir: Path, name: str, hea: str | None = None, data: bytes | None = None):
+def _record_at(
+    wfdb_dir: Path,
+    name: str,
+    hea: str | None = None,
+    data: bytes | None = None,
+    folder: Path | None = None,
+):
     """A fresh folder holding record ``name`` with its header and/or signal file replaced."""
-    folder = Path(tempfile.mkdtemp(dir=wfdb_dir))
+    folder = folder or Path(tempfile.mkdtemp(dir=wfdb_dir))
     signal_ext = "mat" if name.startswith("E") else "dat"
     (folder / f"{name}.hea").write_text(
         (wfdb_dir / f"{name}.hea").read_text() if hea is None else hea
@@ -108,6 +114,16 @@ TOKENS = st.one_of(
             "abc",
             ":",
             "Dx: 1,2",
+            # what hostile headers held: wfdb read each as something else, or allocated it
+            "-500",
+            "0.0001",
+            "1e9",
+            "-5000",
+            "0(0)/mV",
+            "nan(0)/mV",
+            "inf(0)/mV",
+            "16x1000",
+            "00001_lr/2",
         ]
     ),
     st.integers(-(2**40), 2**40).map(str),
@@ -152,15 +168,11 @@ def test_random_wfdb_header_text_is_a_record_error(wfdb_dir, name, hea):
 # --- WFDB signal files -------------------------------------------------------------------------
 
 
-@FUZZ
-@given(
-    name=NAMES,
-    kind=st.sampled_from(["cut", "random_same_size", "random_any_size", "flip", "append"]),
-    n=st.integers(0, 130_000),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_broken_signal_file_reads_cleanly_or_is_a_record_error(wfdb_dir, name, kind, n, seed):
-    original = (wfdb_dir / f"{name}.{'mat' if name.startswith('E') else 'dat'}").read_bytes()
+SPOILS = st.sampled_from(["cut", "random_same_size", "random_any_size", "flip", "append"])
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def _spoiled(original: bytes, kind: str, n: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     if kind == "cut":
         data = original[: n % (len(original) + 1)]
@@ -175,6 +187,14 @@ def test_broken_signal_file_reads_cleanly_or_is_a_record_error(wfdb_dir, name, k
         data = bytes(buf)
     else:
         data = original + bytes(1 + n % 100)
+    return data
+
+
+@FUZZ
+@given(name=NAMES, kind=SPOILS, n=st.integers(0, 130_000), seed=SEEDS)
+def test_broken_signal_file_reads_cleanly_or_is_a_record_error(wfdb_dir, name, kind, n, seed):
+    original = (wfdb_dir / f"{name}.{'mat' if name.startswith('E') else 'dat'}").read_bytes()
+    data = _spoiled(original, kind, n, seed)
     result = outcome(_record_at(wfdb_dir, name, data=data))
     if len(data) != len(original):
         assert isinstance(result, RecordError) and "header promises" in result.reason
@@ -207,6 +227,9 @@ HEADER_VALUES = st.one_of(
             "2.4;3.2.1",
             ";;",
             "abc",
+            "0.0001",
+            "1e9",
+            "-500",
         ]
     ),
     st.text(st.characters(codec="utf-8", exclude_characters=",\r\n"), max_size=10),
@@ -283,6 +306,43 @@ def test_well_formed_tis_record_reads_exactly_its_samples(
     expected = np.empty((12, len(table)))
     expected[list(perm)] = table.T / 1000.0
     np.testing.assert_allclose(rec.signal, expected.astype(np.float32), rtol=1e-6)
+
+
+# --- every kind of input at once, and ten thousand of them on demand ------------------------------
+
+
+def _any_input(wfdb_dir: Path, folder: Path, data: st.DataObject) -> RecordRef:
+    """One reader input of any kind fuzzed above, written into ``folder``."""
+    kind = data.draw(st.sampled_from(["header", "header_text", "signal", "tis", "tis_bytes"]))
+    name = data.draw(NAMES)
+    if kind == "header":
+        hea = data.draw(mutated_header((wfdb_dir / f"{name}.hea").read_text()))
+        return _record_at(wfdb_dir, name, hea=hea, folder=folder)
+    if kind == "header_text":
+        return _record_at(wfdb_dir, name, hea=data.draw(st.text(max_size=300)), folder=folder)
+    if kind == "signal":
+        original = (wfdb_dir / f"{name}.{'mat' if name.startswith('E') else 'dat'}").read_bytes()
+        spoil = (data.draw(SPOILS), data.draw(st.integers(0, 130_000)), data.draw(SEEDS))
+        return _record_at(wfdb_dir, name, data=_spoiled(original, *spoil), folder=folder)
+    if kind == "tis":
+        return _tis_ref(folder, data.draw(tis_texts()))
+    return _tis_ref(folder, data.draw(st.binary(max_size=400)))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_reader_input_reads_cleanly_or_is_a_record_error(wfdb_dir, data):
+    with tempfile.TemporaryDirectory(dir=wfdb_dir) as folder:
+        outcome(_any_input(wfdb_dir, Path(folder), data))
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=10_000)
+@given(data=st.data())
+def test_ten_thousand_reader_inputs_read_cleanly_or_are_record_errors(wfdb_dir, data):
+    """``pytest -m slow -k ten_thousand``: the default suite runs the 40 above."""
+    with tempfile.TemporaryDirectory(dir=wfdb_dir) as folder:
+        event(type(outcome(_any_input(wfdb_dir, Path(folder), data))).__name__)
 
 
 # --- a cache over a fuzzed folder -------------------------------------------------------------
