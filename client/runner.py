@@ -114,7 +114,6 @@ def answered(cfg: HospitalConfig, message: Message, reply: Message) -> str:
     return line
 
 
-
 def run_task(cfg: HospitalConfig, runtime_api_address: str, token: str) -> int:
     """Pull one task from the SuperNode, answer it, push the reply and the task's status."""
     client = RuntimeHttpClient.from_server_address(
