@@ -83,3 +83,5 @@ def test_onnx_export_matches_pytorch_for_any_batch_size(tmp_path, name, norm):
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(onnx_out, expected, atol=1e-4, rtol=0)
+    assert session.get_modelmeta().custom_metadata_map["leads"].split(",")[:3] == ["I", "II", "III"]
+    assert path.stat().st_mode & 0o077 == 0  # protected like the data it was trained on
