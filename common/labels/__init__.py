@@ -11,15 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from common.config import ConfigError
+from common.config import ConfigError, load_yaml
 
 _BUILTIN_DIR = Path(__file__).parent
 
 
 def builtin_spaces() -> list[str]:
     return sorted(p.stem for p in _BUILTIN_DIR.glob("*.yaml"))
+
+
+def label_space(name_or_path: str) -> str:
+    """A label space setting, as a config here names it: a built-in name, or a file that loads
+    (made absolute: the Flower apps run in other working directories)."""
+    LabelSpace.load(name_or_path)
+    return name_or_path if not Path(name_or_path).suffix else str(Path(name_or_path).absolute())
 
 
 @dataclass(frozen=True)
@@ -36,16 +42,12 @@ class LabelSpace:
         path = Path(name_or_path)
         if not path.suffix:
             path = _BUILTIN_DIR / f"{name_or_path}.yaml"
-            if not path.exists():
+            if str(name_or_path) not in builtin_spaces():  # not a lookup: any name, any length
                 raise ConfigError(
                     f"unknown label space {name_or_path!r}; built-in: {', '.join(builtin_spaces())}"
                     " (or give a path to a YAML file)"
                 )
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read label space: {exc}") from exc
-        return cls.from_dict(data, origin=str(path))
+        return cls.from_dict(load_yaml(path, what="label space"), origin=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, origin: str = "<label space>") -> LabelSpace:
@@ -57,6 +59,8 @@ class LabelSpace:
         labels = _strings(data["labels"], f"{origin}: labels")
         if len(set(labels)) != len(labels) or not labels:
             raise ConfigError(f"{origin}: 'labels' must be a non-empty list without repeats")
+        if not isinstance(data["codebooks"] or {}, dict):
+            raise ConfigError(f"{origin}: 'codebooks' must map coding system -> codebook")
         codebooks: dict[str, dict[str, tuple[str, ...]]] = {}
         for coding, book in (data["codebooks"] or {}).items():
             if not isinstance(book, dict):
