@@ -16,10 +16,13 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
+
+from common.config import Range, above, at_least
 
 LEDGER = "dp_sgd_ledger.json"
 
@@ -36,27 +39,21 @@ class DPSGDSettings:
     rounds at its own sampling rate (a small site needs more noise than a large one).
     """
 
-    noise_multiplier: float = 0.0
-    target_epsilon: float | None = None
-    max_grad_norm: float = 1.0  # per-record gradient clipping norm
-    delta: float = 1e-5
-    max_epsilon: float | None = None  # per site: no round starts that would go past it
+    noise_multiplier: Annotated[float, at_least(0)] = 0.0
+    target_epsilon: Annotated[float, above(0)] | None = None
+    max_grad_norm: Annotated[float, above(0)] = 1.0  # per-record gradient clipping norm
+    delta: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 1e-5
+    max_epsilon: Annotated[float, above(0)] | None = None  # per site: no round past it
 
     @property
     def enabled(self) -> bool:
         return self.noise_multiplier > 0 or self.target_epsilon is not None
 
     def validate(self) -> None:
-        if self.noise_multiplier < 0 or self.max_grad_norm <= 0:
-            raise ValueError("dp_sgd: noise_multiplier must be >= 0 and max_grad_norm > 0")
-        if self.target_epsilon is not None and (
-            self.target_epsilon <= 0 or self.noise_multiplier > 0
-        ):
-            raise ValueError("dp_sgd: target_epsilon must be > 0, and not given with noise")
-        if not 0 < self.delta < 1:
-            raise ValueError("dp_sgd: delta must lie in (0, 1)")
-        if self.max_epsilon is not None and (self.max_epsilon <= 0 or not self.enabled):
-            raise ValueError("dp_sgd: max_epsilon must be > 0 and needs DP-SGD on")
+        if self.target_epsilon is not None and self.noise_multiplier > 0:
+            raise ValueError("dp_sgd: target_epsilon is not given with noise_multiplier")
+        if self.max_epsilon is not None and not self.enabled:
+            raise ValueError("dp_sgd: max_epsilon needs DP-SGD on")
 
 
 @dataclass(frozen=True)
@@ -72,9 +69,7 @@ def require_opacus():
     try:
         import opacus
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "DP-SGD needs Opacus, an optional extra: pip install -e '.[dp]'"
-        ) from exc
+        raise ImportError("DP-SGD needs Opacus, an optional extra: pip install -e '.[dp]'") from exc
     return opacus
 
 

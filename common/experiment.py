@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from common import config
+from common.config import Local, Range, above, at_least
 from common.dpsgd import DPSGDSettings
-from common.models import ModelConfig
+from common.labels import LabelSpace, label_space
+from common.models import MODELS, ModelConfig
+from common.models.base import NORMS
 from common.preprocess import PipelineConfig
 from common.training import TrainConfig
 from common.transport import TRANSPORTS
@@ -28,6 +32,11 @@ STRATEGIES = (
     "multikrum",
 )
 FINETUNE_MODES = ("full", "head", "last_k", "discriminative")
+#: Resource caps (docs/formats.md#configuration-limits): a round is minutes, so 10,000 rounds
+#: is weeks; a round that waits longer than a week for replies has lost its sites.
+MAX_ROUNDS = 10_000
+MAX_SITES = 10_000
+MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -37,6 +46,12 @@ class ModelSettings:
     name: str = "ribeiro_resnet"
     norm: str = "batch"
     kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"name={self.name!r}: expected one of {', '.join(MODELS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r}: expected one of {', '.join(NORMS)}")
 
 
 @dataclass
@@ -48,30 +63,26 @@ class PrivacySettings:
     mean of the n updates. The guarantee is per site (one whole hospital in or out), not per ECG.
     """
 
-    noise_multiplier: float = 0.0  # 0 = no DP (unless target_epsilon sets it)
-    target_epsilon: float | None = None  # instead of noise_multiplier: spend this over all rounds
-    clipping_norm: float = 1.0
+    noise_multiplier: Annotated[float, at_least(0)] = 0.0  # 0 = no DP (unless target_epsilon)
+    #: Instead of noise_multiplier: spend this over all rounds.
+    target_epsilon: Annotated[float, above(0)] | None = None
+    clipping_norm: Annotated[float, above(0)] = 1.0
     clipping: str = "client"  # "client": each site clips before replying; "server": coordinator
-    delta: float = 1e-5
-    max_epsilon: float | None = None  # budget: no round starts that would take epsilon past it
+    delta: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 1e-5
+    #: Budget: no round starts that would take epsilon past it.
+    max_epsilon: Annotated[float, above(0)] | None = None
 
     @property
     def enabled(self) -> bool:
         return self.noise_multiplier > 0 or self.target_epsilon is not None
 
     def validate(self) -> None:
-        if self.noise_multiplier < 0 or self.clipping_norm <= 0:
-            raise ValueError("noise_multiplier must be >= 0 and clipping_norm > 0")
-        if self.target_epsilon is not None and (
-            self.target_epsilon <= 0 or self.noise_multiplier > 0
-        ):
-            raise ValueError("target_epsilon must be > 0, and not given with noise_multiplier")
+        if self.target_epsilon is not None and self.noise_multiplier > 0:
+            raise ValueError("target_epsilon is not given with noise_multiplier")
         if self.clipping not in ("client", "server"):
             raise ValueError(f"clipping={self.clipping!r}: expected client or server")
-        if not 0 < self.delta < 1:
-            raise ValueError("delta must lie in (0, 1)")
-        if self.max_epsilon is not None and (self.max_epsilon <= 0 or not self.enabled):
-            raise ValueError("max_epsilon must be > 0 and needs noise_multiplier or target_epsilon")
+        if self.max_epsilon is not None and not self.enabled:
+            raise ValueError("max_epsilon needs noise_multiplier or target_epsilon")
 
 
 @dataclass
@@ -79,37 +90,34 @@ class FederationSettings:
     """How the coordinator runs the pretraining rounds."""
 
     strategy: str = "fedavg"
-    rounds: int = 3
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    min_sites: int | None = None  # None: every site (simulation) / every provisioned hospital
-    round_timeout_s: float = 600.0
-    proximal_mu: float = 0.0  # fedprox
-    server_lr: float = 0.01  # fedadam / fedyogi eta, fedavgm server learning rate
-    server_momentum: float = 0.9  # fedavgm
-    trimmed_beta: float = 0.2  # fedtrimmedavg: share cut from each end
-    krum_malicious: int = 0  # krum, multikrum: sites assumed byzantine
-    init_checkpoint: str | None = None  # start from these weights instead of from scratch
+    rounds: Annotated[int, at_least(1, cap=MAX_ROUNDS)] = 3
+    fraction_train: Annotated[float, above(0, 1)] = 1.0
+    fraction_evaluate: Annotated[float, at_least(0, 1)] = 1.0
+    #: None: every site (simulation) / every provisioned hospital.
+    min_sites: Annotated[int, at_least(1, cap=MAX_SITES)] | None = None
+    round_timeout_s: Annotated[float, above(0, cap=MAX_ROUND_TIMEOUT_S)] = 600.0
+    proximal_mu: Annotated[float, at_least(0)] = 0.0  # fedprox
+    #: fedadam / fedyogi eta, fedavgm server learning rate.
+    server_lr: Annotated[float, above(0)] = 0.01
+    server_momentum: Annotated[float, at_least(0, 1)] = 0.9  # fedavgm
+    #: fedtrimmedavg: share cut from each end.
+    trimmed_beta: Annotated[float, Range(0, 0.5, high_open=True)] = 0.2
+    krum_malicious: Annotated[int, at_least(0, cap=MAX_SITES)] = 0  # krum, multikrum: byzantine
+    #: Start from these weights instead of from scratch.
+    init_checkpoint: Annotated[str, Local(config.existing_file)] | None = None
     transport: str = "float32"  # or float16: half the bytes on the wire each way
-    update_clip_norm: float | None = None  # sites clip w_local - w_global to this L2 norm
+    #: Sites clip w_local - w_global to this L2 norm.
+    update_clip_norm: Annotated[float, above(0)] | None = None
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     dp_sgd: DPSGDSettings = field(default_factory=DPSGDSettings)  # sample-level, at each site
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
-        if self.rounds < 1 or (self.min_sites is not None and self.min_sites < 1):
-            raise ValueError("rounds and min_sites must be at least 1")
-        if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
-            raise ValueError("fraction_train must lie in (0, 1], fraction_evaluate in [0, 1]")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport={self.transport!r}: expected one of {TRANSPORTS}")
-        if self.proximal_mu < 0:
-            raise ValueError("proximal_mu must be >= 0")
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal_mu > 0 (0 is plain fedavg)")
-        if self.update_clip_norm is not None and self.update_clip_norm <= 0:
-            raise ValueError("update_clip_norm must be > 0 (or null: no clipping)")
         if self.privacy.enabled and (
             self.strategy not in ("fedavg", "fedprox") or self.fraction_train != 1
         ):
@@ -124,8 +132,9 @@ class FinetuneSettings:
     """Local fine-tuning of the global model at each site after the last round."""
 
     mode: str = "full"
-    k: int = 1  # last_k: how many body blocks train
-    labels: str | None = None  # a label space to grow/shrink the head to; None = pretraining's
+    k: Annotated[int, at_least(1)] = 1  # last_k: how many body blocks train
+    #: A label space to grow/shrink the head to; None = pretraining's.
+    labels: Annotated[str, Local(label_space)] | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=3e-4))
 
     def validate(self) -> None:
@@ -136,7 +145,7 @@ class FinetuneSettings:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    labels: str = "seed6"
+    labels: Annotated[str, Local(label_space)] = "seed6"
     model: ModelSettings = field(default_factory=ModelSettings)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     local: TrainConfig = field(default_factory=TrainConfig)
@@ -164,6 +173,13 @@ class ExperimentConfig:
                 "are summaries of site data outside what DP-FedAvg clips, and its integer step "
                 "counter cannot be clipped"
             )
+
+    def check_local(self) -> None:
+        """The model builds (on the meta device) for this label space within the caps."""
+        try:
+            self.model_config().check_size(len(LabelSpace.load(self.labels)))
+        except ValueError as exc:
+            raise ValueError(f"model: {exc}") from exc
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,14 +11,21 @@ import json
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Annotated
 
 import numpy as np
 from scipy import signal as sps
+
+from common.config import above
 
 #: Bump when the code below changes what a given config produces.
 PIPELINE_VERSION = 1
 #: Shorter records carry too little rhythm to classify; prepare skips them with this reason.
 MIN_DURATION_S = 2.0
+#: Resource caps (docs/formats.md#configuration-limits): 10 minutes of 12 leads at 10 kHz is
+#: 72 M samples (290 MB) a record, past any ECG device's rate and any resting ECG's length.
+MAX_FS = 10_000.0
+MAX_DURATION_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -29,8 +36,8 @@ class PipelineConfig:
     input rate, which keeps CPU training affordable; the paper's 500 Hz is one setting away.
     """
 
-    fs: float = 100.0
-    length_s: float = 10.0
+    fs: Annotated[float, above(0, cap=MAX_FS)] = 100.0
+    length_s: Annotated[float, above(0, cap=MAX_DURATION_S)] = 10.0
     highpass_hz: float | None = 0.5
     lowpass_hz: float | None = 40.0
     notch_hz: float | None = None
@@ -38,8 +45,8 @@ class PipelineConfig:
     crop: str = "center"  # where to cut a longer record: "center" or "start"
 
     def validate(self) -> None:
-        if self.fs <= 0 or self.length_s <= 0:
-            raise ValueError("fs and length_s must be positive")
+        if self.length < 1:
+            raise ValueError(f"fs * length_s = {self.fs * self.length_s:g}: not one sample")
         nyquist = self.fs / 2
         for name in ("highpass_hz", "lowpass_hz", "notch_hz"):
             value = getattr(self, name)

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -23,12 +24,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from common import dpsgd
+from common.config import MAX_WORKERS, Seed, above, at_least, check
 from common.metrics import Metrics, compute_metrics
 from common.models import ECGClassifier
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
 CLASS_WEIGHTS = ("none", "balanced")
+#: Resource caps (docs/formats.md#configuration-limits): past them a run would not end, or one
+#: batch of 12-lead windows would not fit in memory.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
 
 
 def masked_bce(
@@ -52,27 +58,24 @@ def per_record_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) ->
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: Annotated[int, at_least(1, cap=MAX_EPOCHS)] = 30
+    batch_size: Annotated[int, at_least(1, cap=MAX_BATCH_SIZE)] = 64
+    lr: Annotated[float, above(0)] = 1e-3
+    weight_decay: Annotated[float, at_least(0)] = 0.0
     optimizer: str = "adam"
     scheduler: str = "none"
     #: Epochs without a better validation score before stopping; None trains all epochs.
-    early_stopping_patience: int | None = None
-    seed: int = 0
-    num_workers: int = 0
+    early_stopping_patience: Annotated[int, at_least(1, cap=MAX_EPOCHS)] | None = None
+    seed: Seed = 0
+    #: DataLoader worker processes; 0 loads in the training process.
+    num_workers: Annotated[int, at_least(0, cap=MAX_WORKERS)] = 0
     #: FedProx strength; only used when ``train`` is given ``proximal_to``.
-    proximal_mu: float = 0.0
+    proximal_mu: Annotated[float, at_least(0)] = 0.0
     #: 'balanced' weights positives by negatives/positives per label (rare diagnoses).
     class_weights: str = "none"
-    max_grad_norm: float | None = None
+    max_grad_norm: Annotated[float, above(0)] | None = None
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.proximal_mu < 0:
-            raise ValueError("lr must be positive; weight_decay and proximal_mu not negative")
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
             ("scheduler", SCHEDULERS),
@@ -80,12 +83,6 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError("early_stopping_patience must be at least 1 (or null for none)")
-        if self.num_workers < 0:
-            raise ValueError("num_workers must not be negative")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError("max_grad_norm must be positive (or null for none)")
 
 
 @dataclass
@@ -270,7 +267,7 @@ def train(
     ``dp`` trains with DP-SGD (``common.dpsgd``): per-record clipping, noise, Poisson batches;
     its ``target_epsilon`` is spread over ``dp_rounds`` calls like this one.
     """
-    cfg.validate()
+    check(cfg, "training settings")
     if cfg.early_stopping_patience is not None and val_ds is None:
         raise ValueError("early stopping needs a validation set")
     private = dp is not None and dp.enabled

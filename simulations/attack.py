@@ -20,12 +20,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from client.attack import KINDS, Attack
 from common import config
-from common.experiment import STRATEGIES
+from common.config import Seed, at_least
+from common.experiment import MAX_SITES, STRATEGIES
 from simulations import run as sim
 from simulations.config import SimulationConfig, _resolve
 
@@ -35,15 +37,16 @@ DEFAULT_STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum"]
 @dataclass
 class AttackSettings:
     kind: str = "sign-flip"
-    sites: list[int] = field(default_factory=lambda: [0])
+    #: Partition ids of the bad sites.
+    sites: list[Annotated[int, at_least(0, cap=MAX_SITES)]] = field(default_factory=lambda: [0])
     factor: float = 4.0  # scale / sign-flip: multiplies the update; noise: std in update RMS
-    seed: int = 0
+    seed: Seed = 0
 
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r}: expected one of {', '.join(KINDS)}")
-        if not self.sites or min(self.sites) < 0:
-            raise ValueError("sites: partition ids of the bad sites, at least one, from 0")
+        if not self.sites:
+            raise ValueError("sites: give at least one bad site")
 
     @property
     def label(self) -> str:
@@ -66,17 +69,18 @@ class AttackExperiment:
         if "attack" in data and "attacks" in data:
             raise config.ConfigError(f"{path}: give 'attack' or 'attacks', not both")
         raw = data.pop("attacks", None) or [data.pop("attack", {}) or {}]
-        attacks = [
-            config.from_dict(AttackSettings, a, f"{path}: attacks[{i}]") for i, a in enumerate(raw)
-        ]
+        attacks = config.coerce(raw, list[AttackSettings], f"{path}: attacks")
         kinds = [a.kind for a in attacks]
         if len(set(kinds)) != len(kinds):
             raise config.ConfigError(f"{path}: attacks: each kind once (got {kinds})")
-        strategies = list(data.pop("strategies", DEFAULT_STRATEGIES))
+        strategies = config.coerce(
+            data.pop("strategies", DEFAULT_STRATEGIES), list[str], f"{path}: strategies"
+        )
         unknown = sorted(set(strategies) - set(STRATEGIES))
         if unknown:
             raise config.ConfigError(f"{path}: strategies: unknown {unknown}")
-        return cls(config.from_dict(SimulationConfig, data, str(path)), attacks, strategies)
+        simulation = config.from_dict(SimulationConfig, data, str(path), local=True)
+        return cls(simulation, attacks, strategies)
 
     def run_config(self, strategy: str, attack: AttackSettings | None) -> SimulationConfig:
         """``attack`` None: the clean run. Krum assumes as many bad sites as the attack has."""

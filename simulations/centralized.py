@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ import yaml
 
 from common import config
 from common.cache import SiteCache
+from common.config import Local, Seed, Workers
 from common.dataset import CachedDataset
 from common.evaluation import score
 from common.experiment import ExperimentConfig
@@ -52,10 +54,11 @@ class CentralizedConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     tis: TisNetworkSpec = field(default_factory=TisNetworkSpec)
     ptbxl_like: PtbxlLikeSpec = field(default_factory=PtbxlLikeSpec)
-    ptbxl: str | None = None  # a real PTB-XL folder as the target instead of PTB-XL-like data
+    #: A real PTB-XL folder as the target instead of PTB-XL-like data.
+    ptbxl: Annotated[str, Local(config.existing_dir)] | None = None
     ptbxl_rate: int = 500
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    workers: int = 2  # processes for data generation and cache preparation
+    seeds: list[Seed] = field(default_factory=lambda: [0, 1, 2])
+    workers: Workers = 2  # processes for data generation and cache preparation
 
     def validate(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -72,7 +75,7 @@ class CentralizedConfig:
     def load(cls, path: str | Path, **overrides: object) -> CentralizedConfig:
         """The YAML file with top-level keys replaced by ``overrides`` (command-line flags)."""
         data = {**config.load_yaml(path), **overrides}
-        return config.from_dict(cls, data, str(path))
+        return config.from_dict(cls, data, str(path), local=True)
 
 
 @dataclass

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 from common import config
-from common.experiment import ExperimentConfig
+from common.config import Local, Seed, Workers, above, at_least
+from common.experiment import MAX_SITES, ExperimentConfig
+from common.labels import LabelSpace
 from simulations.partition import SCHEMES
 from simulations.synth.network import PtbxlLikeSpec, TisNetworkSpec
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+#: Resource cap (docs/formats.md#configuration-limits): Ray cannot place a site that needs more.
+MAX_CPUS_PER_SITE = 1024.0
 
 
 @dataclass
@@ -20,7 +26,7 @@ class DataSettings:
 
     tis: TisNetworkSpec | None = field(default_factory=TisNetworkSpec)
     ptbxl_like: PtbxlLikeSpec | None = field(default_factory=PtbxlLikeSpec)
-    ptbxl: str | None = None
+    ptbxl: Annotated[str, Local(config.existing_dir)] | None = None
     ptbxl_rate: int = 500
 
     def validate(self) -> None:
@@ -33,11 +39,11 @@ class DataSettings:
 @dataclass
 class PartitionSettings:
     scheme: str = "natural"
-    tis_sites: int | None = None
-    ptbxl_sites: int | None = None
-    alpha: float = 0.5
-    min_size: int = 50
-    seed: int = 0
+    tis_sites: Annotated[int, at_least(1, cap=MAX_SITES)] | None = None
+    ptbxl_sites: Annotated[int, at_least(1, cap=MAX_SITES)] | None = None
+    alpha: Annotated[float, above(0)] = 0.5  # Dirichlet concentration
+    min_size: Annotated[int, at_least(0)] = 50
+    seed: Seed = 0
     #: Per source ("tis", "ptbxl"): the only labels its sites annotate, e.g. a hospital network
     #: whose reports never mention some diagnosis. The others are masked, not taken as negative.
     annotated: dict[str, list[str]] = field(default_factory=dict)
@@ -61,14 +67,35 @@ class SimulationConfig:
     data: DataSettings = field(default_factory=DataSettings)
     partition: PartitionSettings = field(default_factory=PartitionSettings)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
-    cpus_per_site: float = 1.0
-    workers: int = 2  # processes for data generation and cache preparation
+    cpus_per_site: Annotated[float, above(0, cap=MAX_CPUS_PER_SITE)] = 1.0
+    workers: Workers = 2  # processes for data generation and cache preparation
+
+    def check_local(self) -> None:
+        """Every site fits this machine, and ``annotated`` names labels of the experiment's."""
+        cpus = os.cpu_count() or 1
+        if self.cpus_per_site > cpus:
+            raise ValueError(
+                f"cpus_per_site={self.cpus_per_site:g}: this machine has {cpus} CPUs, and a site "
+                "that needs more is never started"
+            )
+        labels = LabelSpace.load(self.experiment.labels).labels
+        for source, names in self.partition.annotated.items():
+            unknown = sorted(set(names) - set(labels))
+            if unknown:
+                raise ValueError(
+                    f"partition.annotated.{source}: {unknown} not in label space "
+                    f"{self.experiment.labels} ({', '.join(labels)})"
+                )
 
     @classmethod
-    def load(cls, path: str | Path | None) -> SimulationConfig:
-        """A scenario may name a ``base`` file (relative to itself) and override parts of it."""
+    def load(cls, path: str | Path | None, ptbxl: Path | None = None) -> SimulationConfig:
+        """A scenario may name a ``base`` file (relative to itself) and override parts of it;
+        ``ptbxl`` (a command-line flag) replaces ``data.ptbxl``."""
         path = Path(path or DEFAULT_CONFIG)
-        return config.from_dict(cls, _resolve(path), str(path))
+        data = _resolve(path)
+        if ptbxl is not None:
+            data = _merge(data, {"data": {"ptbxl": str(ptbxl)}})
+        return config.from_dict(cls, data, str(path), local=True)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -81,10 +108,15 @@ def _merge(base: dict, override: dict) -> dict:
 
 def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     data = config.load_yaml(path)
-    base = data.pop("base", None)
+    base: Any = data.pop("base", None)
     if base is None:
         return data
-    base_path = (path.parent / base).resolve()
+    if not isinstance(base, str):
+        raise config.ConfigError(f"{path}: base: expected the path of a YAML file, got {base!r}")
+    try:
+        base_path = (path.parent / base).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+        raise config.ConfigError(f"{path}: base: not a usable path: {exc}") from exc
     if base_path in seen:
         raise config.ConfigError(f"{path}: 'base' chain loops back to {base_path}")
     return _merge(_resolve(base_path, (*seen, base_path)), data)

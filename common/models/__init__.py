@@ -9,6 +9,7 @@ from functools import partial
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.config import CAPS_DOC
 from common.models.base import NORMS, ECGClassifier
 from common.models.inception1d import Inception1d
 from common.models.ribeiro import RibeiroResNet
@@ -19,6 +20,12 @@ MODELS: dict[str, Callable[..., ECGClassifier]] = {
     **{f"xresnet1d{depth}": partial(XResNet1d, depth=depth) for depth in VARIANTS},
     "inception1d": Inception1d,
 }
+
+
+#: Resource cap (docs/formats.md#configuration-limits): 400 MB of float32 weights per copy; a
+#: site holds several copies (model, optimizer state, the global model) and every round sends one
+#: each way. The shipped models at width 1 have 0.5-10 M.
+MAX_PARAMETERS = 100_000_000
 
 
 def build_model(
@@ -76,6 +83,25 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check_size(self, n_classes: int) -> int:
+        """Build the model on the meta device (nothing is allocated) and count its parameters, so
+        unknown kwargs and absurd sizes are refused, with the model's own message, before any
+        data is read. Returns the count."""
+        try:
+            with torch.device("meta"):
+                model = self.build(n_classes=n_classes)
+        except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+            raise ValueError(
+                f"{self.name} does not build with kwargs {self.kwargs}: {exc}"
+            ) from exc
+        n = sum(p.numel() for p in model.parameters())
+        if n > MAX_PARAMETERS:
+            raise ValueError(
+                f"{self.name} with kwargs {self.kwargs} has {n:,} parameters, past the resource "
+                f"cap {MAX_PARAMETERS:,} ({CAPS_DOC})"
+            )
+        return n
+
 
 def describe(model: torch.nn.Module, input_length: int, n_leads: int = 12) -> tuple[int, int]:
     """(parameter count, forward FLOPs for one sample), FLOPs as counted by PyTorch itself."""
@@ -90,4 +116,4 @@ def describe(model: torch.nn.Module, input_length: int, n_leads: int = 12) -> tu
     return n_params, counter.get_total_flops()
 
 
-__all__ = ["MODELS", "ECGClassifier", "ModelConfig", "build_model", "describe"]
+__all__ = ["MAX_PARAMETERS", "MODELS", "ECGClassifier", "ModelConfig", "build_model", "describe"]

@@ -12,6 +12,10 @@ from torch import nn
 
 from common.models.base import ECGClassifier, norm1d, pooling_neck, scaled
 
+#: 20 stages: Strodthoff's benchmark uses 2; building hundreds takes seconds even on the meta
+#: device, before the parameter cap could refuse them.
+MAX_DEPTH = 60
+
 
 def _conv(c_in: int, c_out: int, kernel_size: int) -> nn.Conv1d:
     return nn.Conv1d(c_in, c_out, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
@@ -71,8 +75,10 @@ class Inception1d(ECGClassifier):
         head_dropout: float = 0.5,
     ) -> None:
         super().__init__(input_length)
-        if depth % 3 or depth <= 0:
-            raise ValueError(f"depth={depth}: must be a positive multiple of 3")
+        if depth % 3 or not 0 < depth <= MAX_DEPTH:
+            raise ValueError(
+                f"depth={depth}: must be a positive multiple of 3, at most {MAX_DEPTH}"
+            )
         # Strodthoff's rule: kernel_size, /2, /4, each made odd so 'same' padding is symmetric.
         kernel_sizes = tuple(
             k - 1 if k % 2 == 0 else k for k in (kernel_size, kernel_size // 2, kernel_size // 4)

@@ -26,17 +26,15 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.resume:
-        if not (args.resume / "config.yaml").exists():
+        if not (args.resume / "config.yaml").is_file():
             raise ConfigError(f"{args.resume}: not a simulation run directory (no config.yaml)")
-        cfg = SimulationConfig.load(args.resume / "config.yaml")
+        cfg = SimulationConfig.load(args.resume / "config.yaml", args.ptbxl)
         run_dir = args.resume
     else:
-        cfg = SimulationConfig.load(args.config)
+        cfg = SimulationConfig.load(args.config, args.ptbxl)
         run_dir = (
             args.out or Path("runs") / f"{cfg.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
-    if args.ptbxl:
-        cfg.data.ptbxl = str(args.ptbxl.resolve())
     path = run_simulation(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
     print(path.read_text())
     print(f"report: {path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.config import ConfigError
+from common.config import check
 from simulations.synth.build import write_ptbxl_like, write_tis_network
 from simulations.synth.network import PtbxlLikeSpec, TisNetworkSpec
 
@@ -43,10 +43,7 @@ def run(args: argparse.Namespace) -> int:
         spec = TisNetworkSpec(n_hospitals=args.hospitals, fs_choices=tuple(args.fs), **common)
     else:
         spec = PtbxlLikeSpec(n_sites=args.hospitals, **common)
-    try:
-        spec.validate()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    spec = check(spec, "ecgfl-simulate synth")
     write = write_tis_network if args.kind == "tis" else write_ptbxl_like
     path = write(spec, args.out, args.workers, args.force)
     print(f"{args.records} {args.kind} records -> {path}")

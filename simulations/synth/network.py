@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Annotated
 
 import numpy as np
 
+from common.config import Seed, above, at_least, check
+from common.experiment import MAX_SITES
+from common.preprocess import MAX_DURATION_S
 from simulations.synth.annotation import annotate
 from simulations.synth.device import Acquisition, Device
 from simulations.synth.dipole import random_subject
@@ -31,6 +35,9 @@ DEFAULT_PREVALENCE = {
     "LVH": 0.06,
 }
 _AGEING = {"AFIB", "1AVB", "CLBBB", "LVH"}  # findings that grow more common with age
+#: Resource cap (docs/formats.md#configuration-limits): ten times PTB-XL's 21,799 records times
+#: 50 is days of generation and terabytes of disk.
+MAX_RECORDS = 10_000_000
 
 TIS_DEVICES = (
     Device("MAC-5500", 500, 150.0, 4.88, notch=True),
@@ -52,52 +59,54 @@ PTBXL_DEVICES = (
 class _SpecBase:
     """What every synthetic dataset spec sets: size, population, difficulty, seed."""
 
-    n_records: int = 1000
-    duration_s: float = 10.0
-    size_skew: float = 1.0  # site sizes fall as 1 / rank**size_skew; 0 = equal sizes
-    prevalence: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PREVALENCE))
-    heterogeneity: float = 0.5  # log-normal spread of each site's prevalence around the spec's
-    records_per_patient: float = 1.3  # mean; some patients come back
+    n_records: Annotated[int, at_least(1, cap=MAX_RECORDS)] = 1000
+    duration_s: Annotated[float, above(0, cap=MAX_DURATION_S)] = 10.0
+    #: Site sizes fall as 1 / rank**size_skew; 0 = equal sizes (past ~20 one site has them all).
+    size_skew: Annotated[float, at_least(0, 100)] = 1.0
+    prevalence: dict[str, Annotated[float, at_least(0, 1)]] = field(
+        default_factory=lambda: dict(DEFAULT_PREVALENCE)
+    )
+    #: Log-normal spread of each site's prevalence around the spec's.
+    heterogeneity: Annotated[float, at_least(0, 10)] = 0.5
+    records_per_patient: Annotated[float, at_least(1, 1000)] = 1.3  # mean; some come back
     difficulty: float | str = "default"
-    seed: int = 0
+    seed: Seed = 0
 
     def validate(self) -> None:
         difficulty_value(self.difficulty)
         unknown = set(self.prevalence) - set(ABNORMAL)
         if unknown:
             raise ValueError(f"prevalence: unknown label(s) {sorted(unknown)}; use {ABNORMAL}")
-        if self.n_records < 1 or self.duration_s <= 0 or self.records_per_patient < 1:
-            raise ValueError("need n_records >= 1, duration_s > 0 and records_per_patient >= 1")
 
 
 @dataclass(frozen=True)
 class TisNetworkSpec(_SpecBase):
     """A TIS-like network: many hospitals of unequal size, mixed devices at 500 or 1000 Hz."""
 
-    n_records: int = 2000
-    n_hospitals: int = 8
+    n_records: Annotated[int, at_least(1, cap=MAX_RECORDS)] = 2000
+    n_hospitals: Annotated[int, at_least(1, cap=MAX_SITES)] = 8
     fs_choices: tuple[int, ...] = (500, 1000)
 
     def validate(self) -> None:
         super().validate()
         if not set(self.fs_choices) <= {d.fs for d in TIS_DEVICES} or not self.fs_choices:
             raise ValueError(f"fs_choices {self.fs_choices}: expected some of 500, 1000")
-        if not 1 <= self.n_hospitals <= self.n_records:
-            raise ValueError("need 1 <= n_hospitals <= n_records")
+        if self.n_hospitals > self.n_records:
+            raise ValueError("need n_hospitals <= n_records")
 
 
 @dataclass(frozen=True)
 class PtbxlLikeSpec(_SpecBase):
     """A PTB-XL-like dataset: one institution's few sites, written at 500 Hz and 100 Hz."""
 
-    n_sites: int = 4
-    heterogeneity: float = 0.3
-    records_per_patient: float = 1.15
+    n_sites: Annotated[int, at_least(1, cap=MAX_SITES)] = 4
+    heterogeneity: Annotated[float, at_least(0, 10)] = 0.3
+    records_per_patient: Annotated[float, at_least(1, 1000)] = 1.15
 
     def validate(self) -> None:
         super().validate()
-        if not 1 <= self.n_sites <= self.n_records:
-            raise ValueError("need 1 <= n_sites <= n_records")
+        if self.n_sites > self.n_records:
+            raise ValueError("need n_sites <= n_records")
 
 
 @dataclass(frozen=True)
@@ -225,7 +234,7 @@ def _plan(spec, sites: list[Site], sizes: list[int], rng: np.random.Generator, s
 
 def plan_tis(spec: TisNetworkSpec) -> list[PlannedRecord]:
     """The records of a TIS-like network, in recording order."""
-    spec.validate()
+    check(spec, type(spec).__name__)
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(0,)))
     devices = tuple(d for d in TIS_DEVICES if d.fs in spec.fs_choices)
     sites = [
@@ -239,7 +248,7 @@ def plan_tis(spec: TisNetworkSpec) -> list[PlannedRecord]:
 def plan_ptbxl_like(spec: PtbxlLikeSpec) -> list[PlannedRecord]:
     """The records of a PTB-XL-like dataset with folds by patient; folds 9-10 human-validated,
     and validated records carry fewer annotation errors."""
-    spec.validate()
+    check(spec, type(spec).__name__)
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(0,)))
     sites = [_site(rng, str(i), PTBXL_DEVICES, 50.0, spec) for i in range(spec.n_sites)]
     sizes = _sizes(spec.n_records, spec.n_sites, spec.size_skew)
