@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         spec = TisNetworkSpec(n_hospitals=args.hospitals, fs_choices=tuple(args.fs), **common)
     else:
         spec = PtbxlLikeSpec(n_sites=args.hospitals, **common)
-    spec = check(spec, "ecgfl-simulate synth")
+    spec = check(spec, "dataset")
     write = write_tis_network if args.kind == "tis" else write_ptbxl_like
     path = write(spec, args.out, args.workers, args.force)
     print(f"{args.records} {args.kind} records -> {path}")
