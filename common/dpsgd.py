@@ -25,6 +25,10 @@ from torch.utils.data import DataLoader
 from common.config import Range, above, at_least
 
 LEDGER = "dp_sgd_ledger.json"
+#: A budget (epsilon, delta) the noise search can meet: below these the noise that spends it is
+#: not a number a float holds (DP practice: epsilon 0.1-10, delta 1e-5-1e-9). Central DP too.
+Epsilon = Annotated[float, at_least(0.001)]
+Delta = Annotated[float, Range(1e-12, 1, high_open=True)]
 
 
 class SiteBudgetExhausted(RuntimeError):
@@ -40,9 +44,9 @@ class DPSGDSettings:
     """
 
     noise_multiplier: Annotated[float, at_least(0)] = 0.0
-    target_epsilon: Annotated[float, above(0)] | None = None
+    target_epsilon: Epsilon | None = None
     max_grad_norm: Annotated[float, above(0)] = 1.0  # per-record gradient clipping norm
-    delta: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 1e-5
+    delta: Delta = 1e-5
     max_epsilon: Annotated[float, above(0)] | None = None  # per site: no round past it
 
     @property

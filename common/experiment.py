@@ -12,7 +12,7 @@ from typing import Annotated
 
 from common import config
 from common.config import Local, Range, above, at_least
-from common.dpsgd import DPSGDSettings
+from common.dpsgd import Delta, DPSGDSettings, Epsilon
 from common.labels import LabelSpace, label_space
 from common.models import MODELS, ModelConfig
 from common.models.base import NORMS
@@ -65,10 +65,10 @@ class PrivacySettings:
 
     noise_multiplier: Annotated[float, at_least(0)] = 0.0  # 0 = no DP (unless target_epsilon)
     #: Instead of noise_multiplier: spend this over all rounds.
-    target_epsilon: Annotated[float, above(0)] | None = None
+    target_epsilon: Epsilon | None = None
     clipping_norm: Annotated[float, above(0)] = 1.0
     clipping: str = "client"  # "client": each site clips before replying; "server": coordinator
-    delta: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 1e-5
+    delta: Delta = 1e-5
     #: Budget: no round starts that would take epsilon past it.
     max_epsilon: Annotated[float, above(0)] | None = None
 
