@@ -175,7 +175,8 @@ class ExperimentConfig:
             )
 
     def check_local(self) -> None:
-        """The model builds (on the meta device) for this label space within the caps."""
+        """The model builds (on the meta device) for this label space within the caps. Where the
+        experiment is loaded: a hospital measures the coordinator's model by its own policy."""
         try:
             self.model_config().check_size(len(LabelSpace.load(self.labels)))
         except ValueError as exc:
