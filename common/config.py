@@ -34,6 +34,14 @@ class ConfigError(ValueError):
     """A configuration problem: stops the run with one precise message."""
 
 
+class SettingError(ValueError):
+    """What a ``validate`` or ``check_local`` raises about one setting, so the error names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class _Refused(yaml.MarkedYAMLError):
     """YAML that parses but that a config must not use."""
 
@@ -334,7 +342,8 @@ def from_dict(cls: type[T], data: Any, where: str = "config", local: bool = Fals
         try:
             check()
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+            at = _key(where, exc.key) if isinstance(exc, SettingError) else where
+            raise ConfigError(f"{at}: {exc}") from exc
     return obj
 
 

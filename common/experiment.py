@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 from common import config
-from common.config import Local, Range, above, at_least
+from common.config import Local, Range, SettingError, above, at_least
 from common.dpsgd import Delta, DPSGDSettings, Epsilon
 from common.labels import LabelSpace, label_space
 from common.models import MODELS, ModelConfig
@@ -180,7 +180,7 @@ class ExperimentConfig:
         try:
             self.model_config().check_size(len(LabelSpace.load(self.labels)))
         except ValueError as exc:
-            raise ValueError(f"model: {exc}") from exc
+            raise SettingError("model", str(exc)) from exc
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from common import config
-from common.config import Local, Seed, Workers, above, at_least
+from common.config import Local, Seed, SettingError, Workers, above, at_least
 from common.experiment import MAX_SITES, ExperimentConfig
 from common.labels import LabelSpace
 from simulations.partition import SCHEMES
@@ -74,17 +74,18 @@ class SimulationConfig:
         """Every site fits this machine, and ``annotated`` names labels of the experiment's."""
         cpus = os.cpu_count() or 1
         if self.cpus_per_site > cpus:
-            raise ValueError(
-                f"cpus_per_site={self.cpus_per_site:g}: this machine has {cpus} CPUs, and a site "
-                "that needs more is never started"
+            raise SettingError(
+                "cpus_per_site",
+                f"{self.cpus_per_site:g}: this machine has {cpus} CPUs, and a site that needs "
+                "more is never started",
             )
         labels = LabelSpace.load(self.experiment.labels).labels
         for source, names in self.partition.annotated.items():
             unknown = sorted(set(names) - set(labels))
             if unknown:
-                raise ValueError(
-                    f"partition.annotated.{source}: {unknown} not in label space "
-                    f"{self.experiment.labels} ({', '.join(labels)})"
+                raise SettingError(
+                    f"partition.annotated.{source}",
+                    f"{unknown} not in label space {self.experiment.labels} ({', '.join(labels)})",
                 )
 
     @classmethod
@@ -107,16 +108,23 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The file's settings over those of its ``base`` chain; a problem in the chain is named
+    from the file the user gave ('run.yaml: base: common.yaml: ...')."""
     data = config.load_yaml(path)
     base: Any = data.pop("base", None)
     if base is None:
         return data
+    where = f"{path}: base"
     if not isinstance(base, str):
-        raise config.ConfigError(f"{path}: base: expected the path of a YAML file, got {base!r}")
+        raise config.ConfigError(f"{where}: expected the path of a YAML file, got {base!r}")
+    here = (*seen, path.resolve())
     try:
         base_path = (path.parent / base).resolve()
     except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
-        raise config.ConfigError(f"{path}: base: not a usable path: {exc}") from exc
-    if base_path in seen:
-        raise config.ConfigError(f"{path}: 'base' chain loops back to {base_path}")
-    return _merge(_resolve(base_path, (*seen, base_path)), data)
+        raise config.ConfigError(f"{where}: not a usable path: {exc}") from exc
+    if base_path in here:
+        raise config.ConfigError(f"{where}: loops back to {base_path}")
+    try:
+        return _merge(_resolve(base_path, here), data)
+    except config.ConfigError as exc:
+        raise config.ConfigError(f"{where}: {exc}") from exc

@@ -56,7 +56,7 @@ CASES = {  # the 26 kinds of malformed config tried on the command
     "invalid YAML": Case("experiment: {name: [x\n", ("not valid YAML", "line 2")),
     "top-level list": Case("- experiment\n- data\n", ("expected a mapping at the top level",)),
     "missing file": Case(None, ("no such file",)),
-    "base loops": Case("base: bad.yaml\n", ("'base' chain loops back",)),
+    "base loops": Case("base: bad.yaml\n", ("bad.yaml: base: loops back",)),
     "fraction out of range": Case(
         "experiment: {federation: {fraction_train: 2.0}}\n",
         ("experiment.federation.fraction_train", "<= 1"),
@@ -71,10 +71,10 @@ CASES = {  # the 26 kinds of malformed config tried on the command
         ("experiment.finetune.train.lr", "finite"),
     ),
     "unknown model kwargs": Case(
-        "experiment: {model: {kwargs: {widht: 0.5}}}\n", ("model", "widht")
+        "experiment: {model: {kwargs: {widht: 0.5}}}\n", ("experiment.model", "'widht'")
     ),
     "width 1e6": Case(
-        "experiment: {model: {kwargs: {width: 1000000.0}}}\n", ("model", "resource cap")
+        "experiment: {model: {kwargs: {width: 1000000.0}}}\n", ("experiment.model", "resource cap")
     ),
     "missing finetune.labels": Case(
         "experiment: {finetune: {labels: no-such-space.yaml}}\n",
@@ -109,7 +109,7 @@ CASES = {  # the 26 kinds of malformed config tried on the command
     "self-referencing alias": Case(
         "experiment: {model: {kwargs: &k {inner: *k}}}\n", ("anchors and aliases", "line 1")
     ),
-    "base /dev/zero": Case("base: /dev/zero\n", ("/dev/zero", "not a regular file")),
+    "base /dev/zero": Case("base: /dev/zero\n", ("bad.yaml: base: /dev/zero: not a regular file",)),
 }
 
 MORE_CASES = {  # more of the same kinds, run in this process
@@ -121,11 +121,15 @@ MORE_CASES = {  # more of the same kinds, run in this process
         ),
         ("anchors and aliases",),
     ),
-    "base a folder": Case("base: .\n", ("not a regular file",)),
+    "base a folder": Case("base: .\n", ("base: ", "not a regular file")),
     "unknown label space": Case(
         "experiment: {labels: seed7}\n", ("experiment.labels", "unknown label space 'seed7'")
     ),
     "too deep": Case("experiment: " + "[" * 40 + "]" * 40 + "\n", ("nested deeper",)),
+    "more CPUs than here": Case("cpus_per_site: 1000.0\n", ("cpus_per_site", "this machine")),
+    "annotated label not in the space": Case(
+        "partition: {annotated: {tis: [AFIB, FOO]}}\n", ("partition.annotated.tis", "'FOO'")
+    ),
     "too large": Case("# " + "x" * MAX_YAML_BYTES + "\n", ("larger than",)),
 }
 
