@@ -563,9 +563,14 @@ def stop_coordinator(cfg: CoordinatorConfig, grace_s: float = 60) -> bool:
 
 
 def flwr(cfg: CoordinatorConfig, *args: str, timeout: float | None = 120) -> tuple[int, str]:
-    """One ``flwr`` CLI command against this SuperLink; returns (exit code, output)."""
+    """One ``flwr`` CLI command against this SuperLink; returns (exit code, output).
+
+    It runs in the coordinator's FLWR_HOME: Flower reads the connection name as a project path
+    when the working folder holds a folder of that name (a clone called ``ecgfl``)."""
+    cfg.flwr_home.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         ["flwr", *args],
+        cwd=cfg.flwr_home,
         env=flower_env(cfg.flwr_home),
         capture_output=True,
         text=True,
@@ -672,6 +677,7 @@ def submit(cfg: CoordinatorConfig, app: Path, run_dir: Path) -> int:
     with open(run_dir / "flower.log", "a") as out:
         proc = subprocess.Popen(
             command,
+            cwd=cfg.flwr_home,  # see flwr(): never where a folder named like the connection is
             env=flower_env(cfg.flwr_home),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

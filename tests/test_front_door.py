@@ -233,11 +233,16 @@ def test_the_operators_flwr_reaches_the_loopback_superlink(door):
     code, out = coordinator.flwr(door.cfg, "ls", coordinator.CONNECTION)
     assert code == 0, out
     assert door.loopback in out
+    # run from a folder holding a clone named like the connection, as operators do
+    clone = door.root / "workdir" / coordinator.CONNECTION
+    clone.mkdir(parents=True, exist_ok=True)
+    (clone / "pyproject.toml").write_text((APP_DIR / "pyproject.toml").read_text())
     status = subprocess.run(
         [BIN / "ecgfl-coordinator", "status", "--config", door.root / CONFIG],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=clone.parent,
     )
     assert status.returncode == 0, status.stdout + status.stderr
     for name in ("superlink", "superexec", "nginx"):
