@@ -313,6 +313,19 @@ def test_three_hospitals_train_two_rounds_and_fine_tune(finished):
     assert set(json.loads((finished / "sites.json").read_text()).values()) == set(SITES)
 
 
+def test_status_lists_every_hospital_by_name_as_connected(federation, finished):
+    done = subprocess.run(
+        [BIN / "ecgfl-coordinator", "status", "--config", federation.config_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [r for r in done.stdout.splitlines() if r.startswith("| H")]
+    assert [r.split("|")[1].strip() for r in rows] == list(SITES)
+    assert all("| online |" in r for r in rows)
+
+
 def test_fine_tuned_models_stay_in_each_hospitals_output_folder(federation, finished):
     for site in SITES:
         assert (federation.root / "hospitals" / site / "output" / "full" / "finetuned.pt").exists()
