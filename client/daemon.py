@@ -108,15 +108,10 @@ class HospitalConfig:
     @classmethod
     def load(cls, path: str | Path) -> HospitalConfig:
         cfg = config.load(cls, path)
-        base = Path(path).resolve().parent
-
-        def absolute(p: str) -> str:
-            return str(base / Path(p).expanduser()) if p else p
-
         return replace(
             cfg,
             **{
-                k: absolute(getattr(cfg, k))
+                k: config.relative_to_file(getattr(cfg, k), path, k) if getattr(cfg, k) else ""
                 for k in (
                     "data_dir",
                     "root_certificates",

@@ -370,3 +370,13 @@ def load(cls: type[T], path: str | Path, section: str | None = None) -> T:
         data = data.get(section, {}) or {}
         where = f"{path}: {section}"
     return from_dict(cls, data, where, local=True)
+
+
+def relative_to_file(path: str, config_file: str | Path, key: str) -> str:
+    """Setting ``key`` of ``config_file`` as a path: ``~`` expanded, relative to the file's
+    folder."""
+    try:
+        expanded = Path(path).expanduser()
+    except RuntimeError as exc:  # '~someone' with no such user
+        raise ConfigError(f"{config_file}: {key}: {path!r}: {exc}") from exc
+    return str(Path(config_file).resolve().parent / expanded)

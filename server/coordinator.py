@@ -96,18 +96,17 @@ class CoordinatorConfig:
         cfg = config.load(cls, path)
         if not resolve:
             return cfg
-        base = Path(path).resolve().parent
 
-        def absolute(p: str) -> str:
-            return str(base / Path(p).expanduser())
+        def absolute(p: str, key: str) -> str:
+            return config.relative_to_file(p, path, key)
 
         return replace(
             cfg,
-            ca_certificate=absolute(cfg.ca_certificate),
-            certificate=absolute(cfg.certificate),
-            private_key=absolute(cfg.private_key),
-            state_dir=absolute(cfg.state_dir),
-            hospitals={site: absolute(key) for site, key in cfg.hospitals.items()},
+            ca_certificate=absolute(cfg.ca_certificate, "ca_certificate"),
+            certificate=absolute(cfg.certificate, "certificate"),
+            private_key=absolute(cfg.private_key, "private_key"),
+            state_dir=absolute(cfg.state_dir, "state_dir"),
+            hospitals={site: absolute(k, f"hospitals.{site}") for site, k in cfg.hospitals.items()},
         )
 
     @property

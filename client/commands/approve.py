@@ -17,7 +17,7 @@ import yaml
 from client import bundle
 from client.daemon import HospitalConfig
 from client.runner import bundles_dir
-from common.config import ConfigError
+from common.config import ConfigError, load_yaml
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def record(config_path: Path, sha256: str, note: str) -> None:
     """Add ``sha256`` to policy.approved_apps, keeping the file's leading comments."""
     text = config_path.read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(config_path)  # the guarded loader: no aliases, bounded size
     policy = data.setdefault("policy", {}) or {}
     data["policy"] = policy
     policy.setdefault("approved_apps", {})[sha256] = note
