@@ -12,8 +12,6 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 from common import config
 from common.experiment import ExperimentConfig
 from common.labels import LabelSpace, builtin_spaces
@@ -75,9 +73,10 @@ def plain_name(value: str, what: str) -> str:
 def model_parameters(experiment: ExperimentConfig, n_classes: int) -> int:
     """Parameters of the requested model, counted on the meta device: nothing is allocated, so a
     hostile width costs nothing to refuse."""
-    with torch.device("meta"):
-        model = experiment.model_config().build(n_classes=n_classes)
-    return sum(p.numel() for p in model.parameters())
+    try:
+        return experiment.model_config().check_size(n_classes)
+    except ValueError as exc:
+        raise PolicyViolation(f"the run's model: {exc}") from exc
 
 
 def check_job(
