@@ -266,3 +266,15 @@ def test_audit_log_records_an_error_reply_and_without_a_path_does_nothing(tmp_pa
         lambda m, c: Message(RecordDict(), reply_to=m),
     )
     assert reply is not None and len(log.read_text().splitlines()) == 2
+
+
+def test_a_coordinators_run_is_named_after_the_experiments_name(tmp_path):
+    from server.commands.run import run_name
+
+    (tmp_path / "exp.yaml").write_text("name: study-1\n")
+    assert run_name(tmp_path / "exp.yaml") == "study-1"
+    (tmp_path / "unnamed.yaml").write_text("labels: seed6\n")
+    assert run_name(tmp_path / "unnamed.yaml") == "unnamed"
+    (tmp_path / "bad.yaml").write_text("name: ../escape\n")
+    with pytest.raises(ConfigError, match="name '../escape'"):
+        run_name(tmp_path / "bad.yaml")

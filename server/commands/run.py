@@ -7,17 +7,31 @@ import json
 import time
 from pathlib import Path
 
-from common.config import ConfigError
+from common.config import ConfigError, load_yaml
 from common.flower_process import APP_DIR
+from common.names import RULE, is_plain_name
 from server import coordinator
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="experiment YAML (not with --resume)")
     p.add_argument("--coordinator", type=Path, default=Path("coordinator.yaml"))
-    p.add_argument("--run-dir", type=Path, help="default: STATE_DIR/runs/NAME-TIMESTAMP")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="default: STATE_DIR/runs/NAME-TIMESTAMP (NAME: the experiment's name:)",
+    )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
     p.add_argument("--app", type=Path, default=APP_DIR, help="the Flower app (project folder)")
+
+
+def run_name(experiment: Path) -> str:
+    """The experiment's ``name:`` (what the researcher called it), else the file's name; it
+    becomes a folder at every hospital, so it must be a plain name."""
+    name = load_yaml(experiment).get("name") or experiment.stem
+    if not is_plain_name(f"{name}-20260101-000000"):
+        raise ConfigError(f"{experiment}: name {name!r}: the run folder needs {RULE}")
+    return str(name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.run_dir:
         run_dir = args.run_dir
     else:
-        run_dir = cfg.state / "runs" / f"{args.config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = cfg.state / "runs" / f"{run_name(args.config)}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()
     coordinator.prepare_run(cfg, args.config, run_dir, bool(args.resume))
     code = coordinator.submit(cfg, args.app.resolve(), run_dir)
