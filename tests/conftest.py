@@ -25,3 +25,11 @@ def ptbxl_sample() -> Path:
 @pytest.fixture(scope="session")
 def cinc_sample() -> Path:
     return _shared("cinc2021-sample")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A slow test is never in the quick tier: ``-m "not e2e"`` replaces the default
+    ``-m "not slow"``, so slow tests (the 10,000-example fuzz runs) count as e2e too."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.e2e)

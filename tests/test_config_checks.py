@@ -164,6 +164,7 @@ def refusals(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
         return {n: f.result() for n, f in futures.items()}
 
 
+@pytest.mark.e2e  # 26 real ecgfl-simulate processes (~45 s): outside the quick tier
 @pytest.mark.parametrize("name", CASES)
 def test_a_bad_run_config_is_refused_before_any_work(refusals, name):
     result, folder = refusals[name]
