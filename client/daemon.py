@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -33,7 +32,13 @@ from client.audit import AUDIT_LOG_KEY
 from client.policy import POLICY_KEY, SitePolicy
 from common import config
 from common.config import ConfigError
-from common.flower_process import copy_plain, flower_env, stop_process_group
+from common.flower_process import (
+    copy_plain,
+    flower_env,
+    is_running,
+    stop_process_group,
+    superexec_secret,
+)
 from common.preprocess import PipelineConfig
 
 log = logging.getLogger("ecgfl.hospital")
@@ -193,15 +198,9 @@ def node_values(cfg: HospitalConfig) -> dict[str, str]:
     return values
 
 
-def superexec_secret(cfg: HospitalConfig) -> Path:
-    """The secret that lets only this daemon take the SuperNode's tasks (created once, 0600)."""
-    path = Path(cfg.state_dir) / "superexec.secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path
+def hospital_secret(cfg: HospitalConfig) -> Path:
+    """The secret that lets only this daemon take the SuperNode's tasks."""
+    return superexec_secret(Path(cfg.state_dir) / "superexec.secret")
 
 
 def supernode_command(cfg: HospitalConfig, insecure: bool) -> list[str]:
@@ -218,7 +217,7 @@ def supernode_command(cfg: HospitalConfig, insecure: bool) -> list[str]:
         "--isolation",
         "process",
         "--superexec-auth-secret-file",
-        str(superexec_secret(cfg)),
+        str(hospital_secret(cfg)),
     ]
     if insecure:
         return [*command, "--insecure"]
@@ -265,7 +264,7 @@ class Launcher(threading.Thread):
     def _client(self) -> RuntimeHttpClient:
         invoker = make_simple_http_retry_invoker()
         invoker.max_tries = 1  # this loop retries itself, and must notice a stop
-        secret = superexec_secret(self.cfg).read_bytes()
+        secret = hospital_secret(self.cfg).read_bytes()
         return RuntimeHttpClient.from_server_address(
             server_address=self.address,
             insecure=True,  # the SuperNode's Runtime API listens on loopback only
@@ -483,10 +482,9 @@ def running_pid(cfg: HospitalConfig) -> int | None:
     """The daemon's pid from its pid file, if that process still runs."""
     try:
         pid = int(pid_file(cfg).read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if is_running(pid) else None
 
 
 def stop(cfg: HospitalConfig, grace_s: float = 30.0) -> bool:

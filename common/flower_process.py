@@ -8,12 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO
+
+from common.config import ConfigError
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the project root: the Flower app's pyproject
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Flower colours its log lines whatever the output
@@ -45,6 +49,36 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     bindir = str(Path(sys.executable).parent)  # flower-superlink & co. of this environment
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     return env
+
+
+def superexec_secret(path: Path) -> Path:
+    """A SuperExec secret (who may take a SuperLink's or SuperNode's tasks): made once, mode
+    0600, and refused if others can read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: mode {mode:o}, readable by others; chmod 600 it (or delete it: a new one is "
+            "made at start)"
+        )
+    return path
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def _group_alive(pgid: int) -> bool:

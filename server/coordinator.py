@@ -22,11 +22,9 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import select
 import signal
 import ssl
-import stat
 import subprocess
 import sys
 import threading
@@ -40,7 +38,14 @@ import yaml
 
 from common import config
 from common.config import ConfigError
-from common.flower_process import copy_plain, flower_env, plain, stop_process_group
+from common.flower_process import (
+    copy_plain,
+    flower_env,
+    is_running,
+    plain,
+    stop_process_group,
+    superexec_secret,
+)
 from server import front_door
 
 log = logging.getLogger("ecgfl.coordinator")
@@ -249,32 +254,8 @@ def superexec_command(
 
 
 def ensure_secret(cfg: CoordinatorConfig) -> Path:
-    """The SuperExec secret: made once (mode 0600), refused if others can read it."""
-    path = cfg.secret_file
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{path}: mode {mode:o}, readable by others; chmod 600 it (or delete it: a new one is "
-            "made at start)"
-        )
-    return path
-
-
-def is_running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
+    """The coordinator's SuperExec secret (common.flower_process.superexec_secret)."""
+    return superexec_secret(cfg.secret_file)
 
 
 def running_pid(cfg: CoordinatorConfig) -> int | None:
