@@ -30,6 +30,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 
 from client.audit import AUDIT_LOG_KEY
 from client.policy import POLICY_KEY, SitePolicy
+from client.task import PIPELINE_KEY
 from common import config
 from common.config import ConfigError
 from common.flower_process import (
@@ -192,6 +193,7 @@ def node_values(cfg: HospitalConfig) -> dict[str, str]:
         "output-dir": cfg.output_dir,
         AUDIT_LOG_KEY: cfg.audit_log,
         POLICY_KEY: cfg.policy.to_json(),
+        PIPELINE_KEY: (cfg.pipeline or PipelineConfig()).fingerprint,
     }
     if cfg.format:
         values["format"] = cfg.format

@@ -32,6 +32,7 @@ log = logging.getLogger("ecgfl.client")
 EXPERIMENT_KEY = "experiment"  # ConfigRecord key: the experiment as JSON
 SPACE_KEY = "label-space"  # ConfigRecord key: the label space as JSON (it may be user-defined)
 FINETUNE_SPACE_KEY = "finetune-label-space"  # the space to fine-tune into
+PIPELINE_KEY = "pipeline-fingerprint"  # node config: the pipeline hospital.yaml prepared
 SITE_DELTA = 1e-5  # the delta at which a hospital's own budget is held
 SITE_LEDGER_DIR = "privacy"  # under the hospital's output folder: its lifetime DP-SGD ledger
 
@@ -104,6 +105,13 @@ def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
     """This node's data: a hospital's folder (deployment) or a manifest entry (simulation)."""
     node = context.node_config
     if "data-dir" in node:
+        own = node.get(PIPELINE_KEY)
+        if own and own != experiment.pipeline.fingerprint:
+            log.info(
+                "the run's preprocessing differs from hospital.yaml's pipeline: using (or "
+                "building) this site's cache for %s",
+                json.dumps(experiment.pipeline.to_dict()),
+            )
         return SiteData.from_folder(
             str(node.get("site", "site")),
             Path(str(node["data-dir"])),

@@ -12,6 +12,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "server.commands.start",
         "run the SuperLink (loopback), its SuperExec and the nginx front door (Fleet API only)",
     ),
+    "init-experiment": (
+        "server.commands.init_experiment",
+        "write an experiment file with every key, small safe defaults and comments",
+    ),
     "run": ("server.commands.run", "submit a federated job and follow it to its report"),
     "status": ("server.commands.status", "the coordinator's processes, hospitals online, runs"),
     "logs": ("server.commands.logs", "a run's log"),

@@ -46,6 +46,7 @@ from common.flower_process import (
     stop_process_group,
     superexec_secret,
 )
+from common.preprocess import PipelineConfig
 from server import front_door
 
 log = logging.getLogger("ecgfl.coordinator")
@@ -83,6 +84,9 @@ class CoordinatorConfig:
     private_key: str = "server.key"
     state_dir: str = "state"  # database, logs, pid files, SuperExec secret, FLWR_HOME
     hospitals: dict[str, str] = field(default_factory=dict)  # site -> its OpenSSH public key
+    #: The federation's preprocessing: provisioning writes it into every hospital.yaml (each
+    #: builds its cache at start) and init-experiment into every experiment.
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def validate(self) -> None:
         host, sep, port = self.address.rpartition(":")
@@ -610,6 +614,12 @@ def prepare_run(
             exp.federation.min_sites = len(cfg.hospitals)
         if not exp.federation.min_sites:
             raise ConfigError("federation.min_sites is not set and no hospital is provisioned")
+        if exp.pipeline != cfg.pipeline:
+            log.warning(
+                "the experiment's pipeline differs from the one provisioned to the hospitals "
+                "(coordinator.yaml pipeline): each hospital builds a cache for it during round 1, "
+                "within its own limits (policy max_fs, max_length_s)"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         pinned.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     (run_dir / "sites.json").write_text(json.dumps(node_names(cfg), indent=1))

@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from client.daemon import HospitalConfig
-from common.config import ConfigError
+from common.config import ConfigError, from_dict, load_yaml
 from common.names import RULE, is_plain_name
+from common.preprocess import PipelineConfig
 from server.coordinator import CoordinatorConfig
 
 # The front door, the flwr CLI and the SuperExec/ServerApp reach the SuperLink on loopback.
@@ -179,6 +180,13 @@ def _host(address: str) -> str:
     return host.strip("[]")
 
 
+def read_pipeline(path: Path) -> PipelineConfig:
+    """A pipeline from a YAML file: an experiment's ``pipeline:`` section, or the bare mapping."""
+    data = load_yaml(path)
+    section = "pipeline" in data
+    return from_dict(PipelineConfig, data["pipeline"] if section else data, f"{path}: pipeline")
+
+
 def provision(
     out: Path,
     hospitals: list[str],
@@ -186,8 +194,13 @@ def provision(
     address: str | None = None,
     listen: str = "0.0.0.0",
     force: bool = False,
+    pipeline: PipelineConfig | None = None,
 ) -> CoordinatorConfig:
-    """Create (or extend) a federation under ``out``; returns the coordinator's configuration."""
+    """Create (or extend) a federation under ``out``; returns the coordinator's configuration.
+
+    ``pipeline`` (default: the built-in one, or the federation's when it exists) goes into
+    coordinator.yaml and every new hospital.yaml, so hospitals build the right cache at start
+    and nobody copies it by hand."""
     bad = [h for h in hospitals if not is_plain_name(h)]
     if bad or len(set(hospitals)) != len(hospitals):
         raise ConfigError(
@@ -208,6 +221,8 @@ def provision(
         address = address or f"{(sans or ['localhost'])[0]}:8000"
         port = int(address.rsplit(":", 1)[1])
         cfg = CoordinatorConfig(address=address, host=listen, port=port, superlink_port=port + 1)
+    if pipeline is not None:
+        cfg.pipeline = pipeline
     ca = load_ca(coord) if (coord / "ca.key").exists() else make_ca(coord)
     wanted = set(sans) | {_host(cfg.address), *LOOPBACK}
     if not (coord / "server.crt").exists() or force:
@@ -231,6 +246,7 @@ def provision(
             data_dir=DATA_DIR_PLACEHOLDER,
             # distinct per bundle, so hospitals tried out on one host do not collide
             runtime_port=RUNTIME_PORT + ordinal,
+            pipeline=cfg.pipeline,
         )
         if not (bundle / "hospital.yaml").exists():  # it holds the hospital's own edits
             _yaml(

@@ -1,10 +1,12 @@
 """Provisioning, deployment configs, the commands they become, the audit log: no processes."""
 
+import dataclasses
 import json
 import stat
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +280,62 @@ def test_a_coordinators_run_is_named_after_the_experiments_name(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: ../escape\n")
     with pytest.raises(ConfigError, match="name '../escape'"):
         run_name(tmp_path / "bad.yaml")
+
+
+def _all_keys(cls, prefix: str = "") -> set[str]:
+    """Every setting of a config dataclass, nested ones as dotted paths."""
+    keys = set()
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys |= _all_keys(hint, f"{prefix}{f.name}.")
+        else:
+            keys.add(prefix + f.name)
+    return keys
+
+
+def _yaml_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in data.items():
+        nested = isinstance(v, dict) and k != "kwargs"
+        keys |= _yaml_keys(v, f"{prefix}{k}.") if nested else {prefix + k}
+    return keys
+
+
+def test_the_federations_pipeline_is_provisioned_into_every_hospital_bundle(tmp_path):
+    (tmp_path / "exp.yaml").write_text("pipeline: {fs: 50.0, length_s: 8.0, lowpass_hz: 20.0}\n")
+    from server.provision import read_pipeline
+
+    pipeline = read_pipeline(tmp_path / "exp.yaml")
+    provision(tmp_path, ["H1"], ["localhost"], pipeline=pipeline)
+    provision(tmp_path, ["H2"], [])  # a later hospital gets the federation's, not the default
+    coord = CoordinatorConfig.load(tmp_path / "coordinator" / "coordinator.yaml")
+    assert coord.pipeline == pipeline
+    for site in ("H1", "H2"):
+        hospital = HospitalConfig.load(tmp_path / "hospitals" / site / "hospital.yaml")
+        assert hospital.pipeline == pipeline
+        assert node_values(hospital)["pipeline-fingerprint"] == pipeline.fingerprint
+    (tmp_path / "bad.yaml").write_text("fs: -3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: pipeline.fs: expected > 0"):
+        read_pipeline(tmp_path / "bad.yaml")
+
+
+def test_init_experiment_writes_every_key_with_the_federations_pipeline(tmp_path):
+    from common.experiment import ExperimentConfig
+    from server.cli import main
+
+    (tmp_path / "p.yaml").write_text("fs: 50.0\nlength_s: 8.0\nlowpass_hz: 20.0\n")
+    from server.provision import read_pipeline
+
+    provision(tmp_path, ["H1", "H2"], ["localhost"], pipeline=read_pipeline(tmp_path / "p.yaml"))
+    coord = tmp_path / "coordinator" / "coordinator.yaml"
+    out = tmp_path / "study.yaml"
+    argv = ["init-experiment", "--coordinator", str(coord), "--name", "study-1", "--rounds", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    text = out.read_text()
+    exp = ExperimentConfig.load(out)  # loads and validates as a run would
+    assert exp.name == "study-1" and exp.federation.rounds == 2
+    assert exp.pipeline == CoordinatorConfig.load(coord).pipeline
+    assert _all_keys(ExperimentConfig) == _yaml_keys(yaml.safe_load(text))
+    assert main([*argv, "--out", str(out)]) == 2  # never overwritten by accident
+    assert main([*argv[:-3], "../x", "--out", str(tmp_path / "x.yaml")]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from server.provision import provision
+from server.provision import provision, read_pipeline
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -29,12 +29,23 @@ def configure(p: argparse.ArgumentParser) -> None:
         "always binds 127.0.0.1 on the next port",
     )
     p.add_argument(
+        "--pipeline",
+        type=Path,
+        metavar="YAML",
+        help="the federation's preprocessing (an experiment file's pipeline: or the bare "
+        "mapping); default: the built-in one. Written into coordinator.yaml and each new "
+        "hospital.yaml",
+    )
+    p.add_argument(
         "--force", action="store_true", help="replace existing keys/certificates (key rotation)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = provision(args.out, args.hospital, args.san, args.address, args.listen, args.force)
+    pipeline = read_pipeline(args.pipeline) if args.pipeline else None
+    cfg = provision(
+        args.out, args.hospital, args.san, args.address, args.listen, args.force, pipeline
+    )
     coord = args.out / "coordinator"
     print(f"coordinator  {coord / 'coordinator.yaml'}  (address {cfg.address})")
     for site in args.hospital:
