@@ -81,7 +81,7 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if not target:
         return call_next(msg, context)
     path = Path(str(target))
-    write(path, entry("received", msg))
+    write(path, {**entry("received", msg), "records": describe(msg.content)})
     try:
         reply = call_next(msg, context)
     except Exception as exc:  # the runner sends an error reply: nothing else leaves

@@ -31,12 +31,13 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from client.audit import AUDIT_LOG_KEY
 from client.policy import POLICY_KEY, SitePolicy
 from client.task import PIPELINE_KEY
-from common import config
+from common import config, flower_process
 from common.config import ConfigError
 from common.flower_process import (
     copy_plain,
     flower_env,
     is_running,
+    signal_ready,
     stop_process_group,
     superexec_secret,
 )
@@ -132,8 +133,11 @@ class HospitalConfig:
         )
 
 
-def check(cfg: HospitalConfig, insecure: bool) -> None:
-    """Refuse to start on what would only fail later: missing data, keys or certificates."""
+def preflight(cfg: HospitalConfig, insecure: bool) -> None:
+    """Refuse to start on what would only fail later: missing data, keys or certificates, or a
+    daemon of this site that already runs."""
+    if (pid := running_pid(cfg)) is not None:
+        raise ConfigError(f"a daemon already runs for site {cfg.site} (pid {pid})")
     if not Path(cfg.data_dir).is_dir():
         raise ConfigError(
             f"data_dir {cfg.data_dir}: no such folder (edit data_dir in hospital.yaml)"
@@ -341,8 +345,11 @@ class Launcher(threading.Thread):
 class Daemon:
     """Runs flower-supernode until asked to stop; restarts it with exponential backoff."""
 
-    def __init__(self, cfg: HospitalConfig, insecure: bool, config_path: Path) -> None:
+    def __init__(
+        self, cfg: HospitalConfig, insecure: bool, config_path: Path, ready_fd: int | None = None
+    ) -> None:
         self.cfg = cfg
+        self.ready_fd = ready_fd  # told once the coordinator admitted this site (--detach)
         self.command = supernode_command(cfg, insecure)
         self.stopping = threading.Event()
         self.proc: subprocess.Popen | None = None
@@ -399,6 +406,8 @@ class Daemon:
                 )
                 if not self._admitted_marker.exists():
                     self._admitted_marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+                signal_ready(self.ready_fd)
+                self.ready_fd = None
 
     def _gives_up(self, verdict: str, reason: str) -> bool:
         """Stop for good on what retrying cannot fix. A refused key is final unless the
@@ -450,7 +459,11 @@ class Daemon:
 
 
 def start(
-    cfg: HospitalConfig, config_path: Path, insecure: bool = False, check_records: bool = True
+    cfg: HospitalConfig,
+    config_path: Path,
+    insecure: bool = False,
+    check_records: bool = True,
+    ready_fd: int | None = None,
 ) -> int:
     """Check, prepare, then serve until SIGTERM/SIGINT. The runner re-reads ``config_path`` for
     every task, so an approval takes effect without a restart."""
@@ -459,13 +472,11 @@ def start(
     log.addHandler(handler)
     if insecure:
         log.warning("INSECURE: plaintext connection and no node authentication; test setups only")
-    check(cfg, insecure)
-    if (pid := running_pid(cfg)) is not None:
-        raise ConfigError(f"a daemon already runs for site {cfg.site} (pid {pid})")
+    preflight(cfg, insecure)
     if check_records:
         check_data(cfg)
     prepare(cfg)
-    daemon = Daemon(cfg, insecure, config_path.resolve())
+    daemon = Daemon(cfg, insecure, config_path.resolve(), ready_fd)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, daemon.stop)
     pid_file(cfg).parent.mkdir(parents=True, exist_ok=True)
@@ -474,6 +485,22 @@ def start(
         return daemon.run()
     finally:
         pid_file(cfg).unlink(missing_ok=True)
+
+
+def detach(cfg: HospitalConfig, argv: list[str], limit_s: float = 900) -> int:
+    """Run ``ecgfl-hospital ARGV`` (a foreground start) in a session of its own; return once the
+    coordinator admitted this site, with the reason if the daemon stopped first, or leave it
+    trying after ``limit_s`` (a coordinator that is down is waited for, as in the foreground)."""
+    out = Path(cfg.state_dir) / "daemon.out"
+    proc, ready = flower_process.detach("client.cli", argv, out, Path(cfg.state_dir), limit_s)
+    if ready:
+        print(f"connected to the coordinator {cfg.superlink} as site {cfg.site} (pid {proc.pid})")
+    elif proc.poll() is None:
+        print(f"not connected after {limit_s:.0f} s; the daemon keeps trying (log: {cfg.log_file})")
+    else:
+        return proc.returncode or 1
+    print(f"log: {cfg.log_file}; stop it with: ecgfl-hospital stop --config {argv[2]}")
+    return 0
 
 
 def pid_file(cfg: HospitalConfig) -> Path:

@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import secrets
+import select
 import signal
 import stat
 import subprocess
@@ -103,3 +104,44 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
     proc.wait()
+
+
+def signal_ready(ready_fd: int | None) -> None:
+    """Tell the ``detach`` that started this process that it is up."""
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+
+
+def detach(
+    module: str, argv: list[str], log_path: Path, cwd: Path, limit_s: float
+) -> tuple[subprocess.Popen, bool]:
+    """Run ``python -m MODULE ARGV --ready-fd N`` in a session of its own, output appended to
+    ``log_path``, and wait up to ``limit_s`` until it calls ``signal_ready``.
+
+    Returns the process and whether it said it is ready. A process that exited first has its
+    output since the start copied to stderr (``process.returncode`` says how it ended).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    read_end, write_end = os.pipe()
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *argv, "--ready-fd", str(write_end)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(write_end,),
+            start_new_session=True,
+            cwd=cwd,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        if select.select([ready], [], [], limit_s)[0] and ready.readline() == b"ready\n":
+            return proc, True
+    if proc.poll() is not None:
+        proc.wait()
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            sys.stderr.write(plain(fh.read().decode(errors="replace")))
+    return proc, False

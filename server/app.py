@@ -31,6 +31,7 @@ from server.rounds import (
     latest_checkpoint,
     run_rounds,
 )
+from server.runs import record_flower_run
 from server.strategies import build_strategy
 
 log = logging.getLogger("ecgfl.server")
@@ -77,6 +78,7 @@ def main(grid: Grid, context: Context) -> None:
     experiment = ExperimentConfig.load(str(context.run_config.get("experiment", "")) or None)
     space = LabelSpace.load(experiment.labels)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    record_flower_run(run_dir, context.run_id)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     last = latest_checkpoint(run_dir) if context.run_config.get("resume") else None
     if last:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import ssl
 import subprocess
@@ -36,18 +35,19 @@ from pathlib import Path
 import httpx
 import yaml
 
-from common import config
+from common import config, flower_process
 from common.config import ConfigError
 from common.flower_process import (
     copy_plain,
     flower_env,
     is_running,
     plain,
+    signal_ready,
     stop_process_group,
     superexec_secret,
 )
 from common.preprocess import PipelineConfig
-from server import front_door
+from server import front_door, runs
 
 log = logging.getLogger("ecgfl.coordinator")
 CONNECTION = "ecgfl"  # the connection name in FLWR_HOME/config.toml
@@ -340,16 +340,23 @@ def spawn(
     """Start ``command`` in a new session with Flower's environment; it joins ``children`` at
     once, so a start that fails later still stops it."""
     out = cfg.state / f"{name}.out"
-    with open(out, "ab") as fh:
-        proc = subprocess.Popen(
-            command,
-            env=flower_env(cfg.flwr_home),
-            cwd=cfg.state,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = subprocess.Popen(
+        command,
+        env=flower_env(cfg.flwr_home),
+        cwd=cfg.state,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+    def copy() -> None:  # Flower colours its console output even into a file
+        with open(out, "a") as fh:
+            copy_plain(proc.stdout, fh)
+
+    threading.Thread(target=copy, name=f"{name}-output", daemon=True).start()
     children.append(Child(name, proc, out, log_path or out, where))
     return children[-1]
 
@@ -450,12 +457,6 @@ def _watch(children: list[Child]) -> int:
     return 0
 
 
-def _signal_ready(ready_fd: int | None) -> None:
-    if ready_fd is not None:
-        os.write(ready_fd, b"ready\n")
-        os.close(ready_fd)
-
-
 def preflight(cfg: CoordinatorConfig, insecure: bool, listen: str | None) -> None:
     """What can be refused before anything starts."""
     if (pid := running_pid(cfg)) is not None:
@@ -482,7 +483,7 @@ def serve(
             "coordinator up: %s",
             "; ".join(f"{c.name} (pid {c.proc.pid}) {c.where}" for c in children),
         )
-        _signal_ready(ready_fd)
+        signal_ready(ready_fd)
         return _watch(children)
     except Stopping:
         log.info("stopped while starting")
@@ -497,33 +498,16 @@ def serve(
 def detach(cfg: CoordinatorConfig, argv: list[str], limit_s: float = 300) -> int:
     """Run ``ecgfl-coordinator ARGV`` (a foreground start) in a session of its own, output to
     ``state/coordinator.log``; return once it says it is up, or with its error."""
-    cfg.state.mkdir(parents=True, exist_ok=True)
     log_path = cfg.state / "coordinator.log"
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    read_end, write_end = os.pipe()
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", *argv, "--ready-fd", str(write_end)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            pass_fds=(write_end,),
-            start_new_session=True,
-            cwd=cfg.state,
-        )
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as ready:
-        up = select.select([ready], [], [], limit_s)[0] and ready.readline() == b"ready\n"
-    if up:
+    proc, ready = flower_process.detach("server.cli", argv, log_path, cfg.state, limit_s)
+    if ready:
         log.info("coordinator up (pid %d); log %s", proc.pid, log_path)
         return 0
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)  # it stops what it started
-    code = proc.wait()
-    with open(log_path, "rb") as fh:
-        fh.seek(offset)
-        sys.stderr.write(fh.read().decode(errors="replace"))
-    return code or 1
+        proc.wait()
+        print(f"the coordinator did not come up within {limit_s:.0f} s; see {log_path}")
+    return proc.returncode or 1
 
 
 def stop_coordinator(cfg: CoordinatorConfig, grace_s: float = 60) -> bool:
@@ -562,6 +546,14 @@ def flwr(cfg: CoordinatorConfig, *args: str, timeout: float | None = 120) -> tup
         stdin=subprocess.DEVNULL,
     )
     return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def flower_runs(cfg: CoordinatorConfig) -> dict[int, str]:
+    """Flower run id -> its status at the SuperLink (pending, running, finished:completed, ...)."""
+    code, out = flwr(cfg, "ls", CONNECTION, "--format", "json")
+    if code != 0:
+        raise ConfigError(f"flwr ls: {out}")
+    return {int(r["run-id"]): r["status"] for r in json.loads(out).get("runs", [])}
 
 
 def register_hospitals(cfg: CoordinatorConfig) -> None:
@@ -630,24 +622,14 @@ def prepare_run(
     )
 
 
-def progress_line(entry: dict) -> str:
-    """One metrics.jsonl entry as the console shows it."""
-    failed = ", ".join(f"{f['site']} ({f['reason']})" for f in entry.get("failed", []))
-    sites = ", ".join(sorted(entry.get("sites", {})))
-    return f"[ecgfl] round {entry['round']} {entry['phase']}: {sites or 'no site'}" + (
-        f"; failed: {failed}" if failed else ""
-    )
-
-
-def _follow(metrics: Path, done: threading.Event) -> None:
+def _follow(run_dir: Path, done: threading.Event) -> None:
     """Print each new metrics entry until ``done`` (the ServerApp's own log says little)."""
-    seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    seen = len(runs.entries(run_dir))
     while not done.wait(1.0):
-        lines = metrics.read_text().splitlines() if metrics.exists() else []
-        for line in lines[seen:]:
-            with contextlib.suppress(json.JSONDecodeError, KeyError):
-                print(progress_line(json.loads(line)), flush=True)
-        seen = max(seen, len(lines))
+        found = runs.entries(run_dir)
+        for entry in found[seen:]:
+            print(runs.progress_line(entry), flush=True)
+        seen = max(seen, len(found))
 
 
 def submit(cfg: CoordinatorConfig, app: Path, run_dir: Path) -> int:
@@ -662,7 +644,7 @@ def submit(cfg: CoordinatorConfig, app: Path, run_dir: Path) -> int:
         "--stream",
     ]
     done = threading.Event()
-    follower = threading.Thread(target=_follow, args=(run_dir / "metrics.jsonl", done))
+    follower = threading.Thread(target=_follow, args=(run_dir, done))
     follower.start()
     with open(run_dir / "flower.log", "a") as out:
         proc = subprocess.Popen(

@@ -68,6 +68,13 @@ def plot_rounds(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _sites(names: list[str], shown: int = 8) -> str:
+    """The sites that trained in a round, by name; a long list ends with how many more."""
+    names = sorted(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (", ".join(names[:shown]) + more) or "-"
+
+
 def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> Path:
     """report.md, rounds.png and summary.json in ``run_dir``."""
     rows = rounds_table(entries)
@@ -95,7 +102,7 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
     ]
     for r in rows:
         lines.append(  # failure reasons are one line each (server.rounds.reason_line)
-            f"| {r['round']} | {len(r.get('sites', []))} | {_fmt(r.get('train_loss'))} | "
+            f"| {r['round']} | {_sites(r.get('sites', []))} | {_fmt(r.get('train_loss'))} | "
             f"{_fmt(r.get('val_loss'))} | {_fmt(r.get('val_macro_auc'))} | "
             f"{_fmt(r.get('seconds'))} | {'; '.join(r['failed']) or '-'} |"
         )

@@ -244,7 +244,11 @@ def test_audit_log_records_each_message_and_the_shape_of_each_reply_never_values
         [*command, "--run", "study-1"], capture_output=True, text=True, timeout=60
     )
     rows = [r for r in table.stdout.splitlines() if "| study-1 |" in r]
-    assert len(rows) == 2 and "arrays: 1 arrays, " in rows[1] and "train-loss" in rows[1]
+    assert len(rows) == 1  # one row per message: what came in, what happened, what left
+    asked, outcome, left = [c.strip() for c in rows[0].split("|")[5:8]]
+    assert asked.startswith("arrays: 1 arrays, ") and "config:" in asked
+    assert outcome == "answered"
+    assert "arrays: 1 arrays, " in left and "train-loss" in left
     other = subprocess.run([*command, "--run", "other"], capture_output=True, text=True, timeout=60)
     assert "study-1" not in other.stdout
 

@@ -27,21 +27,38 @@ def entries(path: Path) -> Iterator[dict]:
                 yield item
 
 
-def what_left(item: dict) -> str:
-    """One cell: the records of a reply, by shape only (the log holds no values)."""
-    if item["event"] == "refused":
-        return f"refused: {item.get('reason', '')} (bundle {str(item.get('bundle_sha256'))[:12]})"
-    if item["event"] == "error" or "error" in item:
-        return f"error reply ({item.get('error')})"
-    if item["event"] != "sent":
-        return ""
+def records(described: dict) -> str:
+    """One cell: records by shape only (the log holds no values)."""
     parts = []
-    for name, record in item.get("records", {}).items():
+    for name, record in described.items():
         if record.get("kind") == "arrays":
             parts.append(f"{name}: {len(record.get('arrays', {}))} arrays, {record['bytes']:,} B")
         elif "keys" in record:
             parts.append(f"{name}: {', '.join(record['keys'])}")
-    return "; ".join(parts)
+    return "; ".join(parts) or "-"
+
+
+def outcome(item: dict) -> tuple[str, str]:
+    """(what happened, what left) for the last line logged about a message."""
+    if item["event"] == "refused":
+        return "refused", f"{item.get('reason', '')} (bundle {str(item.get('bundle_sha256'))[:12]})"
+    if item["event"] == "error" or "error" in item:
+        return "error reply", f"the error only ({item.get('error')})"
+    if item["event"] == "sent":
+        return "answered", records(item.get("records", {}))
+    return "no reply logged", "-"
+
+
+def messages(path: Path, run: str | None) -> dict[str, tuple[dict, dict]]:
+    """Message id -> (its first line, its last line): one row per message."""
+    rows: dict[str, tuple[dict, dict]] = {}
+    for i, item in enumerate(entries(path)):
+        if run and item.get("run") != run:
+            continue
+        key = str(item.get("message_id") or f"line {i}")
+        first = rows[key][0] if key in rows else item
+        rows[key] = (first, item)
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,15 +67,15 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"{path}: no audit log yet (nothing was asked of this hospital)")
         return 0
-    print("| time | run | round | message | event | what left |")
-    print("|---|---|---|---|---|---|")
-    for item in entries(path):
-        run_name = item.get("run") or f"id {item.get('run_id')}"
-        if args.run and item.get("run") != args.run:
-            continue
-        rnd = item.get("server_round")
+    print("| time | run | round | message | received | outcome | what left |")
+    print("|---|---|---|---|---|---|---|")
+    for first, last in messages(path, args.run).values():
+        run_name = last.get("run") or f"id {last.get('run_id')}"
+        rnd = last.get("server_round")
+        asked = records(first.get("records", {})) if first["event"] == "received" else "-"
+        happened, left = outcome(last)
         print(
-            f"| {str(item.get('time', ''))[:19]} | {run_name} | {'' if rnd is None else rnd} | "
-            f"{item.get('message_type')} | {item.get('event')} | {what_left(item)} |"
+            f"| {str(first.get('time', ''))[:19]} | {run_name} | {'' if rnd is None else rnd} | "
+            f"{last.get('message_type')} | {asked} | {happened} | {left} |"
         )
     return 0

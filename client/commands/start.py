@@ -14,10 +14,19 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--skip-check", action="store_true", help="skip reading every record first (restarts)"
     )
     p.add_argument(
+        "--detach", action="store_true", help="return once connected (the daemon keeps running)"
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # set by --detach
+    p.add_argument(
         "--insecure", action="store_true", help="plaintext, no node authentication: tests only"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = daemon.HospitalConfig.load(args.config)
-    return daemon.start(cfg, args.config, args.insecure, check_records=not args.skip_check)
+    if args.detach:
+        daemon.preflight(cfg, args.insecure)
+        argv = ["start", "--config", str(args.config.resolve())]
+        argv += ["--skip-check"] * args.skip_check + ["--insecure"] * args.insecure
+        return daemon.detach(cfg, argv)
+    return daemon.start(cfg, args.config, args.insecure, not args.skip_check, args.ready_fd)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from common.config import ConfigError, load_yaml
@@ -19,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir",
         type=Path,
-        help="default: STATE_DIR/runs/NAME-TIMESTAMP (NAME: the experiment's name:)",
+        help="default: STATE_DIR/runs/NAME (the experiment's name:; a new run needs a new name)",
     )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
     p.add_argument("--app", type=Path, default=APP_DIR, help="the Flower app (project folder)")
@@ -29,7 +28,7 @@ def run_name(experiment: Path) -> str:
     """The experiment's ``name:`` (what the researcher called it), else the file's name; it
     becomes a folder at every hospital, so it must be a plain name."""
     name = load_yaml(experiment).get("name") or experiment.stem
-    if not is_plain_name(f"{name}-20260101-000000"):
+    if not is_plain_name(str(name)):
         raise ConfigError(f"{experiment}: name {name!r}: the run folder needs {RULE}")
     return str(name)
 
@@ -45,8 +44,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.run_dir:
         run_dir = args.run_dir
     else:
-        run_dir = cfg.state / "runs" / f"{run_name(args.config)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = cfg.state / "runs" / run_name(args.config)
     run_dir = run_dir.resolve()
+    if not args.resume and (run_dir / "experiment.yaml").exists():
+        raise ConfigError(
+            f"run {run_dir.name} exists ({run_dir}): give the experiment a new name: (it names "
+            f"the run's folder here and at every hospital), or continue it with --resume {run_dir}"
+        )
     coordinator.prepare_run(cfg, args.config, run_dir, bool(args.resume))
     code = coordinator.submit(cfg, args.app.resolve(), run_dir)
     summary = run_dir / "summary.json"

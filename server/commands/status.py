@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from server import coordinator
+from server import coordinator, runs
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -26,32 +26,49 @@ def run(args: argparse.Namespace) -> int:
         down += not up
         state = "running" if up else "NOT RUNNING"
         print(f"{name}: {state} (pid {proc['pid']}) {proc['where']}; log {proc['log']}")
-    code, out = coordinator.flwr(
+    code, nodes = coordinator.flwr(
         cfg, "supernode", "list", coordinator.CONNECTION, "--format", "json"
     )
     if code != 0:
-        print(out)
+        print(nodes)
         return code
-    print(hospitals_table(cfg, json.loads(out).get("nodes", [])))
-    code, out = coordinator.flwr(cfg, "ls", coordinator.CONNECTION)
-    print(out)
-    return code or (1 if down else 0)
+    folders = runs.run_folders(cfg.state / "runs")
+    print()
+    print(hospitals_table(cfg, json.loads(nodes).get("nodes", []), runs.last_seen(folders)))
+    print()
+    print(runs_table(folders, coordinator.flower_runs(cfg)))
+    return 1 if down else 0
 
 
-def hospitals_table(cfg: coordinator.CoordinatorConfig, nodes: list[dict]) -> str:
-    """One row per provisioned hospital, by name: its node, connected or not, since when."""
+def hospitals_table(
+    cfg: coordinator.CoordinatorConfig, nodes: list[dict], seen: dict[str, str]
+) -> str:
+    """One row per provisioned hospital, by name: connected or not, since when, its node id, and
+    the last round it answered."""
     by_site = {site: node for node, site in coordinator.node_names(cfg).items()}
     info = {str(n.get("node-id")): n for n in nodes}
     rows = [
-        "| hospital | node id | status | online since | offline since |",
-        "|---|---|---|---|---|",
+        "| hospital | status | online since | offline since | last answered | node id |",
+        "|---|---|---|---|---|---|",
     ]
     for site in sorted(cfg.hospitals):
         node = by_site.get(site)
         n = info.get(str(node), {})
         status = n.get("status", "not registered" if node is None else "unknown")
+        status = {"online": "connected", "offline": "not connected"}.get(status, status)
         rows.append(
-            f"| {site} | {node or '-'} | {status} | {n.get('online-at') or '-'} | "
-            f"{n.get('offline-at') or '-'} |"
+            f"| {site} | {status} | {n.get('online-at') or '-'} | {n.get('offline-at') or '-'} | "
+            f"{seen.get(site, '-')} | {node or '-'} |"
         )
     return "\n".join(rows)
+
+
+def runs_table(folders: list[runs.RunFolder], flower_status: dict[int, str]) -> str:
+    """One row per run folder: rounds done of planned, state, Flower run ids."""
+    rows = ["| run | rounds | state | flower run ids |", "|---|---|---|---|"]
+    for f in folders:
+        ids = ", ".join(map(str, runs.flower_run_ids(f.path))) or "-"
+        rows.append(
+            f"| {f.name} | {f.done()}/{f.rounds or '?'} | {f.state(flower_status)} | {ids} |"
+        )
+    return "\n".join(rows if folders else [*rows, "| (no run yet) | | | |"])

@@ -1,0 +1,136 @@
+"""A coordinator's run folders as an operator reads them: which runs exist, how far each got,
+which sites answered or failed per round, and where the report is.
+
+The ServerApp records each Flower run id it ran under in ``flower_runs.json`` (a resumed run
+gets a new one), so a folder can be matched with what the SuperLink says about its runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from common.config import ConfigError
+
+FLOWER_RUNS = "flower_runs.json"
+
+
+def record_flower_run(run_dir: Path, run_id: int) -> None:
+    """Remember that this folder's run now runs as Flower run ``run_id``."""
+    ids = flower_run_ids(run_dir)
+    if run_id not in ids:
+        (run_dir / FLOWER_RUNS).write_text(json.dumps([*ids, run_id]))
+
+
+def flower_run_ids(run_dir: Path) -> list[int]:
+    with contextlib.suppress(OSError, ValueError):
+        return [int(i) for i in json.loads((run_dir / FLOWER_RUNS).read_text())]
+    return []
+
+
+def entries(run_dir: Path) -> list[dict]:
+    """metrics.jsonl, skipping a line being written."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            found.append(json.loads(line))
+    return found
+
+
+def progress_line(entry: dict) -> str:
+    """One metrics.jsonl entry as the console shows it: the phase and the sites by name."""
+    failed = ", ".join(f"{f['site']} ({f['reason']})" for f in entry.get("failed", []))
+    sites = ", ".join(sorted(entry.get("sites", {})))
+    if entry.get("phase") == "stopped":
+        return f"[ecgfl] round {entry['round']}: the run stopped: {entry.get('reason', '')}"
+    return f"[ecgfl] round {entry['round']} {entry['phase']}: {sites or 'no site'}" + (
+        f"; failed: {failed}" if failed else ""
+    )
+
+
+@dataclass
+class RunFolder:
+    """What one run folder says about its run."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def rounds(self) -> int | None:
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+            data = yaml.safe_load((self.path / "experiment.yaml").read_text())
+            return int(data["federation"]["rounds"])
+        return None
+
+    def state(self, flower_status: dict[int, str]) -> str:
+        """finished / stopped / what the SuperLink says of its latest Flower run / interrupted."""
+        summary = self.path / "summary.json"
+        if summary.exists():
+            with contextlib.suppress(OSError, ValueError):
+                return "stopped" if json.loads(summary.read_text()).get("stopped") else "finished"
+        ids = flower_run_ids(self.path)
+        status = flower_status.get(ids[-1]) if ids else None
+        if status and not status.startswith("finished"):
+            return status  # pending, starting, running
+        return "interrupted (resume with ecgfl-coordinator run --resume)"
+
+    def done(self) -> int:
+        """Completed pretraining rounds (their evaluation may be pending)."""
+        return max((e["round"] for e in entries(self.path) if e.get("phase") == "train"), default=0)
+
+    def progress(self) -> list[str]:
+        """One line per round and phase so far: the sites that answered and those that failed."""
+        return [progress_line(e) for e in entries(self.path)]
+
+    def ending(self) -> list[str]:
+        """Where the report and the full failure reasons are, once they exist."""
+        out = []
+        if (self.path / "summary.json").exists():
+            out.append(f"report: {self.path / 'report.md'}")
+        if (self.path / "failures.log").exists():
+            out.append(f"full failure reasons: {self.path / 'failures.log'}")
+        return out
+
+
+def run_folders(runs_dir: Path) -> list[RunFolder]:
+    """Every run folder under ``runs_dir``, oldest first."""
+    if not runs_dir.is_dir():
+        return []
+    found = [p for p in runs_dir.iterdir() if (p / "experiment.yaml").is_file()]
+    return [RunFolder(p) for p in sorted(found, key=lambda p: p.stat().st_mtime)]
+
+
+def find_run(runs_dir: Path, run: str) -> RunFolder:
+    """A run by folder name (under ``runs_dir``), by path, or by a Flower run id."""
+    for candidate in (runs_dir / run, Path(run)):
+        if (candidate / "experiment.yaml").is_file():
+            return RunFolder(candidate)
+    if run.isdigit():
+        for folder in run_folders(runs_dir):
+            if int(run) in flower_run_ids(folder.path):
+                return folder
+    known = ", ".join(f.name for f in run_folders(runs_dir)) or "none yet"
+    raise ConfigError(f"no run {run!r} in {runs_dir} (runs: {known})")
+
+
+def last_seen(folders: list[RunFolder]) -> dict[str, str]:
+    """Site -> the newest run and round it answered in (or failed), as ``run round N``."""
+    seen: dict[str, str] = {}
+    for folder in folders:  # oldest first: newer runs overwrite
+        for e in entries(folder.path):
+            where = f"{folder.name} round {e['round']} {e['phase']}"
+            for site in e.get("sites", {}):
+                seen[site] = where
+            for f in e.get("failed", []):
+                seen[f["site"]] = f"{where} (failed)"
+    return seen
