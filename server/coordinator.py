@@ -548,12 +548,39 @@ def flwr(cfg: CoordinatorConfig, *args: str, timeout: float | None = 120) -> tup
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
+def explain(cfg: CoordinatorConfig, command: str, message: str) -> str:
+    """Flower's error from ``flwr COMMAND`` as what the operator should do."""
+    if "SuperLink is unavailable" in message:
+        return (
+            f"the coordinator's SuperLink (127.0.0.1:{cfg.internal_port}) does not answer: is the "
+            "coordinator running? (ecgfl-coordinator status; start it with ecgfl-coordinator "
+            f"start --config coordinator.yaml --detach; its log: {cfg.log_file})"
+        )
+    if "legacy usage" in message or "[tool.flwr.federations]" in message:
+        return (
+            f"Flower read the connection name {CONNECTION!r} as a project folder; run "
+            f"ecgfl-coordinator from another folder and report this ({message.splitlines()[0]})"
+        )
+    return f"flwr {command}: {message}"
+
+
+def flwr_json(cfg: CoordinatorConfig, *args: str) -> dict:
+    """``flwr ARGS --format json`` as data; its error (Flower exits 0 on some) as a ConfigError
+    that says what to do."""
+    code, out = flwr(cfg, *args, "--format", "json")
+    try:
+        data = json.loads(out)
+    except ValueError:
+        data = {"success": False, "error-message": out}
+    if code != 0 or data.get("success") is False:
+        raise ConfigError(explain(cfg, " ".join(args[:2]), str(data.get("error-message", out))))
+    return data
+
+
 def flower_runs(cfg: CoordinatorConfig) -> dict[int, str]:
     """Flower run id -> its status at the SuperLink (pending, running, finished:completed, ...)."""
-    code, out = flwr(cfg, "ls", CONNECTION, "--format", "json")
-    if code != 0:
-        raise ConfigError(f"flwr ls: {out}")
-    return {int(r["run-id"]): r["status"] for r in json.loads(out).get("runs", [])}
+    runs_listed = flwr_json(cfg, "ls", CONNECTION).get("runs", [])
+    return {int(r["run-id"]): r["status"] for r in runs_listed}
 
 
 def register_hospitals(cfg: CoordinatorConfig) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from server import coordinator, runs
@@ -26,15 +25,10 @@ def run(args: argparse.Namespace) -> int:
         down += not up
         state = "running" if up else "NOT RUNNING"
         print(f"{name}: {state} (pid {proc['pid']}) {proc['where']}; log {proc['log']}")
-    code, nodes = coordinator.flwr(
-        cfg, "supernode", "list", coordinator.CONNECTION, "--format", "json"
-    )
-    if code != 0:
-        print(nodes)
-        return code
+    nodes = coordinator.flwr_json(cfg, "supernode", "list", coordinator.CONNECTION)
     folders = runs.run_folders(cfg.state / "runs")
     print()
-    print(hospitals_table(cfg, json.loads(nodes).get("nodes", []), runs.last_seen(folders)))
+    print(hospitals_table(cfg, nodes.get("nodes", []), runs.last_seen(folders)))
     print()
     print(runs_table(folders, coordinator.flower_runs(cfg)))
     return 1 if down else 0
