@@ -24,12 +24,12 @@ from server import privacy, report
 from server.rounds import (
     FAILURES_LOG,
     MetricsLog,
+    RoundLoop,
     RoundState,
     RunStopped,
     checkpoint_path,
     exchange,
     latest_checkpoint,
-    run_rounds,
 )
 from server.runs import record_flower_run
 from server.strategies import build_strategy
@@ -109,21 +109,9 @@ def main(grid: Grid, context: Context) -> None:
     config = job_config(experiment, run_dir.name)
     fed = experiment.federation
     learn_site_names(grid, config, fed.round_timeout_s, state.sites)
+    loop = RoundLoop(grid, build_strategy(fed), fed, config, run_dir, metrics, save_global)
     try:
-        state = run_rounds(
-            grid,
-            build_strategy(fed),
-            state,
-            fed.rounds,
-            lambda _: config.copy(),
-            fed.round_timeout_s,
-            run_dir,
-            metrics,
-            save_global,
-            fed.transport,
-            fed.dp_sgd.max_epsilon,
-            fed.min_sites or 1,
-        )
+        state = loop.run(state)
     except RunStopped:  # a site always fails, or too few are left: nothing comparable to tune
         report.write(run_dir, metrics.read(), experiment)
         return

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import string
+from importlib.resources import files
 from pathlib import Path
 
 from common.config import ConfigError
@@ -88,6 +90,28 @@ def _location(path: str, methods: list[str], scheme: str) -> str:
     )
 
 
+class _Template(string.Template):
+    delimiter = "@"  # nginx's own variables start with $
+
+
+def _tls_lines(tls: tuple[str, str, str] | None) -> dict[str, str]:
+    """The front door's certificate, and how it verifies the SuperLink's."""
+    if not tls:
+        return {"server_tls": "", "upstream_tls": ""}
+    ca, cert, key = tls
+    return {
+        "server_tls": (
+            f"        ssl_certificate {_q(cert)};\n        ssl_certificate_key {_q(key)};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        ),
+        "upstream_tls": (
+            f"        proxy_ssl_trusted_certificate {_q(ca)};\n        proxy_ssl_verify on;\n"
+            f"        proxy_ssl_verify_depth 2;\n        proxy_ssl_name {UPSTREAM_NAME};\n"
+            "        proxy_ssl_protocols TLSv1.2 TLSv1.3;\n"
+        ),
+    }
+
+
 def nginx_config(
     state: Path,
     listen: tuple[str, int],
@@ -96,72 +120,29 @@ def nginx_config(
     routes: list[tuple[str, list[str]]],
     quiet: frozenset[str] = frozenset(),
 ) -> str:
-    """nginx.conf for the front door.
+    """nginx.conf for the front door, from ``nginx.conf.template``.
 
     ``tls`` is (ca_certificate, certificate, private_key), or None for plaintext (``--insecure``,
     tests only). ``routes`` are the Fleet paths to forward; everything else is refused. Successful
     requests to ``quiet`` paths stay out of the access log.
     """
     scheme = "https" if tls else "http"
-    temp = "".join(f"    {name}_temp_path {_q(state / 'tmp' / name)};\n" for name in TEMP_PATHS)
-    server_tls = upstream_tls = ""
-    if tls:
-        ca, cert, key = tls
-        server_tls = (
-            f"        ssl_certificate {_q(cert)};\n        ssl_certificate_key {_q(key)};\n"
-            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
-        )
-        upstream_tls = (
-            f"        proxy_ssl_trusted_certificate {_q(ca)};\n        proxy_ssl_verify on;\n"
-            f"        proxy_ssl_verify_depth 2;\n        proxy_ssl_name {UPSTREAM_NAME};\n"
-            "        proxy_ssl_protocols TLSv1.2 TLSv1.3;\n"
-        )
-    locations = "".join(_location(path, methods, scheme) for path, methods in routes)
-    routine = "".join(f"        {path} 1;\n" for path, _ in routes if path in quiet)
-    return (
-        "# Written by ecgfl-coordinator start at every start; edits are lost.\n"
-        "daemon off;\n"
-        "worker_processes 1;\n"
-        f"pid {_q(state / 'nginx.pid')};\n"
-        f"error_log {_q(state / 'error.log')} warn;\n"
-        "events { worker_connections 1024; }\n"
-        "http {\n"
-        "    map $uri $ecgfl_routine {\n        default 0;\n"
-        f"{routine}"
-        "    }\n"
-        '    map "$ecgfl_routine:$status" $ecgfl_log {\n'
-        "        ~^1:[23] 0;\n        default 1;\n    }\n"
-        f"    access_log {_q(state / 'access.log')} combined if=$ecgfl_log;\n"
-        f"{temp}"
-        "    server_tokens off;\n"
-        "    default_type application/octet-stream;\n"
-        "    upstream superlink {\n"
-        f"        server 127.0.0.1:{superlink_port};\n"
-        "        keepalive 16;\n"
-        "    }\n"
-        "    server {\n"
-        f"        listen {_listen(*listen)}{' ssl' if tls else ''};\n"
-        f"{server_tls}"
-        f"        client_max_body_size {MAX_BODY};\n"
-        f"        client_body_timeout {TIMEOUT};\n"
-        f"        send_timeout {TIMEOUT};\n"
-        "        proxy_http_version 1.1;\n"
-        '        proxy_set_header Connection "";\n'
-        "        proxy_set_header X-Forwarded-For $remote_addr;\n"
-        f"        proxy_set_header X-Forwarded-Proto {scheme};\n"
-        # Streamed both ways: nginx never writes request or response bodies to disk.
-        "        proxy_request_buffering off;\n"
-        "        proxy_buffering off;\n"
-        "        proxy_connect_timeout 10s;\n"
-        f"        proxy_read_timeout {TIMEOUT};\n"
-        f"        proxy_send_timeout {TIMEOUT};\n"
-        f"{upstream_tls}"
-        f"{locations}"
-        "        location /v1/control/ { return 403; }\n"
-        "        location /v1/runtime/ { return 403; }\n"
-        "        location / { return 404; }\n"
-        "    }\n"
-        "}\n"
+    template = _Template(files("server").joinpath("nginx.conf.template").read_text())
+    return template.substitute(
+        pid=_q(state / "nginx.pid"),
+        error_log=_q(state / "error.log"),
+        access_log=_q(state / "access.log"),
+        routine="".join(f"        {path} 1;\n" for path, _ in routes if path in quiet),
+        temp_paths="".join(
+            f"    {name}_temp_path {_q(state / 'tmp' / name)};\n" for name in TEMP_PATHS
+        ),
+        superlink_port=superlink_port,
+        listen=_listen(*listen) + (" ssl" if tls else ""),
+        max_body=MAX_BODY,
+        timeout=TIMEOUT,
+        scheme=scheme,
+        locations="".join(_location(path, methods, scheme) for path, methods in routes),
+        **_tls_lines(tls),
     )
 
 

@@ -22,6 +22,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.experiment import FederationSettings
 from common.flower_process import plain
 from common.transport import from_wire, nbytes, to_wire
 from server import privacy
@@ -228,87 +229,111 @@ def stop_reason(
     return None
 
 
-def run_rounds(
-    grid: Grid,
-    strategy: Strategy,
-    state: RoundState,
-    total_rounds: int,
-    train_config: Callable[[int], ConfigRecord],
-    timeout: float,
-    run_dir: Path,
-    metrics: MetricsLog,
-    on_round: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
-    transport: str = "float32",
-    dp_sgd_budget: float | None = None,
-    min_sites: int = 1,
-) -> RoundState:
-    """Rounds ``state.round + 1 .. total_rounds``; returns the final state.
+@dataclass
+class RoundLoop:
+    """The pretraining rounds of one run, and what stays the same from round to round.
 
-    ``transport`` float16 halves what travels; the global model itself stays float32.
-    ``dp_sgd_budget``: stop before a round that would take a site's DP-SGD epsilon past it.
-    Raises ``RunStopped`` (after a ``stopped`` entry in the metrics) when ``stop_reason`` says so.
+    ``job`` is the config every message carries; ``on_round`` gets each new global model.
+    ``federation.transport`` float16 halves what travels (the global model stays float32);
+    ``federation.dp_sgd.max_epsilon`` stops the run before a round that would take a site's
+    DP-SGD epsilon past it.
     """
-    failures_log = run_dir / FAILURES_LOG
-    restore_strategy_state(strategy, state.strategy)
-    privacy.restore(strategy, metrics.read())
-    arrays = ArrayRecord(state.arrays)
-    for rnd in range(state.round + 1, total_rounds + 1):
-        started = time.perf_counter()
-        stop = privacy.dp_sgd_stop(rnd, metrics.read(), dp_sgd_budget)
-        if stop is not None:
-            metrics.write(stop)
-            break
-        log.info("round %d/%d: training", rnd, total_rounds)
-        sent = to_wire(arrays, transport)
+
+    grid: Grid
+    strategy: Strategy
+    federation: FederationSettings
+    job: ConfigRecord
+    run_dir: Path
+    metrics: MetricsLog
+    on_round: Callable[[int, dict[str, torch.Tensor]], None] | None = None
+
+    def run(self, state: RoundState) -> RoundState:
+        """Rounds ``state.round + 1 .. federation.rounds``; returns the final state. Raises
+        ``RunStopped`` (after a ``stopped`` entry in the metrics) when ``stop_reason`` says so."""
+        restore_strategy_state(self.strategy, state.strategy)
+        privacy.restore(self.strategy, self.metrics.read())
+        total = self.federation.rounds
+        for rnd in range(state.round + 1, total + 1):
+            started = time.perf_counter()
+            stop = privacy.dp_sgd_stop(rnd, self.metrics.read(), self.federation.dp_sgd.max_epsilon)
+            if stop is not None:
+                self.metrics.write(stop)
+                break
+            log.info("round %d/%d: training", rnd, total)
+            arrays = self.train(rnd, ArrayRecord(state.arrays), state.sites, started)
+            if arrays is None:  # the privacy budget is spent
+                break
+            self.evaluate(rnd, arrays, state.sites)
+            strategy = strategy_state(self.strategy)
+            state = RoundState(rnd, arrays.to_torch_state_dict(), strategy, state.sites)
+            state.save(checkpoint_path(self.run_dir, rnd))
+            if self.on_round is not None:
+                self.on_round(rnd, state.arrays)
+            log.info("round %d/%d done in %.1f s", rnd, total, time.perf_counter() - started)
+        return state
+
+    def _exchange(self, messages: list[Message], sites: dict[int, str]):
+        timeout = self.federation.round_timeout_s
+        return exchange(self.grid, messages, timeout, sites, self.run_dir / FAILURES_LOG)
+
+    def train(
+        self, rnd: int, arrays: ArrayRecord, sites: dict[int, str], started: float
+    ) -> ArrayRecord | None:
+        """One training round: the new global arrays, or None when the privacy budget stops
+        the run before it starts."""
+        sent = to_wire(arrays, self.federation.transport)
         try:
-            messages = list(strategy.configure_train(rnd, sent, train_config(rnd), grid))
+            messages = list(self.strategy.configure_train(rnd, sent, self.job.copy(), self.grid))
         except privacy.PrivacyBudgetExhausted as exc:
-            metrics.write(privacy.stop_entry(rnd, strategy, exc))
-            break
-        replies, per_site, failed = exchange(grid, messages, timeout, state.sites, failures_log)
-        history = metrics.read()
-        trained_before = [e for e in history if e["phase"] == "train"]
-        _report_failures(rnd, failed, trained_before[-1]["failed"] if trained_before else [])
-        halt = stop_reason(rnd, per_site, failed, min_sites, history, total_rounds)
-        if halt is not None:
-            metrics.write({"round": rnd, "phase": "stopped", "failed": failed, "reason": halt})
-            log.error("the run stops: %s (full reasons: %s)", halt, failures_log)
-            raise RunStopped(halt)
-        new_arrays, agg = strategy.aggregate_train(rnd, replies)
+            self.metrics.write(privacy.stop_entry(rnd, self.strategy, exc))
+            return None
+        replies, per_site, failed = self._exchange(messages, sites)
+        self._check(rnd, per_site, failed)
+        new_arrays, agg = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = same_dtypes(new_arrays, arrays)
         else:
             log.warning("round %d: nothing to aggregate; global model unchanged", rnd)
-        metrics.write(
+        self.metrics.write(
             {
                 "round": rnd,
                 "phase": "train",
                 "sites": per_site,
                 "failed": failed,
                 "aggregate": dict(agg) if agg else None,
-                "privacy": privacy.spent(strategy),
+                "privacy": privacy.spent(self.strategy),
                 "bytes-down": nbytes(sent),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
-        messages = list(
-            strategy.configure_evaluate(rnd, to_wire(arrays, transport), train_config(rnd), grid)
+        return arrays
+
+    def _check(self, rnd: int, per_site: dict, failed: list[dict]) -> None:
+        """Log new failures; stop the run (``RunStopped``) where ``stop_reason`` says so."""
+        history = self.metrics.read()
+        trained_before = [e for e in history if e["phase"] == "train"]
+        _report_failures(rnd, failed, trained_before[-1]["failed"] if trained_before else [])
+        min_sites = self.federation.min_sites or 1
+        halt = stop_reason(rnd, per_site, failed, min_sites, history, self.federation.rounds)
+        if halt is not None:
+            self.metrics.write({"round": rnd, "phase": "stopped", "failed": failed, "reason": halt})
+            log.error("the run stops: %s (full reasons: %s)", halt, self.run_dir / FAILURES_LOG)
+            raise RunStopped(halt)
+
+    def evaluate(self, rnd: int, arrays: ArrayRecord, sites: dict[int, str]) -> None:
+        """The new global model on every sampled site's validation split."""
+        sent = to_wire(arrays, self.federation.transport)
+        messages = list(self.strategy.configure_evaluate(rnd, sent, self.job.copy(), self.grid))
+        if not messages:
+            return
+        replies, per_site, failed = self._exchange(messages, sites)
+        agg = self.strategy.aggregate_evaluate(rnd, replies)
+        self.metrics.write(
+            {
+                "round": rnd,
+                "phase": "evaluate",
+                "sites": per_site,
+                "failed": failed,
+                "aggregate": dict(agg) if agg else None,
+            }
         )
-        if messages:
-            replies, per_site, failed = exchange(grid, messages, timeout, state.sites, failures_log)
-            agg = strategy.aggregate_evaluate(rnd, replies)
-            metrics.write(
-                {
-                    "round": rnd,
-                    "phase": "evaluate",
-                    "sites": per_site,
-                    "failed": failed,
-                    "aggregate": dict(agg) if agg else None,
-                }
-            )
-        state = RoundState(rnd, arrays.to_torch_state_dict(), strategy_state(strategy), state.sites)
-        state.save(checkpoint_path(run_dir, rnd))
-        if on_round is not None:
-            on_round(rnd, state.arrays)
-        log.info("round %d/%d done in %.1f s", rnd, total_rounds, time.perf_counter() - started)
-    return state
