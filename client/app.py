@@ -10,13 +10,14 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client import attack, audit, task
 from client.egress import egress_guard
+from common import protocol
 from common.transport import to_wire
 
 
 def dp_clipping(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's ``fixedclipping_mod`` on train messages of a run with client-side DP clipping."""
-    config = msg.content.config_records.get("config")
-    if msg.metadata.message_type == "train" and config and KEY_CLIPPING_NORM in config:
+    config = msg.content.config_records.get(protocol.CONFIG_RECORD)
+    if msg.metadata.message_type == protocol.TRAIN and config and KEY_CLIPPING_NORM in config:
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 
@@ -29,42 +30,51 @@ app = ClientApp(mods=[audit.audit_mod, egress_guard, attack.attack_mod, dp_clipp
 def _reply(
     msg: Message, site: str, metrics: dict, arrays: dict | None = None, transport: str = "float32"
 ) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site})})
+    content = RecordDict(
+        {
+            protocol.METRICS_RECORD: MetricRecord(metrics),
+            protocol.SITE_RECORD: ConfigRecord({protocol.SITE_NAME: site}),
+        }
+    )
     if arrays is not None:
-        content["arrays"] = to_wire(ArrayRecord(arrays), transport)
+        content[protocol.ARRAYS_RECORD] = to_wire(ArrayRecord(arrays), transport)
     return Message(content=content, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    job = task.read_job(msg.content["config"], context)
+    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
     site = task.open_site(context, job.experiment)
     flip = attack.flips_labels(context)  # simulated bad sites only
     out = task.output_dir(context, site, job.run_name)
     budget = task.site_budget(context)  # a hospital's own lifetime DP-SGD budget, if it set one
-    weights, metrics = task.train_on_site(job, site, msg.content["arrays"], out, flip, budget)
+    weights, metrics = task.train_on_site(
+        job, site, msg.content[protocol.ARRAYS_RECORD], out, flip, budget
+    )
     return _reply(msg, site.name, metrics, weights, job.experiment.federation.transport)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    job = task.read_job(msg.content["config"], context)
+    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
     site = task.open_site(context, job.experiment)
-    return _reply(msg, site.name, task.evaluate_on_site(job, site, msg.content["arrays"]))
+    return _reply(
+        msg, site.name, task.evaluate_on_site(job, site, msg.content[protocol.ARRAYS_RECORD])
+    )
 
 
-@app.train("finetune")
+@app.train(protocol.FINETUNE_ACTION)
 def finetune(msg: Message, context: Context) -> Message:
     """The fine-tuned weights stay in the site's output folder; only scores go back."""
-    job = task.read_job(msg.content["config"], context)
+    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
     site = task.open_site(context, job.experiment)
     out = task.output_dir(context, site, job.run_name)
-    metrics, _ = task.finetune_on_site(job, site, msg.content["arrays"], out)
+    metrics, _ = task.finetune_on_site(job, site, msg.content[protocol.ARRAYS_RECORD], out)
     return _reply(msg, site.name, metrics)
 
 
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Which site this node is, so the coordinator can name it even if it never trains."""
-    job = task.read_job(msg.content["config"], context)
+    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
     return _reply(msg, task.open_site(context, job.experiment).name, {})

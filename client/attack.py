@@ -24,6 +24,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from common import protocol
+
 ATTACK_FILE = "attack.json"
 KINDS = ("scale", "sign-flip", "noise", "label-flip", "exfiltrate")
 
@@ -119,6 +121,7 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         return reply
     (sent,) = msg.content.array_records.values()
     (key, arrays), *_ = reply.content.array_records.items()
-    rnd = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0
+    config = msg.content.config_records.get(protocol.CONFIG_RECORD) or {}
+    rnd = int(config.get(protocol.SERVER_ROUND, 0))
     reply.content[key] = tamper(sent, arrays, attack, rnd)
     return reply

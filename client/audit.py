@@ -17,6 +17,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from common import protocol
 from common.names import is_plain_name
 
 AUDIT_LOG_KEY = "audit-log"
@@ -26,10 +27,10 @@ def entry(event: str, msg: Message) -> dict:
     """The common part of every line: when, what, and which run (Flower's id and the run
     folder's name, which the coordinator's operator and reports use)."""
     meta = msg.metadata
-    config = msg.content.config_records.get("config") if msg.has_content() else None
+    config = msg.content.config_records.get(protocol.CONFIG_RECORD) if msg.has_content() else None
     config = config or {}
-    run = config.get("run-name")
-    rnd = config.get("server-round")
+    run = config.get(protocol.RUN_NAME)
+    rnd = config.get(protocol.SERVER_ROUND)
     return {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
         "event": event,

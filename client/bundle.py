@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
-from client.policy import SitePolicy
+from common.hospital import SitePolicy
 
 HOSPITAL_PACKAGES = ("client", "common")  # what the installed ClientApp imports
 CLIENTAPP = "client.app:app"

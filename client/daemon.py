@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -29,9 +28,9 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 
 from client.audit import AUDIT_LOG_KEY
-from client.policy import POLICY_KEY, SitePolicy
+from client.policy import POLICY_KEY
 from client.task import PIPELINE_KEY
-from common import config, flower_process
+from common import flower_process
 from common.config import ConfigError
 from common.flower_process import (
     copy_plain,
@@ -41,6 +40,7 @@ from common.flower_process import (
     stop_process_group,
     superexec_secret,
 )
+from common.hospital import HospitalConfig
 from common.preprocess import PipelineConfig
 
 log = logging.getLogger("ecgfl.hospital")
@@ -72,65 +72,6 @@ ADMITTED = re.compile(r"SuperNode ID: \d+")  # logged once the coordinator admit
 # A key the coordinator admitted before can be refused while its last session still counts as
 # online (a crash: two missed 30 s heartbeats); past this, it was unregistered.
 REFUSED_GRACE_S = 150.0
-
-
-@dataclass
-class HospitalConfig:
-    """``hospital.yaml``: this site, its coordinator, and where its files live.
-
-    Relative paths are relative to the YAML file.
-    """
-
-    site: str
-    superlink: str  # the coordinator's HOST:PORT
-    data_dir: str  # folder of ECG records (read only; never modified)
-    root_certificates: str = "ca.crt"  # the federation's CA: proves the coordinator is ours
-    private_key: str = ""  # this site's OpenSSH key: proves to the coordinator we are this site
-    format: str | None = None  # detected when omitted
-    cache_dir: str = "cache"
-    output_dir: str = "output"  # fine-tuned models: they stay here
-    audit_log: str = "audit.jsonl"
-    log_file: str = "supernode.log"
-    state_dir: str = "state"  # the SuperNode's working directory and FLWR_HOME
-    runtime_port: int = 9094  # local ClientApp API; distinct per SuperNode on one host
-    labels: str = "seed6"  # label space the data check reports on
-    pipeline: PipelineConfig | None = None  # the federation's; None = the default pipeline
-    max_backoff_s: float = 300.0
-    policy: SitePolicy = field(default_factory=SitePolicy)  # what this site agrees to run
-
-    def validate(self) -> None:
-        host, sep, port = self.superlink.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"superlink={self.superlink!r}: expected HOST:PORT")
-        if not 0 < self.runtime_port < 65536 or self.max_backoff_s < 1:
-            raise ValueError("runtime_port must be 1..65535 and max_backoff_s at least 1")
-        quoted = [
-            k
-            for k in ("site", "data_dir", "cache_dir", "output_dir", "audit_log")
-            if '"' in getattr(self, k)
-        ]
-        if quoted:
-            raise ValueError(f"{quoted}: a double quote cannot pass through Flower's node config")
-
-    @classmethod
-    def load(cls, path: str | Path) -> HospitalConfig:
-        cfg = config.load(cls, path)
-        return replace(
-            cfg,
-            **{
-                k: config.relative_to_file(getattr(cfg, k), path, k) if getattr(cfg, k) else ""
-                for k in (
-                    "data_dir",
-                    "root_certificates",
-                    "private_key",
-                    "cache_dir",
-                    "output_dir",
-                    "audit_log",
-                    "log_file",
-                    "state_dir",
-                )
-            },
-        )
 
 
 def preflight(cfg: HospitalConfig, insecure: bool) -> None:

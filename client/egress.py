@@ -21,14 +21,17 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from client.task import FINETUNE_SPACE_KEY, SPACE_KEY
+from common import protocol
 from common.names import is_plain_name
 
 log = logging.getLogger("ecgfl.client")
 MAX_LIST = 64
 MAX_METRICS = 32
-ALLOWED_RECORDS = {"arrays": ArrayRecord, "metrics": MetricRecord, "site": ConfigRecord}
-SITE_RECORD, SITE_KEY = "site", "name"
+ALLOWED_RECORDS = {
+    protocol.ARRAYS_RECORD: ArrayRecord,
+    protocol.METRICS_RECORD: MetricRecord,
+    protocol.SITE_RECORD: ConfigRecord,
+}
 _KEY = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 _NUMERIC = {"float16", "float32", "float64", "int32", "int64"}
 
@@ -58,11 +61,11 @@ def check_reply(
     if "arrays" in reply:
         if message_type != "train":
             raise EgressViolation(f"arrays in a {message_type} reply: only train sends weights")
-        _check_arrays(received, reply["arrays"])
+        _check_arrays(received, reply[protocol.ARRAYS_RECORD])
     if "metrics" in reply:
         _check_metrics(reply["metrics"], max_list)
-    if SITE_RECORD in reply:
-        _check_site(reply[SITE_RECORD], site)
+    if protocol.SITE_RECORD in reply:
+        _check_site(reply[protocol.SITE_RECORD], site)
 
 
 def _check_arrays(received: RecordDict, sent: ArrayRecord) -> None:
@@ -102,9 +105,9 @@ def _check_metrics(metrics: MetricRecord, max_list: int) -> None:
 
 
 def _check_site(record: ConfigRecord, site: str | None) -> None:
-    if list(record.keys()) != [SITE_KEY]:
-        raise EgressViolation(f"the site record may hold only {SITE_KEY!r}")
-    name = record[SITE_KEY]
+    if list(record.keys()) != [protocol.SITE_NAME]:
+        raise EgressViolation(f"the site record may hold only {protocol.SITE_NAME!r}")
+    name = record[protocol.SITE_NAME]
     if not is_plain_name(name):
         raise EgressViolation("the site name is not a short plain name")
     if site is not None and name != site:
@@ -115,7 +118,7 @@ def label_limit(received: RecordDict) -> int:
     """Per-class lists may be as long as the larger label space of the job, at most MAX_LIST."""
     sizes = []
     for config in received.config_records.values():
-        for key in (SPACE_KEY, FINETUNE_SPACE_KEY):
+        for key in (protocol.LABEL_SPACE, protocol.FINETUNE_LABEL_SPACE):
             if key in config:
                 sizes.append(len(json.loads(str(config[key]))["labels"]))
     return min(MAX_LIST, max(sizes)) if sizes else MAX_LIST

@@ -8,13 +8,10 @@ coordinator's messages. A message that asks for more is refused with the limit i
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import asdict, dataclass, field
-
-from common import config
+from common import protocol
 from common.experiment import ExperimentConfig
-from common.labels import LabelSpace, builtin_spaces
+from common.hospital import SitePolicy
+from common.labels import LabelSpace
 from common.names import RULE, is_plain_name
 
 POLICY_KEY = "policy"  # node config key: the policy as JSON
@@ -22,45 +19,6 @@ POLICY_KEY = "policy"  # node config key: the policy as JSON
 
 class PolicyViolation(Exception):
     """The coordinator asked for something this hospital's policy does not allow."""
-
-
-@dataclass
-class SitePolicy:
-    """``hospital.yaml: policy``: what this site agrees to run. The defaults are safe for the
-    models and pipelines ecgfl ships; a site raises a limit deliberately."""
-
-    max_rounds: int = 200  # federation.rounds and any server round
-    max_epochs: int = 50  # local epochs per round, and fine-tuning epochs
-    max_batch_size: int = 1024
-    max_length_s: float = 60.0  # pipeline.length_s
-    max_fs: float = 1000.0  # pipeline.fs, Hz
-    max_model_parameters: int = 20_000_000
-    label_spaces: list[str] = field(default_factory=builtin_spaces)  # as installed here
-    # Set: this site trains only under DP-SGD and never past this epsilon at delta 1e-5, counted
-    # over every run for the site's lifetime.
-    dp_max_epsilon: float | None = None
-    trust_installed_release: bool = True  # accept bundles whose Python code equals ours
-    approved_apps: dict[str, str] = field(default_factory=dict)  # bundle sha256 -> note
-
-    def validate(self) -> None:
-        positive = ("max_rounds", "max_epochs", "max_batch_size", "max_length_s", "max_fs")
-        if any(getattr(self, k) <= 0 for k in (*positive, "max_model_parameters")):
-            raise ValueError(f"{', '.join(positive)} and max_model_parameters must be positive")
-        if self.dp_max_epsilon is not None and self.dp_max_epsilon <= 0:
-            raise ValueError("dp_max_epsilon must be > 0 (or omitted)")
-        unknown = sorted(set(self.label_spaces) - set(builtin_spaces()))
-        if unknown:
-            raise ValueError(f"label_spaces {unknown}: not installed here ({builtin_spaces()})")
-        bad = [h for h in self.approved_apps if not re.fullmatch(r"[0-9a-f]{64}", h)]
-        if bad:
-            raise ValueError(f"approved_apps {bad}: expected SHA-256 hex digests")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> SitePolicy:
-        return config.from_dict(cls, json.loads(text), "hospital policy")
 
 
 def plain_name(value: str, what: str) -> str:
@@ -87,7 +45,7 @@ def check_job(
     server_round: int,
 ) -> None:
     """Raise ``PolicyViolation`` naming the first limit the coordinator's job breaks."""
-    plain_name(run_name, "run-name")
+    plain_name(run_name, protocol.RUN_NAME)
     fed, pipe = experiment.federation, experiment.pipeline
     checks = [
         ("max_rounds", max(fed.rounds, server_round), policy.max_rounds),

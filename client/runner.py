@@ -27,11 +27,13 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from client import audit, bundle
-from client.daemon import HospitalConfig, node_values
+from client.daemon import node_values
 from client.egress import EgressViolation
 from client.policy import PolicyViolation
+from common import protocol
 from common.config import ConfigError
 from common.dpsgd import SiteBudgetExhausted
+from common.hospital import HospitalConfig
 
 log = logging.getLogger("ecgfl.hospital")
 NOT_APPROVED = "app not approved by this hospital"
@@ -104,12 +106,12 @@ def answered(cfg: HospitalConfig, message: Message, reply: Message) -> str:
     arrays = sum(r.get("bytes", 0) for r in sent.values() if r["kind"] == "arrays")
     line = f"{head}: {kind} answered: " + (f"weights ({arrays:,} bytes) and " if arrays else "")
     line += f"metrics {', '.join(sent['metrics']['keys']) if 'metrics' in sent else '-'}"
-    if kind == "train.finetune":
-        m = reply.content["metrics"]
+    if kind == protocol.FINETUNE:
+        m = reply.content[protocol.METRICS_RECORD]
         kept = Path(cfg.output_dir) / str(what["run"]) / "finetuned.pt"
         line += (
             f"; fine-tuned model kept at {kept}, test macro AUC "
-            f"{m['before-macro-auc']:.3f} -> {m['after-macro-auc']:.3f}"
+            f"{m[protocol.BEFORE_MACRO_AUC]:.3f} -> {m[protocol.AFTER_MACRO_AUC]:.3f}"
         )
     return line
 

@@ -16,55 +16,23 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
-from client.policy import POLICY_KEY, SitePolicy, check_job, plain_name
-from common import config, dpsgd, training
+from client.policy import POLICY_KEY, check_job, plain_name
+from common import config, dpsgd, protocol, training
 from common.checkpoint import save_checkpoint
 from common.evaluation import score
 from common.experiment import ExperimentConfig
 from common.finetune import finetune_at_site
-from common.labels import LabelSpace
+from common.hospital import SitePolicy
 from common.metrics import compute_metrics
 from common.models import ECGClassifier
 from common.preprocess import PipelineConfig
+from common.protocol import Job
 from common.site import SiteData
 
 log = logging.getLogger("ecgfl.client")
-EXPERIMENT_KEY = "experiment"  # ConfigRecord key: the experiment as JSON
-SPACE_KEY = "label-space"  # ConfigRecord key: the label space as JSON (it may be user-defined)
-FINETUNE_SPACE_KEY = "finetune-label-space"  # the space to fine-tune into
 PIPELINE_KEY = "pipeline-fingerprint"  # node config: the pipeline hospital.yaml prepared
 SITE_DELTA = 1e-5  # the delta at which a hospital's own budget is held
 SITE_LEDGER_DIR = "privacy"  # under the hospital's output folder: its lifetime DP-SGD ledger
-
-
-@dataclass
-class Job:
-    """The coordinator's instructions for one message, decoded once."""
-
-    experiment: ExperimentConfig
-    space: LabelSpace
-    finetune_space: LabelSpace
-    run_name: str
-    server_round: int
-    proximal_mu: float
-
-    @classmethod
-    def from_config(cls, record: ConfigRecord) -> Job:
-        experiment = config.from_dict(
-            ExperimentConfig, json.loads(str(record[EXPERIMENT_KEY])), "coordinator's experiment"
-        )
-        space = LabelSpace.from_dict(json.loads(str(record[SPACE_KEY])), "coordinator's labels")
-        ft_space = LabelSpace.from_dict(
-            json.loads(str(record[FINETUNE_SPACE_KEY])), "coordinator's fine-tuning labels"
-        )
-        return cls(
-            experiment=experiment,
-            space=space,
-            finetune_space=ft_space,
-            run_name=str(record.get("run-name", "run")),
-            server_round=int(record.get("server-round", 0)),
-            proximal_mu=float(record.get("proximal-mu", 0.0)),
-        )
 
 
 def site_policy(context: Context) -> SitePolicy | None:
@@ -76,29 +44,12 @@ def site_policy(context: Context) -> SitePolicy | None:
 
 def read_job(record: ConfigRecord, context: Context) -> Job:
     """The coordinator's job, refused (``PolicyViolation``) where it breaks the site's policy."""
-    job = Job.from_config(record)
+    job = Job.from_record(record)
     policy = site_policy(context)
     if policy is not None:
         spaces = [job.space, job.finetune_space]
         check_job(policy, job.experiment, spaces, job.run_name, job.server_round)
     return job
-
-
-def job_config(experiment: ExperimentConfig, run_name: str) -> ConfigRecord:
-    """The ConfigRecord the coordinator sends: the counterpart of ``Job.from_config``.
-
-    Label spaces travel as data, so a space defined only at the coordinator works everywhere.
-    """
-    space = LabelSpace.load(experiment.labels)
-    ft_space = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space
-    return ConfigRecord(
-        {
-            EXPERIMENT_KEY: json.dumps(experiment.to_dict()),
-            SPACE_KEY: json.dumps(space.to_dict()),
-            FINETUNE_SPACE_KEY: json.dumps(ft_space.to_dict()),
-            "run-name": run_name,
-        }
-    )
 
 
 def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
@@ -140,7 +91,7 @@ def output_dir(context: Context, site: SiteData, run_name: str) -> Path:
         base = Path(str(node["output-dir"]))
     else:
         base = Path(str(context.run_config["run-dir"])) / "sites" / site.name
-    path = base / plain_name(run_name, "run-name")
+    path = base / plain_name(run_name, protocol.RUN_NAME)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -240,19 +191,19 @@ def train_on_site(
         dp_rounds=rounds,
     )
     metrics = {
-        "num-examples": len(train_ds),
-        "train-loss": _nan(result.history[-1]["train_loss"]),
-        "positives": train_ds.y.sum(0).tolist(),
-        "annotated": train_ds.mask.sum(0).tolist(),
+        protocol.NUM_EXAMPLES: len(train_ds),
+        protocol.TRAIN_LOSS: _nan(result.history[-1]["train_loss"]),
+        protocol.POSITIVES: train_ds.y.sum(0).tolist(),
+        protocol.ANNOTATED: train_ds.mask.sum(0).tolist(),
     }
     if result.dp_steps is not None:
         ledger.add(result.dp_steps)
         if site_budget is not None:
             site_budget.ledger.add(result.dp_steps)
         spent = ledger.read()
-        metrics["dp-epsilon"] = dpsgd.epsilon(spent, dp.delta)
-        metrics["dp-epsilon-next"] = dpsgd.epsilon([*spent, result.dp_steps], dp.delta)
-        metrics["dp-noise-multiplier"] = result.dp_steps.noise_multiplier
+        metrics[protocol.DP_EPSILON] = dpsgd.epsilon(spent, dp.delta)
+        metrics[protocol.DP_EPSILON_NEXT] = dpsgd.epsilon([*spent, result.dp_steps], dp.delta)
+        metrics[protocol.DP_NOISE_MULTIPLIER] = result.dp_steps.noise_multiplier
     clip = job.experiment.federation.update_clip_norm
     if clip is not None:
         return clip_update(model.state_dict(), arrays.to_torch_state_dict(), clip), metrics
@@ -280,10 +231,10 @@ def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> dict:
     val_ds = site.dataset("val", job.space)
     if not len(val_ds):
         return {
-            "num-examples": 0,
-            "val-loss": math.nan,
-            "macro-auc": math.nan,
-            "micro-auc": math.nan,
+            protocol.NUM_EXAMPLES: 0,
+            protocol.VAL_LOSS: math.nan,
+            protocol.MACRO_AUC: math.nan,
+            protocol.MICRO_AUC: math.nan,
         }
     probs, y, mask = training.evaluate(model, val_ds)
     loss = training.masked_bce(
@@ -291,10 +242,10 @@ def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> dict:
     ).item()
     m = compute_metrics(probs, y, mask, job.space.labels)
     return {
-        "num-examples": len(val_ds),
-        "val-loss": loss,
-        "macro-auc": _nan(m.macro_auc),
-        "micro-auc": _nan(m.micro_auc),
+        protocol.NUM_EXAMPLES: len(val_ds),
+        protocol.VAL_LOSS: loss,
+        protocol.MACRO_AUC: _nan(m.macro_auc),
+        protocol.MICRO_AUC: _nan(m.micro_auc),
     }
 
 
@@ -324,11 +275,11 @@ def finetune_on_site(
         history=result.history,
     )
     metrics = {
-        "num-examples": int(site.counts()["test"]),
-        "train-examples": int(site.counts()["train"]),
-        "before-macro-auc": _nan(before.macro_auc),
-        "before-macro-f1": _nan(before.macro_f1),
-        "after-macro-auc": _nan(after.macro_auc),
-        "after-macro-f1": _nan(after.macro_f1),
+        protocol.NUM_EXAMPLES: int(site.counts()["test"]),
+        protocol.TRAIN_EXAMPLES: int(site.counts()["train"]),
+        protocol.BEFORE_MACRO_AUC: _nan(before.macro_auc),
+        protocol.BEFORE_MACRO_F1: _nan(before.macro_f1),
+        protocol.AFTER_MACRO_AUC: _nan(after.macro_auc),
+        protocol.AFTER_MACRO_F1: _nan(after.macro_f1),
     }
     return metrics, path

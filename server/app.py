@@ -15,11 +15,12 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from client.task import job_config
+from common import protocol
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.experiment import ExperimentConfig
 from common.finetune import adapt_head
 from common.labels import LabelSpace
+from common.protocol import Job
 from server import privacy, report
 from server.rounds import (
     FAILURES_LOG,
@@ -66,8 +67,8 @@ def learn_site_names(grid: Grid, config, timeout: float, known: dict[int, str]) 
     is, so a site that fails from round 1 is reported by name, not by node id."""
     unknown = [node for node in grid.get_node_ids() if node not in known]
     if unknown:
-        content = RecordDict({"config": config})
-        messages = [Message(content, dst_node_id=n, message_type="query") for n in unknown]
+        content = RecordDict({protocol.CONFIG_RECORD: config})
+        messages = [Message(content, dst_node_id=n, message_type=protocol.QUERY) for n in unknown]
         exchange(grid, messages, timeout, known)
 
 
@@ -106,7 +107,7 @@ def main(grid: Grid, context: Context) -> None:
             run=run_dir.name,
         )
 
-    config = job_config(experiment, run_dir.name)
+    config = Job.for_run(experiment, run_dir.name).to_record()
     fed = experiment.federation
     learn_site_names(grid, config, fed.round_timeout_s, state.sites)
     loop = RoundLoop(grid, build_strategy(fed), fed, config, run_dir, metrics, save_global)
@@ -117,9 +118,11 @@ def main(grid: Grid, context: Context) -> None:
         return
 
     log.info("fine-tuning the global model at every site")
-    content = RecordDict({"arrays": ArrayRecord(state.arrays), "config": config})
+    content = RecordDict(
+        {protocol.ARRAYS_RECORD: ArrayRecord(state.arrays), protocol.CONFIG_RECORD: config}
+    )
     messages = [
-        Message(content=content, dst_node_id=node, message_type="train.finetune")
+        Message(content=content, dst_node_id=node, message_type=protocol.FINETUNE)
         for node in grid.get_node_ids()
     ]
     _, per_site, failed = exchange(

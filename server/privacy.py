@@ -29,6 +29,7 @@ from flwr.supercore.privacy_accounting import (
     SamplingMethod,
 )
 
+from common import protocol
 from common.experiment import FederationSettings, PrivacySettings
 
 log = logging.getLogger("ecgfl.server")
@@ -247,9 +248,9 @@ def dp_sgd_stop(rnd: int, entries: list[dict], budget: float | None) -> dict | N
     if budget is None or not trained:
         return None
     projected = {
-        site: m["dp-epsilon-next"]
+        site: m[protocol.DP_EPSILON_NEXT]
         for site, m in trained[-1]["sites"].items()
-        if "dp-epsilon-next" in m
+        if protocol.DP_EPSILON_NEXT in m
     }
     over = {site: eps for site, eps in projected.items() if eps > budget}
     if not over:
@@ -269,8 +270,9 @@ def dp_sgd_lines(entries: list[dict]) -> list[str]:
     """The DP-SGD part of report.md: the range of the sites' epsilon after each round."""
     rows = []
     for e in (e for e in entries if e["phase"] == "train"):
-        spent = [m["dp-epsilon"] for m in e["sites"].values() if "dp-epsilon" in m]
-        sigma = [m["dp-noise-multiplier"] for m in e["sites"].values() if "dp-epsilon" in m]
+        dp_sites = [m for m in e["sites"].values() if protocol.DP_EPSILON in m]
+        spent = [m[protocol.DP_EPSILON] for m in dp_sites]
+        sigma = [m[protocol.DP_NOISE_MULTIPLIER] for m in dp_sites]
         if spent:
             rows.append(
                 f"| {e['round']} | {min(spent):.3f} - {max(spent):.3f} | "

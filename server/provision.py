@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from client.daemon import HospitalConfig
 from common.config import ConfigError, from_dict, load_yaml
+from common.hospital import HospitalConfig
 from common.names import RULE, is_plain_name
 from common.preprocess import PipelineConfig
 from server.coordinator import CoordinatorConfig

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from common.experiment import ExperimentConfig
+from common import protocol
+
+if TYPE_CHECKING:  # the dashboard reads tables from here without loading torch
+    from common.experiment import ExperimentConfig
 
 
 def _fmt(value) -> str:
@@ -25,11 +29,11 @@ def rounds_table(entries: list[dict]) -> list[dict]:
         agg = e.get("aggregate") or {}
         if e["phase"] == "train":
             row["sites"] = sorted(e["sites"])
-            row["train_loss"] = agg.get("train-loss")
+            row["train_loss"] = agg.get(protocol.TRAIN_LOSS)
             row["seconds"] = e.get("seconds")
         else:
-            row["val_macro_auc"] = agg.get("macro-auc")
-            row["val_loss"] = agg.get("val-loss")
+            row["val_macro_auc"] = agg.get(protocol.MACRO_AUC)
+            row["val_loss"] = agg.get(protocol.VAL_LOSS)
         row["failed"] += [f"{f['site']} ({f['reason']})" for f in e["failed"]]
     return [rows[k] for k in sorted(rows)]
 

@@ -22,6 +22,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common import protocol
 from common.experiment import FederationSettings
 from common.flower_process import plain
 from common.transport import from_wire, nbytes, to_wire
@@ -29,7 +30,6 @@ from server import privacy
 from server.strategies import restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
-SITE_RECORD = "site"  # a ConfigRecord each reply carries: {"name": site name}
 FAILURES_LOG = "failures.log"  # in the run folder: each failure's full reason
 # The site itself answered with an error (its code raised, or could not load), as opposed to
 # Flower reporting it gone.
@@ -126,8 +126,8 @@ class MetricsLog:
 
 
 def site_name(reply: Message, node: int, known: dict[int, str]) -> str:
-    if not reply.has_error() and SITE_RECORD in reply.content.config_records:
-        known[node] = str(reply.content.config_records[SITE_RECORD]["name"])
+    if not reply.has_error() and protocol.SITE_RECORD in reply.content.config_records:
+        known[node] = str(reply.content.config_records[protocol.SITE_RECORD][protocol.SITE_NAME])
     return known.get(node, f"node-{node}")
 
 

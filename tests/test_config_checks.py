@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.daemon import HospitalConfig
 from common.config import MAX_YAML_BYTES, ConfigError, Range, check, from_dict, load_yaml
 from common.experiment import ExperimentConfig
+from common.hospital import HospitalConfig
 from common.training import TrainConfig
 from server.coordinator import CoordinatorConfig
 from simulations.attack import AttackExperiment, AttackSettings

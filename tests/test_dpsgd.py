@@ -12,13 +12,14 @@ from test_training import LENGTH, sine_task
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import TensorDataset
 
-from client.daemon import HospitalConfig, node_values
-from client.policy import SitePolicy
-from client.task import Job, SiteBudget, job_config, site_budget, train_on_site
+from client.daemon import node_values
+from client.task import SiteBudget, site_budget, train_on_site
 from common import dpsgd
 from common.config import ConfigError, from_dict
 from common.experiment import ExperimentConfig
+from common.hospital import HospitalConfig, SitePolicy
 from common.models import build_model
+from common.protocol import Job
 from common.site import SiteData
 from common.training import TrainConfig, train
 from server.rounds import RoundState, checkpoint_path
@@ -190,9 +191,9 @@ def test_sites_account_their_own_dp_sgd_and_the_run_stops_at_the_budget(dp_sgd_r
 def test_a_site_refuses_a_round_past_its_budget_whatever_the_coordinator_says(dp_sgd_run, tmp_path):
     run_dir, cfg = dp_sgd_run
     experiment = cfg.experiment
-    record = job_config(experiment, "again")
+    record = Job.for_run(experiment, "again").to_record()
     record["server-round"] = 3
-    job = Job.from_config(record)
+    job = Job.from_record(record)
     site = SiteData.from_manifest(run_dir / "partition" / "sites.json", 0, experiment.pipeline)
     n = site.counts()["train"]
     spent = dpsgd.plan(
@@ -216,7 +217,7 @@ def test_a_site_refuses_a_round_past_its_budget_whatever_the_coordinator_says(dp
 def _job(experiment, **dp_sgd) -> Job:
     experiment = copy.deepcopy(experiment)
     experiment.federation.dp_sgd = dpsgd.DPSGDSettings(**dp_sgd)
-    return Job.from_config(job_config(experiment, "own-budget"))
+    return Job.from_record(Job.for_run(experiment, "own-budget").to_record())
 
 
 @pytest.mark.e2e

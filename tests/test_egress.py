@@ -21,9 +21,9 @@ from test_simulation import entries, tiny_config
 
 from client.attack import Attack
 from client.egress import EgressViolation, check_reply, egress_guard, label_limit
-from client.task import SPACE_KEY
 from common.config import ConfigError
 from common.models import ModelConfig
+from common.protocol import LABEL_SPACE
 from simulations import run as sim
 
 SECRET = "patient 4711, born 1950-01-01"
@@ -40,7 +40,7 @@ def received(model: ArrayRecord) -> RecordDict:
         "name": "seed6",
         "labels": ["NORM", "1AVB", "CRBBB", "CLBBB", "SBRAD", "STACH", "AFIB"],
     }
-    return RecordDict({"arrays": model, "config": ConfigRecord({SPACE_KEY: json.dumps(space)})})
+    return RecordDict({"arrays": model, "config": ConfigRecord({LABEL_SPACE: json.dumps(space)})})
 
 
 def honest(model: ArrayRecord, **metrics) -> RecordDict:

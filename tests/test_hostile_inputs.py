@@ -30,9 +30,10 @@ import pytest
 import torch
 
 from client import cli
-from client.daemon import HospitalConfig, check_data
+from client.daemon import check_data
 from common.checkpoint import save_checkpoint
 from common.config import ConfigError
+from common.hospital import HospitalConfig
 from common.labels import LabelSpace
 from common.models import ModelConfig
 from common.preprocess import PipelineConfig

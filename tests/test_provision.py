@@ -20,9 +20,9 @@ from flwr.app.message import make_message
 from flwr.app.metadata import Metadata
 
 from client.audit import audit_mod
-from client.daemon import HospitalConfig, exit_reason, node_values, supernode_command
-from client.policy import SitePolicy
+from client.daemon import exit_reason, node_values, supernode_command
 from common.config import ConfigError
+from common.hospital import HospitalConfig, SitePolicy
 from server.coordinator import CoordinatorConfig, superlink_command
 from server.provision import provision
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from client.task import Job, job_config, train_on_site
+from client.task import train_on_site
 from common.checkpoint import load_checkpoint
 from common.config import from_dict
 from common.experiment import ExperimentConfig
+from common.protocol import Job
 from common.site import SiteData
 from server.rounds import RoundState, checkpoint_path
 from simulations import engine
@@ -128,9 +129,9 @@ def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished, tmp_path)
     """Redo each site's local training from round 0 and average with numpy."""
     experiment = ExperimentConfig.load(finished / "experiment.yaml")
     start = RoundState.load(checkpoint_path(finished, 0))
-    record = job_config(experiment, finished.name)
+    record = Job.for_run(experiment, finished.name).to_record()
     record["server-round"] = 1
-    job = Job.from_config(record)
+    job = Job.from_record(record)
     manifest = finished / "partition" / "sites.json"
     updates, weights = [], []
     for i in range(3):

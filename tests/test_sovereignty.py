@@ -17,13 +17,13 @@ from flwr.app import Array, ArrayRecord, Context, Metadata, RecordDict
 from flwr.app.message.message import make_message
 
 from client import bundle, runner
-from client.daemon import HospitalConfig
-from client.policy import PolicyViolation, SitePolicy, check_job, plain_name
-from client.task import job_config
+from client.policy import PolicyViolation, check_job, plain_name
 from common.config import from_dict
 from common.experiment import ExperimentConfig
 from common.flower_process import APP_DIR, flower_env
+from common.hospital import HospitalConfig, SitePolicy
 from common.labels import LabelSpace
+from common.protocol import Job
 
 EVIL = b"""
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -142,7 +142,7 @@ def hospital(tmp_path) -> tuple[Path, HospitalConfig]:
 
 
 def _message(experiment: ExperimentConfig, run_name: str = "run-1", kind: str = "train"):
-    config = job_config(experiment, run_name)
+    config = Job.for_run(experiment, run_name).to_record()
     config["server-round"] = 1
     arrays = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
     meta = Metadata(7, "m1", 0, 5, "", "1", time.time(), 600, kind)

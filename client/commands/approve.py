@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 
 from client import bundle
-from client.daemon import HospitalConfig
 from client.runner import bundles_dir
 from common.config import ConfigError, load_yaml
+from common.hospital import HospitalConfig
 
 
 def configure(p: argparse.ArgumentParser) -> None:

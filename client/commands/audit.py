@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from client.daemon import HospitalConfig
+from common.hospital import HospitalConfig
 
 
 def configure(p: argparse.ArgumentParser) -> None:

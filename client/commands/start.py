@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from client import daemon
+from common.hospital import HospitalConfig
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = daemon.HospitalConfig.load(args.config)
+    cfg = HospitalConfig.load(args.config)
     if args.detach:
         daemon.preflight(cfg, args.insecure)
         argv = ["start", "--config", str(args.config.resolve())]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from client import daemon
+from common.hospital import HospitalConfig
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -13,7 +14,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = daemon.HospitalConfig.load(args.config)
+    cfg = HospitalConfig.load(args.config)
     if daemon.stop(cfg):
         print(f"stopped the daemon of site {cfg.site}")
     else:

@@ -1,0 +1,102 @@
+"""What travels between the coordinator and a site, defined once: message types, record and key
+names, metric names, and the job a site is given.
+
+Both sides import this module (the ServerApp never imports the ClientApp): the coordinator
+writes a ``Job`` into every message with ``Job.to_record`` and a site decodes it with
+``Job.from_record``. A reply holds at most three records: ``arrays`` (train only), ``metrics``
+and ``site`` (``{"name": SITE}``); the hospital's egress guard refuses anything else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flwr.app import ConfigRecord
+
+from common import config
+from common.labels import LabelSpace
+
+if TYPE_CHECKING:  # readers of metric names (reports, the dashboard) need no torch
+    from common.experiment import ExperimentConfig
+
+# Message types. "train" and "evaluate" are Flower's; the others are ecgfl's.
+TRAIN, EVALUATE, QUERY = "train", "evaluate", "query"
+FINETUNE_ACTION = "finetune"
+FINETUNE = f"{TRAIN}.{FINETUNE_ACTION}"  # a train message with an action: @app.train("finetune")
+
+# Records of a message or a reply.
+CONFIG_RECORD, ARRAYS_RECORD, METRICS_RECORD = "config", "arrays", "metrics"
+SITE_RECORD, SITE_NAME = "site", "name"  # every reply names its site: {"site": {"name": ...}}
+
+# Keys of the coordinator's config record.
+EXPERIMENT = "experiment"  # the experiment as JSON
+LABEL_SPACE = "label-space"  # the label space as JSON (it may exist only at the coordinator)
+FINETUNE_LABEL_SPACE = "finetune-label-space"  # the space fine-tuning grows/shrinks the head to
+RUN_NAME = "run-name"  # the run folder's name: also the run's folder at every site
+SERVER_ROUND = "server-round"  # added by Flower's strategies
+PROXIMAL_MU = "proximal-mu"  # added by Flower's FedProx
+
+# Metric names of the replies.
+NUM_EXAMPLES = "num-examples"  # the weight of a site's reply in aggregation (Flower's key)
+TRAIN_LOSS, VAL_LOSS = "train-loss", "val-loss"
+MACRO_AUC, MICRO_AUC = "macro-auc", "micro-auc"
+POSITIVES, ANNOTATED = "positives", "annotated"  # per label, of the training split
+TRAIN_EXAMPLES = "train-examples"
+BEFORE_MACRO_AUC, BEFORE_MACRO_F1 = "before-macro-auc", "before-macro-f1"  # fine-tuning
+AFTER_MACRO_AUC, AFTER_MACRO_F1 = "after-macro-auc", "after-macro-f1"
+DP_EPSILON = "dp-epsilon"  # DP-SGD: what the site has spent in this run so far
+DP_EPSILON_NEXT = "dp-epsilon-next"  # ... and would have spent after one more round
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+
+
+@dataclass
+class Job:
+    """The coordinator's instructions for one message."""
+
+    experiment: ExperimentConfig
+    space: LabelSpace
+    finetune_space: LabelSpace
+    run_name: str
+    server_round: int = 0
+    proximal_mu: float = 0.0
+
+    @classmethod
+    def for_run(cls, experiment: ExperimentConfig, run_name: str) -> Job:
+        """The job of a run, as the coordinator composes it once."""
+        space = LabelSpace.load(experiment.labels)
+        labels = experiment.finetune.labels
+        return cls(experiment, space, LabelSpace.load(labels) if labels else space, run_name)
+
+    def to_record(self) -> ConfigRecord:
+        """What the coordinator sends; Flower's strategies add the round (and FedProx's mu)."""
+        return ConfigRecord(
+            {
+                EXPERIMENT: json.dumps(self.experiment.to_dict()),
+                LABEL_SPACE: json.dumps(self.space.to_dict()),
+                FINETUNE_LABEL_SPACE: json.dumps(self.finetune_space.to_dict()),
+                RUN_NAME: self.run_name,
+            }
+        )
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> Job:
+        """A site's reading of a message: validated here, once per message."""
+        from common.experiment import ExperimentConfig
+
+        experiment = config.from_dict(
+            ExperimentConfig, json.loads(str(record[EXPERIMENT])), "coordinator's experiment"
+        )
+        space = LabelSpace.from_dict(json.loads(str(record[LABEL_SPACE])), "coordinator's labels")
+        ft_space = LabelSpace.from_dict(
+            json.loads(str(record[FINETUNE_LABEL_SPACE])), "coordinator's fine-tuning labels"
+        )
+        return cls(
+            experiment=experiment,
+            space=space,
+            finetune_space=ft_space,
+            run_name=str(record.get(RUN_NAME, "run")),
+            server_round=int(record.get(SERVER_ROUND, 0)),
+            proximal_mu=float(record.get(PROXIMAL_MU, 0.0)),
+        )
