@@ -21,14 +21,17 @@ from common.site import SiteData
 from simulations import baselines, engine, report
 from simulations.config import SimulationConfig
 from simulations.partition import SourcePlan, partition, write_report
+from simulations.synth import GENERATOR_FINGERPRINT
 from simulations.synth.build import write_ptbxl_like, write_tis_network
 
 log = logging.getLogger("ecgfl.simulate")
 
 
 def synthetic_source(kind: str, spec, store: Path, workers: int, progress: bool) -> Path:
-    """Synthetic data is a pure function of its spec: build once per spec, reuse afterwards."""
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+    """Synthetic data is a pure function of its spec and the generator's code: build once per
+    spec and generator version, reuse afterwards."""
+    what = {"spec": dataclasses.asdict(spec), "generator": GENERATOR_FINGERPRINT}
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
     path = store / f"{kind}-{key.hexdigest()[:12]}"
     if (path / ".complete").exists():
         return path

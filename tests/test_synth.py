@@ -193,3 +193,59 @@ def test_written_ptbxl_like_reads_back_through_the_project_reader(ptbxl_dir):
             pd.read_csv(ptbxl_dir / "ptbxl_database.csv").set_index("ecg_id").scp_codes.iloc[0]
         )
     )
+
+
+SUPERCLASS = {
+    "IMI": "MI", "ASMI": "MI", "LMI": "MI", "ISC_": "STTC", "NDT": "STTC", "LNGQT": "STTC",
+    "LVH": "HYP", "RVH": "HYP", "LAO/LAE": "HYP", "RAO/RAE": "HYP",
+    "1AVB": "CD", "CRBBB": "CD", "CLBBB": "CD", "IRBBB": "CD", "NORM": "NORM",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("coding", ["scp", "tis"])
+def test_every_written_label_decodes_to_its_ptbxl_superclass_in_both_codings(coding):
+    import ast
+
+    from simulations.synth.annotation import scp_codes, tis_codes
+
+    space = LabelSpace.load("superclasses")
+    plan = plan_ptbxl_like(PtbxlLikeSpec(n_records=400, seed=3, prevalence=PREVALENT))
+    for r in plan:
+        codes = ast.literal_eval(scp_codes(r.truth)) if coding == "scp" else tis_codes(r.truth)
+        codes = codes if coding == "scp" else codes.split(";")
+        target, mask = space.encode(codes, coding)
+        assert mask.all()
+        want = {SUPERCLASS[lab] for lab in r.truth if lab in SUPERCLASS}
+        assert {lab for lab, y in zip(space.labels, target, strict=True) if y} == want, r.truth
+
+
+#: Every finding common enough that a few hundred records hold all of them and their mixtures.
+PREVALENT = {label: 0.12 for label in TIS_CODES if label != "NORM"}
+
+
+def test_norm_is_ptbxl_normal_ecg_no_diagnosis_but_a_sinus_rate_may_come_with_it():
+    space = LabelSpace.load("seed6")
+    cases = [(["SBRAD"], True), (["STACH"], True), (["LVH"], False), (["IMI"], False),
+             (["AFIB"], False), (["LNGQT", "SBRAD"], False)]  # fmt: skip
+    for labels, norm in cases:
+        _, info = generate_record(0, labels)
+        assert ("NORM" in info["labels"]) == norm, labels
+        target, _ = space.encode(info["labels"], "scp")
+        assert bool(target[space.index("NORM")]) == norm
+        assert target.sum() == norm + sum(lab in space.labels for lab in labels)
+
+
+def test_findings_go_together_the_way_they_do_in_ptbxl():
+    plan = plan_ptbxl_like(PtbxlLikeSpec(n_records=3000, seed=5, prevalence=PREVALENT))
+    truths = [set(r.truth) for r in plan]
+    assert all(is_consistent(t) for t in truths)
+
+    def share(label, given):
+        with_it = [label in t for t in truths if given & t]
+        without = [label in t for t in truths if not given & t]
+        return np.mean(with_it), np.mean(without)
+
+    assert share("LAO/LAE", {"LVH"})[0] > 2 * share("LAO/LAE", {"LVH"})[1]
+    assert share("ISC_", {"IMI", "ASMI", "LMI"})[0] > 1.5 * share("ISC_", {"IMI", "ASMI", "LMI"})[1]
+    assert not any({"CLBBB", "IMI"} <= t or {"AFIB", "LAO/LAE"} <= t for t in truths)
+    assert sum({"IMI", "LMI"} <= t for t in truths) > 0  # inferolateral infarcts exist

@@ -17,6 +17,15 @@ TIS_CODES = {
     "IRBBB": "3.2.2",
     "CLBBB": "3.3.1",
     "LVH": "4.1",
+    "RVH": "4.2",
+    "LAO/LAE": "4.3",
+    "RAO/RAE": "4.4",
+    "ISC_": "5.1",
+    "NDT": "5.2",
+    "LNGQT": "5.3",
+    "IMI": "6.1",
+    "ASMI": "6.2",
+    "LMI": "6.3",
 }
 _RHYTHM = {"AFIB", "SBRAD", "STACH"}
 
@@ -33,10 +42,29 @@ SR,sinus rhythm,,,1.0,,,Statements related to impulse formation (abnormalities),
 AFIB,atrial fibrillation,,,1.0,,,Statements related to impulse formation (abnormalities),atrial fibrillation,50,MDC_ECG_RHY_ATR_FIB,,D3-31520
 STACH,sinus tachycardia,,,1.0,,,Statements related to impulse formation (abnormalities),sinus tachycardia,21,MDC_ECG_RHY_SINUS_TACHY,,
 SBRAD,sinus bradycardia,,,1.0,,,Statements related to impulse formation (abnormalities),sinus bradycardia,22,MDC_ECG_RHY_SINUS_BRADY,,
+RVH,right ventricular hypertrophy,1.0,,,HYP,RVH,Ventricular Hypertrophy,right ventricular hypertrophy,143,,C71077,
+LAO/LAE,left atrial overload/enlargement,1.0,,,HYP,LAO/LAE,Atrial statements,left atrial overload/enlargement,140,,,
+RAO/RAE,right atrial overload/enlargement,1.0,,,HYP,RAO/RAE,Atrial statements,right atrial overload/enlargement,141,,,
+ISC_,non-specific ischemic,1.0,,,STTC,ISC_,Basic roots for coding ST-T changes and abnormalities,ischemic ST-T changes,226,,,
+NDT,non-diagnostic T abnormalities,1.0,1.0,,STTC,STTC,other ST-T descriptive statements,non-diagnostic T abnormalities,,,,
+LNGQT,long QT-interval,1.0,1.0,,STTC,STTC,other ST-T descriptive statements,long QT-interval,148,,,
+IMI,inferior myocardial infarction,1.0,,,MI,IMI,Myocardial Infarction,inferior myocardial infarction,161,,,
+ASMI,anteroseptal myocardial infarction,1.0,,,MI,AMI,Myocardial Infarction,anteroseptal myocardial infarction,165,,,
+LMI,lateral myocardial infarction,1.0,,,MI,LMI,Myocardial Infarction,lateral myocardial infarction,163,,,
 """  # noqa: E501
 
-#: Plausible misreadings: an annotator who misses a label sometimes writes its neighbour.
-_CONFUSED = {"CRBBB": "IRBBB", "IRBBB": "CRBBB", "STACH": "AFIB", "AFIB": "STACH"}
+#: Plausible misreadings: an annotator who misses a label sometimes writes its look-alike (an
+#: old anteroseptal infarct and the poor R progression of LVH, ischaemic and non-specific ST-T).
+_CONFUSED = {
+    "CRBBB": "IRBBB",
+    "IRBBB": "CRBBB",
+    "STACH": "AFIB",
+    "AFIB": "STACH",
+    "ISC_": "NDT",
+    "NDT": "ISC_",
+    "ASMI": "LVH",
+    "LVH": "ASMI",
+}
 
 
 def tis_codes(labels: tuple[str, ...]) -> str:

@@ -109,3 +109,13 @@ def twelve_leads(independent: np.ndarray) -> np.ndarray:
         ]
     )
     return np.concatenate([limb, independent[2:]])
+
+
+#: Each of the twelve leads as a direction in Frank space (textbook heart, no scatter).
+LEAD_VECTORS = twelve_leads(DOWER)
+
+
+def facing_gain(direction: np.ndarray) -> float:
+    """What the lead that best faces ``direction`` shows per mV of dipole along it: turns a
+    level wanted in that lead (an ST elevation, say) into a dipole amplitude."""
+    return float((LEAD_VECTORS @ direction).max())

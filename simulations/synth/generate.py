@@ -9,8 +9,21 @@ import numpy as np
 
 from simulations.synth import beats, rhythm
 from simulations.synth.device import IDEAL, Acquisition, Device, acquire
-from simulations.synth.dipole import Subject, independent_leads, render, textbook_subject
-from simulations.synth.pathology import difficulty_value, normalise, sample_features
+from simulations.synth.dipole import (
+    LEAD_VECTORS,
+    Subject,
+    facing_gain,
+    independent_leads,
+    render,
+    textbook_subject,
+)
+from simulations.synth.pathology import (
+    LONG_QTC_MS,
+    Features,
+    difficulty_value,
+    normalise,
+    sample_features,
+)
 
 #: Direction of the fibrillating atria's dipole: anterior and inferior, largest in V1 and II.
 _FWAVE_DIRECTION = np.array([-0.2, 0.5, -0.8]) / np.linalg.norm([-0.2, 0.5, -0.8])
@@ -20,6 +33,25 @@ def _rng(rng_or_seed: np.random.Generator | np.random.SeedSequence | int) -> np.
     if isinstance(rng_or_seed, np.random.Generator):
         return rng_or_seed
     return np.random.default_rng(rng_or_seed)
+
+
+def _p_lobes(feats: Features) -> beats.Lobes:
+    """P-wave lobes scaled so that the textbook heart shows ``feats.p_mv`` in lead II."""
+    unit = beats.p_wave(feats.p_ms, 1.0, feats.left_atrial, feats.right_atrial)
+    fs, margin = 1000, 0.05
+    shape = render(unit.offsets + margin, unit.widths, unit.vectors, fs, int(fs * 0.3))
+    peak = float((LEAD_VECTORS[1] @ shape).max())
+    return beats.Lobes(unit.offsets, unit.widths, unit.vectors * feats.p_mv / peak)
+
+
+def _st_vector(feats: Features) -> np.ndarray:
+    """The ST shifts of ``feats`` as one dipole: each region's level (mV in the lead facing it)
+    divided by how strongly that lead sees the region."""
+    out = np.zeros(3)
+    for region, level in feats.st_mv:
+        toward = beats.REGIONS[region]
+        out += level / facing_gain(toward) * toward
+    return out
 
 
 def generate_record(
@@ -46,7 +78,7 @@ def generate_record(
     if fs is not None and fs != device.fs:
         device = replace(device, fs=fs)
     acquisition = acquisition if acquisition is not None else Acquisition.typical(level)
-    feats = sample_features(rng, labels, level)
+    feats = sample_features(rng, labels, level, subject.sex, subject.age)
     n = int(round(duration_s * device.fs))
 
     if feats.rhythm == "afib":
@@ -59,15 +91,23 @@ def generate_record(
 
     qrs_amp = 1.6 * subject.qrs_gain * feats.qrs_voltage
     qrs = beats.qrs_complex(feats.conduction, feats.qrs_ms, qrs_amp, feats.block_strength)
+    qrs = beats.with_right_ventricle(qrs, feats.rv_share, feats.qrs_ms, qrs_amp)
+    qrs = beats.without_walls(qrs, feats.infarcts, feats.q_ms, qrs_amp)
     parts = [qrs.at(onsets, breathing)]
     if feats.pr_ms is not None:
-        p = beats.p_wave(rng.uniform(85, 110), rng.uniform(0.08, 0.13))
-        parts.append(p.at(onsets - feats.pr_ms / 1000, breathing))
+        parts.append(_p_lobes(feats).at(onsets - feats.pr_ms / 1000, breathing))
     wide = max(feats.qrs_ms - 95, 0) / 1000  # a wide QRS lengthens QT by its excess
-    qt = subject.qtc_ms / 1000 * np.cbrt(rr_before) + wide
+    # Fridericia's correction; without long QT the subject stays 10 ms below the limit.
+    qtc = feats.qtc_ms or min(subject.qtc_ms, LONG_QTC_MS[subject.sex] - 10)
+    qt = qtc / 1000 * np.cbrt(rr_before) + wide
     t_amp = rng.uniform(0.25, 0.45) * np.sqrt(subject.qrs_gain)
-    t_vec = beats.t_vector(feats.conduction, feats.strain, t_amp)
+    t_vec = beats.turned(beats.t_vector(feats.conduction, t_amp), feats.t_turn)
     parts.append(beats.t_waves(onsets, qt, t_vec, breathing))
+    # ST from 20 ms before the J point (injury current flows while the wall depolarises) to
+    # the T peak, where the T wave takes over.
+    j_s = feats.qrs_ms / 1000
+    t_peak = qt - 0.24 * qt
+    parts.append(beats.st_plateau(onsets, j_s - 0.02, t_peak, _st_vector(feats), breathing))
     centers, widths, vectors = (np.concatenate(x) for x in zip(*parts, strict=True))
     dipole = render(centers, widths, vectors, device.fs, n)
     if feats.rhythm == "afib":

@@ -21,7 +21,7 @@ from simulations.synth.annotation import annotate
 from simulations.synth.device import Acquisition, Device
 from simulations.synth.dipole import random_subject
 from simulations.synth.generate import generate_record
-from simulations.synth.pathology import ABNORMAL, difficulty_value, normalise
+from simulations.synth.pathology import ABNORMAL, difficulty_value, is_consistent, normalise
 
 #: Share of records with each finding before site and age effects (NORM is what is left).
 DEFAULT_PREVALENCE = {
@@ -33,8 +33,33 @@ DEFAULT_PREVALENCE = {
     "CLBBB": 0.06,
     "IRBBB": 0.05,
     "LVH": 0.06,
+    "RVH": 0.015,
+    "LAO/LAE": 0.03,
+    "RAO/RAE": 0.015,
+    "IMI": 0.04,
+    "ASMI": 0.035,
+    "LMI": 0.015,
+    "ISC_": 0.04,
+    "NDT": 0.04,
+    "LNGQT": 0.015,
 }
-_AGEING = {"AFIB", "1AVB", "CLBBB", "LVH"}  # findings that grow more common with age
+#: Findings that grow more common with age.
+_AGEING = {"AFIB", "1AVB", "CLBBB", "LVH", "LAO/LAE", "IMI", "ASMI", "LMI", "ISC_"}
+#: Findings drawn after the rhythm, the conduction pattern and LVH, each alone or next to what
+#: it often accompanies (odds multiplied): atrial enlargement with the same side's ventricular
+#: hypertrophy, ischaemic and T-wave changes with an infarct.
+_INFARCTS = frozenset({"IMI", "ASMI", "LMI"})
+_FURTHER = {
+    "RVH": (frozenset(), 1.0),
+    "IMI": (frozenset(), 1.0),
+    "ASMI": (frozenset(), 1.0),
+    "LMI": (_INFARCTS, 2.0),  # infero- and anterolateral infarcts
+    "LAO/LAE": (frozenset({"LVH"}), 4.0),
+    "RAO/RAE": (frozenset({"RVH"}), 6.0),
+    "ISC_": (_INFARCTS, 2.5),
+    "NDT": (_INFARCTS, 1.5),
+    "LNGQT": (frozenset(), 1.0),
+}
 #: Resource cap (docs/formats.md#configuration-limits): ten times PTB-XL's 21,799 records times
 #: 50 is days of generation and terabytes of disk.
 MAX_RECORDS = 10_000_000
@@ -178,7 +203,8 @@ def _sizes(total: int, n: int, skew: float) -> list[int]:
 
 
 def draw_labels(rng: np.random.Generator, prevalence: dict[str, float], age: float) -> tuple:
-    """A consistent true label set: one rhythm, at most one bundle-branch pattern, extras."""
+    """A consistent true label set: one rhythm, at most one bundle-branch pattern, extras; a
+    further finding that cannot go with those drawn before it is left out."""
     older = np.exp(0.025 * (age - 60))
     p = {k: prevalence.get(k, 0.0) * (older if k in _AGEING else 1.0) for k in ABNORMAL}
     labels = []
@@ -198,6 +224,10 @@ def draw_labels(rng: np.random.Generator, prevalence: dict[str, float], age: flo
         labels.append("1AVB")
     if rng.random() < p["LVH"]:
         labels.append("LVH")
+    for label, (companions, odds) in _FURTHER.items():
+        chance = p[label] * (odds if companions & set(labels) else 1.0)
+        if rng.random() < chance and is_consistent([*labels, label]):
+            labels.append(label)
     return normalise(labels)
 
 
