@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from common import protocol
 from common.config import from_dict
 from common.labels import LabelSpace
 from common.models import build_model
 from common.site import SiteData
-from common.training import train
+from common.training import Trainer
 from simulations import run as sim
 from simulations.config import SimulationConfig
 
@@ -144,7 +145,7 @@ def overhead(workdir: Path, rounds: int, epochs: int) -> None:
     model = experiment.model_config().build(n_classes=len(space))
     epochs = experiment.federation.rounds * experiment.local.epochs
     started = time.perf_counter()
-    train(model, pooled, None, replace(experiment.local, epochs=epochs), progress=False)
+    Trainer(replace(experiment.local, epochs=epochs), progress=False).fit(model, pooled, None)
     plain_s = time.perf_counter() - started
     parts = phases(run_dir)
     print("\n## 1. federation overhead")
@@ -206,7 +207,7 @@ def communication(workdir: Path) -> None:
         last = [e for e in entries if e["phase"] == "evaluate"][-1]
         train = [e for e in entries if e["phase"] == "train"][-1]
         up = sum(s["bytes-up"] for s in train["sites"].values()) / len(train["sites"])
-        aucs[transport] = last["aggregate"]["macro-auc"]
+        aucs[transport] = last["aggregate"][protocol.MACRO_AUC]
         print(
             f"{transport}: measured {train['bytes-down'] / 2**20:.2f} MiB down and "
             f"{up / 2**20:.2f} MiB up per site per round; final validation macro AUC "

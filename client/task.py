@@ -179,17 +179,15 @@ def train_on_site(
                     f"site {site.name}: this round would take its DP-SGD epsilon to {after:.3f}, "
                     f"past its budget of {limit} (delta {delta}); it does not train"
                 )
-    result = training.train(
-        model,
-        train_ds,
-        None,
+    trainer = training.Trainer(
         cfg,
+        job.space.labels,
         progress=False,
         proximal_to=anchor,
-        labels=job.space.labels,
         dp=dp if dp.enabled else None,
         dp_rounds=rounds,
     )
+    result = trainer.fit(model, train_ds, None)
     metrics = {
         protocol.NUM_EXAMPLES: len(train_ds),
         protocol.TRAIN_LOSS: _nan(result.history[-1]["train_loss"]),

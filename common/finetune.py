@@ -19,7 +19,7 @@ from common.labels import LabelSpace
 from common.metrics import Metrics
 from common.models import ECGClassifier
 from common.site import SiteData
-from common.training import TrainConfig, TrainResult, train
+from common.training import Trainer, TrainResult
 
 MODES = ("full", "head", "last_k", "discriminative")
 
@@ -85,30 +85,18 @@ def finetune(
     new_space: LabelSpace,
     train_ds: Dataset,
     val_ds: Dataset | None,
-    mode: str,
-    train_cfg: TrainConfig,
-    k: int = 1,
-    lr_decay: float = 2.6,
-    device: torch.device | str | None = None,
+    settings: FinetuneSettings,
     progress: bool = True,
 ) -> tuple[ECGClassifier, TrainResult]:
-    """Adapt the head to ``new_space``, then train the parts ``mode`` selects."""
+    """Adapt the head to ``new_space``, then train the parts ``settings.mode`` selects."""
     adapt_head(model, old_space, new_space)
-    groups = param_groups(model, mode, train_cfg.lr, k, lr_decay)
+    groups = param_groups(model, settings.mode, settings.train.lr, settings.k)
     chosen = {id(p) for group in groups for p in group["params"]}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
+    trainer = Trainer(settings.train, new_space.labels, progress, param_groups=groups)
     try:
-        result = train(
-            model,
-            train_ds,
-            val_ds,
-            train_cfg,
-            device=device,
-            progress=progress,
-            param_groups=groups,
-            labels=new_space.labels,
-        )
+        result = trainer.fit(model, train_ds, val_ds)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -131,9 +119,7 @@ def finetune_at_site(
         new_space,
         site.dataset("train", new_space),
         val,
-        settings.mode,
-        settings.train,
-        k=settings.k,
+        settings,
         progress=False,
     )
     return model, result, score(model, val, site.dataset("test", new_space), new_space.labels)

@@ -246,129 +246,202 @@ def _validate(
     return loss, compute_metrics(probs, y, mask, labels)
 
 
-def train(
-    model: ECGClassifier,
-    train_ds: Dataset,
-    val_ds: Dataset | None,
-    cfg: TrainConfig,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    proximal_to: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
-    param_groups: list[dict] | None = None,
-    labels: Sequence[str] | None = None,
-    dp: dpsgd.DPSGDSettings | None = None,
-    dp_rounds: int = 1,
-) -> TrainResult:
-    """Train ``model`` in place and return its per-epoch history.
+class _Objective:
+    """One batch's loss: masked BCE (class-weighted if asked), or per-record BCE under DP-SGD,
+    plus FedProx's (mu/2)*||w - w_global||^2 pull towards the global weights."""
 
-    ``proximal_to`` (the global weights) adds FedProx's (mu/2)*||w - w_global||^2.
-    ``param_groups`` (optimizer groups, e.g. per-block learning rates) replaces the default of
-    every parameter that requires grad at ``cfg.lr``. ``labels`` names per-class metrics.
-    ``dp`` trains with DP-SGD (``common.dpsgd``): per-record clipping, noise, Poisson batches;
-    its ``target_epsilon`` is spread over ``dp_rounds`` calls like this one.
+    def __init__(self, net: nn.Module, private: bool, pos_weight, anchors: list, mu: float):
+        self.net, self.private, self.pos_weight = net, private, pos_weight
+        self.anchors, self.mu = anchors, mu
+
+    def __call__(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what to minimise, the data loss alone: comparable with the validation loss)."""
+        logits = self.net(x)
+        if self.private:
+            loss = per_record_bce(logits, y, mask)
+        else:
+            loss = masked_bce(logits, y, mask, self.pos_weight)
+        if self.anchors and self.mu > 0:
+            drift = sum((p - ref).pow(2).sum() for p, ref in self.anchors)
+            return loss + self.mu / 2 * drift, loss
+        return loss, loss
+
+
+class _EarlyStopping:
+    """Tracks the best epoch by validation macro AUC (or -loss); with a patience, keeps its
+    weights and says when to stop."""
+
+    def __init__(self, patience: int | None, result: TrainResult) -> None:
+        self.patience, self.result = patience, result
+        self.stale, self.best_state = 0, None
+
+    def update(self, epoch: int, val_loss: float, metrics: Metrics, model: nn.Module) -> None:
+        score = metrics.macro_auc if metrics.macro_auc is not None else -val_loss
+        if self.result.best_score is None or score > self.result.best_score:
+            self.result.best_score, self.result.best_epoch, self.stale = score, epoch, 0
+            self.result.val_metrics = metrics
+            if self.patience is not None:
+                self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.stale += 1
+
+    def stop(self) -> bool:
+        return self.patience is not None and self.stale >= self.patience
+
+
+@dataclass
+class Trainer:
+    """How to train: ``cfg`` plus what a caller adds. One loop serves the centralized baseline,
+    federated sites and fine-tuning.
+
+    ``proximal_to`` (the global weights) adds FedProx's term. ``param_groups`` (optimizer
+    groups, e.g. per-block learning rates) replaces the default of every parameter that
+    requires grad at ``cfg.lr``. ``labels`` names per-class metrics. ``dp`` trains with DP-SGD
+    (``common.dpsgd``): per-record clipping, noise, Poisson batches; its ``target_epsilon`` is
+    spread over ``dp_rounds`` calls like this one.
     """
-    check(cfg, "training settings")
-    if cfg.early_stopping_patience is not None and val_ds is None:
-        raise ValueError("early stopping needs a validation set")
-    private = dp is not None and dp.enabled
-    if private and (proximal_to is not None or cfg.class_weights != "none" or cfg.max_grad_norm):
-        raise ValueError(
-            "DP-SGD clips per-record gradients itself and cannot account for FedProx's term, "
-            "class weights computed from the data, or max_grad_norm: turn those off"
-        )
-    device = torch.device(device) if device is not None else default_device()
-    seed_everything(cfg.seed)
-    model.to(device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=generator,
-        num_workers=cfg.num_workers,
-        # A last batch of one sample would make BatchNorm fail (DP-SGD models have none).
-        drop_last=not private and len(train_ds) % cfg.batch_size == 1,
-    )
-    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    optimizer = _make_optimizer(groups, cfg)
-    net: nn.Module = model
-    result = TrainResult(n_train=len(train_ds))
-    if private:
-        result.dp_steps = dpsgd.plan(dp, len(train_ds), cfg.batch_size, cfg.epochs, dp_rounds)
-        net, optimizer, loader = dpsgd.make_private(
-            model, optimizer, loader, result.dp_steps, dp.max_grad_norm
-        )
-    scheduler = _make_scheduler(optimizer, cfg, max(1, cfg.epochs * len(loader)))
-    pos_weight = (
-        _balanced_pos_weight(train_ds, cfg.batch_size).to(device)
-        if cfg.class_weights == "balanced"
-        else None
-    )
-    anchors = _reference_weights(model, proximal_to, device) if proximal_to is not None else []
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
 
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
+    cfg: TrainConfig
+    labels: Sequence[str] | None = None
+    progress: bool = True
+    proximal_to: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None
+    param_groups: list[dict] | None = None
+    dp: dpsgd.DPSGDSettings | None = None
+    dp_rounds: int = 1
+
+    @property
+    def private(self) -> bool:
+        return self.dp is not None and self.dp.enabled
+
+    def _check(self, val_ds: Dataset | None) -> None:
+        check(self.cfg, "training settings")
+        if self.cfg.early_stopping_patience is not None and val_ds is None:
+            raise ValueError("early stopping needs a validation set")
+        cfg = self.cfg
+        if self.private and (
+            self.proximal_to is not None or cfg.class_weights != "none" or cfg.max_grad_norm
+        ):
+            raise ValueError(
+                "DP-SGD clips per-record gradients itself and cannot account for FedProx's term, "
+                "class weights computed from the data, or max_grad_norm: turn those off"
+            )
+
+    def _loader(self, train_ds: Dataset, generator: torch.Generator) -> DataLoader:
+        return DataLoader(
+            train_ds,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.cfg.num_workers,
+            # A last batch of one sample would make BatchNorm fail (DP-SGD models have none).
+            drop_last=not self.private and len(train_ds) % self.cfg.batch_size == 1,
+        )
+
+    def fit(self, model: ECGClassifier, train_ds: Dataset, val_ds: Dataset | None) -> TrainResult:
+        """Train ``model`` in place and return its per-epoch history."""
+        self._check(val_ds)
+        cfg, device = self.cfg, default_device()
+        seed_everything(cfg.seed)
+        model.to(device)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = self._loader(train_ds, generator)
+        groups = self.param_groups or [
+            {"params": [p for p in model.parameters() if p.requires_grad]}
+        ]
+        optimizer = _make_optimizer(groups, cfg)
+        net: nn.Module = model
+        result = TrainResult(n_train=len(train_ds))
+        if self.private:
+            result.dp_steps = dpsgd.plan(
+                self.dp, len(train_ds), cfg.batch_size, cfg.epochs, self.dp_rounds
+            )
+            net, optimizer, loader = dpsgd.make_private(
+                model, optimizer, loader, result.dp_steps, self.dp.max_grad_norm
+            )
+        scheduler = _make_scheduler(optimizer, cfg, max(1, cfg.epochs * len(loader)))
+        steps = _Steps(optimizer, scheduler, cfg.max_grad_norm)
+        objective = self._objective(net, model, train_ds, device)
+        self._epochs(model, (loader, generator), objective, steps, val_ds, result)
+        if self.private:
+            optimizer.zero_grad(set_to_none=True)  # drops the per-record gradients too
+            net.remove_hooks()
+        return result
+
+    def _objective(self, net, model, train_ds, device) -> _Objective:
+        pos_weight = (
+            _balanced_pos_weight(train_ds, self.cfg.batch_size).to(device)
+            if self.cfg.class_weights == "balanced"
+            else None
+        )
+        anchors = (
+            _reference_weights(model, self.proximal_to, device)
+            if self.proximal_to is not None
+            else []
+        )
+        return _Objective(net, self.private, pos_weight, anchors, self.cfg.proximal_mu)
+
+    def _epochs(self, model, data, objective, steps, val_ds, result: TrainResult) -> None:
+        """Up to ``cfg.epochs`` epochs, each validated; early stopping restores the best."""
+        stopping = _EarlyStopping(self.cfg.early_stopping_patience, result)
+        metrics = None
+        for epoch in range(1, self.cfg.epochs + 1):
+            started = time.perf_counter()
+            record = {"epoch": epoch, **self._epoch(model, data, objective, steps, epoch)}
+            if val_ds is not None:
+                val_loss, metrics = _validate(
+                    model, val_ds, self.cfg, default_device(), self.labels
+                )
+                record.update({"val_loss": val_loss, **metrics.flat("val_")})
+                stopping.update(epoch, val_loss, metrics, model)
+            record["seconds"] = time.perf_counter() - started
+            result.history.append(record)
+            if self.progress:
+                tqdm.write(_summary(record), file=sys.stderr)
+            if stopping.stop():
+                result.stopped_early = epoch < self.cfg.epochs
+                break
+        if stopping.best_state is not None:
+            model.load_state_dict(stopping.best_state)
+        elif metrics is not None:
+            result.val_metrics = metrics
+
+    def _epoch(self, model: ECGClassifier, data, objective, steps, epoch: int) -> dict:
+        """One pass over the data (a loader and the generator of its random crops): the mean
+        data loss and the learning rate at its end."""
+        loader, generator = data
+        device = default_device()
         model.train()
         _freeze_frozen_batchnorm(model)
         total, batches = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        desc = f"epoch {epoch}/{self.cfg.epochs}"
+        bar = tqdm(loader, desc=desc, disable=not self.progress, leave=False)
         for x, y, mask in bar:
             _require_length(x, model.input_length)
             x = random_crop(x, model.input_length, generator)
-            x, y, mask = x.to(device), y.to(device), mask.to(device)
-            if private:
-                loss = per_record_bce(net(x), y, mask)
-            else:
-                loss = masked_bce(net(x), y, mask, pos_weight)
-            objective = loss
-            if anchors and cfg.proximal_mu > 0:
-                drift = sum((p - ref).pow(2).sum() for p, ref in anchors)
-                objective = loss + cfg.proximal_mu / 2 * drift
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            total += loss.item()  # the data loss alone, comparable with val_loss
+            minimise, loss = objective(x.to(device), y.to(device), mask.to(device))
+            steps.take(minimise)
+            total += loss.item()
             batches += 1
             bar.set_postfix(loss=f"{total / batches:.4f}")
-        record = {
-            "epoch": epoch,
-            "train_loss": total / batches if batches else None,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        metrics = None
-        if val_ds is not None:
-            val_loss, metrics = _validate(model, val_ds, cfg, device, labels)
-            record.update({"val_loss": val_loss, **metrics.flat("val_")})
-            score = metrics.macro_auc if metrics.macro_auc is not None else -val_loss
-            if result.best_score is None or score > result.best_score:
-                result.best_score, result.best_epoch, stale = score, epoch, 0
-                result.val_metrics = metrics
-                if cfg.early_stopping_patience is not None:
-                    best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-        record["seconds"] = time.perf_counter() - started
-        result.history.append(record)
-        if progress:
-            tqdm.write(_summary(record), file=sys.stderr)
-        if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
-            result.stopped_early = epoch < cfg.epochs
-            break
-    if private:
-        optimizer.zero_grad(set_to_none=True)  # drops the per-record gradients too
-        net.remove_hooks()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    elif metrics is not None:
-        result.val_metrics = metrics
-    return result
+        lr = steps.optimizer.param_groups[0]["lr"]
+        return {"train_loss": total / batches if batches else None, "lr": lr}
+
+
+class _Steps:
+    """Optimizer steps: gradients, optional clipping, the optimizer, the per-batch schedule."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler, max_norm: float | None):
+        self.optimizer, self.scheduler, self.max_norm = optimizer, scheduler, max_norm
+        self.trainable = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def take(self, objective: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if self.max_norm is not None:
+            nn.utils.clip_grad_norm_(self.trainable, self.max_norm)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
 
 def _summary(record: dict) -> str:

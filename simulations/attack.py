@@ -25,7 +25,7 @@ from typing import Annotated
 import numpy as np
 
 from client.attack import KINDS, Attack
-from common import config
+from common import config, protocol
 from common.config import Seed, at_least
 from common.experiment import MAX_SITES, STRATEGIES
 from simulations import run as sim
@@ -118,11 +118,11 @@ def honest_means(run_dir: Path, bad: list[int]) -> dict[str, float | None]:
     honest = {n for i, n in enumerate(_site_names(run_dir)) if i not in bad}
     summary = json.loads((run_dir / "summary.json").read_text())
     out = {}
-    for key in ("before", "after"):
+    for key, auc in (("before", protocol.BEFORE_MACRO_AUC), ("after", protocol.AFTER_MACRO_AUC)):
         values = [
-            m[f"{key}-macro-auc"]
+            m[auc]
             for site, m in summary["finetune"].items()
-            if site in honest and m[f"{key}-macro-auc"] is not None
+            if site in honest and m[auc] is not None
         ]
         values = [v for v in values if not math.isnan(v)]
         out[key] = round(float(np.mean(values)), 4) if values else None

@@ -21,7 +21,7 @@ from common.labels import LabelSpace
 from common.metrics import Metrics
 from common.models import ECGClassifier
 from common.site import SiteData
-from common.training import train
+from common.training import Trainer
 
 log = logging.getLogger("ecgfl.baselines")
 
@@ -42,7 +42,7 @@ def local_only(experiment: ExperimentConfig, site: SiteData) -> Metrics:
     epochs = _epochs(experiment) + experiment.finetune.train.epochs
     cfg = replace(experiment.local, epochs=epochs)
     val = site.dataset("val", space)
-    train(model, site.dataset("train", space), val, cfg, progress=False, labels=space.labels)
+    Trainer(cfg, space.labels, progress=False).fit(model, site.dataset("train", space), val)
     return score(model, val, site.dataset("test", space), space.labels)
 
 
@@ -55,13 +55,8 @@ def centralized(
     pooled = ConcatDataset([s.dataset("train", space) for s in sites])
     pooled_val = ConcatDataset([s.dataset("val", space) for s in sites])
     cfg = replace(experiment.local, epochs=_epochs(experiment))
-    train(
-        model,
-        pooled,
-        pooled_val if len(pooled_val) else None,
-        cfg,
-        progress=False,
-        labels=space.labels,
+    Trainer(cfg, space.labels, progress=False).fit(
+        model, pooled, pooled_val if len(pooled_val) else None
     )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     target = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space

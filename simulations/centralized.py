@@ -34,7 +34,7 @@ from common.labels import LabelSpace
 from common.metrics import Metrics
 from common.models import ECGClassifier
 from common.site import SiteData
-from common.training import TrainResult, default_device, train
+from common.training import Trainer, TrainResult, default_device
 from simulations.run import synthetic_source
 from simulations.synth.network import PtbxlLikeSpec, TisNetworkSpec
 
@@ -145,29 +145,20 @@ def run_seed(
     _say(f"seed {seed}: {ARMS['target_only']} ...")
     started = time.perf_counter()
     model = _fresh_model(experiment, space, seed)
-    result = train(model, data.train, data.val, local, progress=progress, labels=labels)
+    result = Trainer(local, labels, progress).fit(model, data.train, data.val)
     done("target_only", score(model, data.val, data.test, labels), _trained(result, started))
 
     _say(f"seed {seed}: pretraining on the TIS-like network ...")
     started = time.perf_counter()
     model = _fresh_model(experiment, space, seed)
-    result = train(model, data.tis_train, data.tis_val, local, progress=progress, labels=labels)
+    result = Trainer(local, labels, progress).fit(model, data.tis_train, data.tis_val)
     done("pretrained", score(model, data.val, data.test, labels), _trained(result, started))
 
     _say(f"seed {seed}: fine-tuning on the target ...")
     started = time.perf_counter()
     ft = experiment.finetune
-    model, result = finetune(
-        model,
-        space,
-        space,
-        data.train,
-        data.val,
-        ft.mode,
-        replace(ft.train, seed=seed),
-        k=ft.k,
-        progress=progress,
-    )
+    settings = replace(ft, train=replace(ft.train, seed=seed))
+    model, result = finetune(model, space, space, data.train, data.val, settings, progress)
     training = _trained(result, started)
     training["pretraining_epochs"] = out["pretrained"]["training"]["epochs"]
     done("finetuned", score(model, data.val, data.test, labels), training)

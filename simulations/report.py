@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import protocol
 from common.metrics import Metrics
 from common.site import SiteData
 
@@ -43,9 +44,12 @@ def site_rows(
                 r["round"] for r in summary["rounds"] if site.name not in r.get("sites", [])
             ],
         }
-        for key in ("before", "after"):
-            row[f"{key}_auc"] = _num(fed.get(f"{key}-macro-auc"))
-            row[f"{key}_f1"] = _num(fed.get(f"{key}-macro-f1"))
+        for key, auc, f1 in (
+            ("before", protocol.BEFORE_MACRO_AUC, protocol.BEFORE_MACRO_F1),
+            ("after", protocol.AFTER_MACRO_AUC, protocol.AFTER_MACRO_F1),
+        ):
+            row[f"{key}_auc"] = _num(fed.get(auc))
+            row[f"{key}_f1"] = _num(fed.get(f1))
         for key, source in (("local", local), ("central", central)):
             m = source.get(site.name)
             row[f"{key}_auc"] = m.macro_auc if m else None

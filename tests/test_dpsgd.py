@@ -21,7 +21,7 @@ from common.hospital import HospitalConfig, SitePolicy
 from common.models import build_model
 from common.protocol import Job
 from common.site import SiteData
-from common.training import TrainConfig, train
+from common.training import TrainConfig, Trainer
 from server.rounds import RoundState, checkpoint_path
 from simulations import run as sim
 
@@ -51,7 +51,9 @@ def test_dp_sgd_still_learns_an_easy_task_and_reports_its_steps():
     dp = dpsgd.DPSGDSettings(noise_multiplier=0.5, max_grad_norm=1.0)
     cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3)
     model = group_model()
-    result = train(model, rhythm_task(256), rhythm_task(128, seed=1), cfg, progress=False, dp=dp)
+    result = Trainer(cfg, progress=False, dp=dp).fit(
+        model, rhythm_task(256), rhythm_task(128, seed=1)
+    )
     assert result.val_metrics.macro_auc > 0.8
     assert result.dp_steps == dpsgd.Steps(0.5, 1 / 8, 24)
     # Opacus' hooks are gone: the model is a plain module again (exportable, picklable).
@@ -64,7 +66,7 @@ def _one_step_norm(dp: dpsgd.DPSGDSettings | None) -> float:
     model = group_model()
     before = parameters_to_vector(model.parameters()).detach().clone()
     cfg = TrainConfig(epochs=1, batch_size=64, lr=1.0, optimizer="sgd")
-    train(model, sine_task(64), None, cfg, progress=False, dp=dp)
+    Trainer(cfg, progress=False, dp=dp).fit(model, sine_task(64), None)
     return float((parameters_to_vector(model.parameters()) - before).norm())
 
 
@@ -112,28 +114,17 @@ def test_ledger_keeps_every_stretch_across_reopenings(tmp_path):
 def test_batchnorm_models_are_refused_by_name():
     model = build_model("ribeiro_resnet", n_classes=2, input_length=LENGTH, width=0.125)
     with pytest.raises(ValueError, match="GroupNorm"):
-        train(
-            model,
-            sine_task(64),
-            None,
-            TrainConfig(epochs=1),
-            progress=False,
-            dp=dpsgd.DPSGDSettings(noise_multiplier=1.0),
-        )
+        Trainer(
+            TrainConfig(epochs=1), progress=False, dp=dpsgd.DPSGDSettings(noise_multiplier=1.0)
+        ).fit(model, sine_task(64), None)
 
 
 def test_dp_sgd_refuses_what_it_cannot_account_for():
     dp = dpsgd.DPSGDSettings(noise_multiplier=1.0)
     with pytest.raises(ValueError, match="FedProx"):
-        train(
-            group_model(),
-            sine_task(64),
-            None,
-            TrainConfig(epochs=1),
-            progress=False,
-            proximal_to=group_model().state_dict(),
-            dp=dp,
-        )
+        Trainer(
+            TrainConfig(epochs=1), progress=False, proximal_to=group_model().state_dict(), dp=dp
+        ).fit(group_model(), sine_task(64), None)
     base = {"model": {"norm": "group"}, "federation": {"dp_sgd": {"noise_multiplier": 1.0}}}
     from_dict(ExperimentConfig, base, "ok")
     for bad in ({"model": {"norm": "batch"}}, {"local": {"class_weights": "balanced"}}):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from common.experiment import FinetuneSettings
 from common.finetune import adapt_head, finetune, param_groups
 from common.labels import LabelSpace
 from common.models import build_model
@@ -53,9 +54,8 @@ def test_head_mode_leaves_the_body_unchanged_including_batchnorm_statistics():
     model = pretrained()
     body_before = _snapshot(model.blocks)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2)
-    model, result = finetune(
-        model, OLD, NEW, site_data(), site_data(16), "head", cfg, progress=False
-    )
+    settings = FinetuneSettings(mode="head", train=cfg)
+    model, result = finetune(model, OLD, NEW, site_data(), site_data(16), settings, progress=False)
     body_after = model.blocks.state_dict()
     assert all(torch.equal(body_before[k], body_after[k]) for k in body_before)
     assert math.isfinite(result.history[-1]["train_loss"])
@@ -65,17 +65,8 @@ def test_head_mode_leaves_the_body_unchanged_including_batchnorm_statistics():
 def test_last_k_trains_only_the_last_blocks_and_the_head():
     model = pretrained("ribeiro_resnet")
     before = [_snapshot(block) for block in model.blocks]
-    finetune(
-        model,
-        OLD,
-        NEW,
-        site_data(),
-        None,
-        "last_k",
-        TrainConfig(epochs=1, batch_size=8),
-        k=2,
-        progress=False,
-    )
+    settings = FinetuneSettings(mode="last_k", k=2, train=TrainConfig(epochs=1, batch_size=8))
+    finetune(model, OLD, NEW, site_data(), None, settings, progress=False)
     changed = [
         any(not torch.equal(before[i][k], v) for k, v in block.state_dict().items())
         for i, block in enumerate(model.blocks)

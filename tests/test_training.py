@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 from common.config import ConfigError, from_dict
 from common.metrics import compute_metrics
 from common.models import build_model
-from common.training import TrainConfig, evaluate, masked_bce, train
+from common.training import TrainConfig, Trainer, evaluate, masked_bce
 
 LENGTH = 256
 
@@ -64,7 +64,7 @@ def test_pos_weight_scales_positive_terms():
 
 def test_tiny_model_learns_an_easy_task_within_seconds():
     cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3)
-    result = train(tiny_model(), sine_task(256), sine_task(128, seed=1), cfg, progress=False)
+    result = Trainer(cfg, progress=False).fit(tiny_model(), sine_task(256), sine_task(128, seed=1))
     assert result.val_metrics.macro_auc > 0.9
     assert len(result.history) == 3 and result.n_train == 256
     json.dumps(result.history)
@@ -75,7 +75,7 @@ def test_early_stopping_restores_the_best_epoch():
     cfg = TrainConfig(epochs=15, batch_size=32, lr=3e-3, early_stopping_patience=2)
     model = tiny_model()
     val = sine_task(64, seed=1, invert=True)
-    result = train(model, sine_task(128), val, cfg, progress=False)
+    result = Trainer(cfg, progress=False).fit(model, sine_task(128), val)
     assert result.stopped_early
     assert len(result.history) == result.best_epoch + 2
     aucs = [h["val_macro_auc"] for h in result.history]
@@ -94,13 +94,8 @@ def test_proximal_term_keeps_weights_near_the_reference():
     for mu in (0.0, 200.0):
         model = tiny_model()
         reference = [p.detach().clone() for p in model.parameters()]
-        train(
-            model,
-            sine_task(128),
-            None,
-            TrainConfig(**cfg, proximal_mu=mu),
-            progress=False,
-            proximal_to=reference,
+        Trainer(TrainConfig(**cfg, proximal_mu=mu), progress=False, proximal_to=reference).fit(
+            model, sine_task(128), None
         )
         drifts[mu] = _drift(model, reference)
     assert drifts[200.0] < 0.2 * drifts[0.0]
@@ -110,7 +105,7 @@ def test_proximal_reference_may_be_a_state_dict():
     model = tiny_model()
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, optimizer="sgd", proximal_mu=50.0)
-    train(model, sine_task(64), None, cfg, progress=False, proximal_to=reference)
+    Trainer(cfg, progress=False, proximal_to=reference).fit(model, sine_task(64), None)
     assert _drift(model, [reference[n] for n, _ in model.named_parameters()]) < 1.0
 
 
@@ -126,12 +121,8 @@ def test_sliding_windows_take_the_max_over_windows_covering_the_record():
 
 def test_training_on_longer_records_uses_random_crops():
     cfg = TrainConfig(epochs=1, batch_size=16)
-    result = train(
-        tiny_model(length=100),
-        sine_task(32, length=250),
-        sine_task(16, length=250),
-        cfg,
-        progress=False,
+    result = Trainer(cfg, progress=False).fit(
+        tiny_model(length=100), sine_task(32, length=250), sine_task(16, length=250)
     )
     assert result.val_metrics.n_samples == 16
 
@@ -151,7 +142,7 @@ def test_every_optimizer_scheduler_and_class_weighting_runs():
             class_weights="balanced",
             max_grad_norm=1.0,
         )
-        result = train(tiny_model(), sine_task(33), None, cfg, progress=False)
+        result = Trainer(cfg, progress=False).fit(tiny_model(), sine_task(33), None)
         assert math.isfinite(result.history[0]["train_loss"])
 
 
@@ -164,6 +155,6 @@ def test_train_config_rejects_bad_values_with_the_key():
 
 def test_an_empty_validation_set_gives_no_scores_instead_of_a_crash():
     empty = TensorDataset(torch.zeros(0, 12, LENGTH), torch.zeros(0, 2), torch.zeros(0, 2))
-    result = train(tiny_model(), sine_task(16), empty, TrainConfig(epochs=1), progress=False)
+    result = Trainer(TrainConfig(epochs=1), progress=False).fit(tiny_model(), sine_task(16), empty)
     assert result.val_metrics.macro_auc is None
     assert result.val_metrics.per_class["0"]["reason"] == "no annotated samples"
