@@ -16,6 +16,7 @@ COMMANDS = {
     "finetune": ("client.commands.finetune", "fine-tune a model on this site's data and keep it"),
     "predict": ("client.commands.predict", "per-label probabilities for ECG record files"),
     "export": ("client.commands.export", "export a model to ONNX, verified with onnxruntime"),
+    "dashboard": ("client.commands.dashboard", "a read-only web page of audit log, data, models"),
 }
 
 

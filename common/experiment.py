@@ -143,6 +143,15 @@ class FinetuneSettings:
 
 
 @dataclass
+class TrackingSettings:
+    """Where the coordinator also reports the run (server/tracking.py); off by default. A value
+    without a URI scheme is a folder, relative to the runs folder."""
+
+    mlflow: str | None = None  # an MLflow tracking URI, or a folder for a local store
+    tensorboard: str | None = None  # a folder: event files per run
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     labels: Annotated[str, Local(label_space)] = "seed6"
@@ -151,6 +160,7 @@ class ExperimentConfig:
     local: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationSettings = field(default_factory=FederationSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @classmethod
     def load(cls, path: str | Path | None) -> ExperimentConfig:

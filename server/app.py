@@ -21,7 +21,7 @@ from common.experiment import ExperimentConfig
 from common.finetune import adapt_head
 from common.labels import LabelSpace
 from common.protocol import Job
-from server import privacy, report
+from server import privacy, report, tracking
 from server.rounds import (
     FAILURES_LOG,
     MetricsLog,
@@ -80,7 +80,8 @@ def main(grid: Grid, context: Context) -> None:
     space = LabelSpace.load(experiment.labels)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     record_flower_run(run_dir, context.run_id)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    tracker = tracking.Tracker(experiment, run_dir)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", tracker.entry)
     last = latest_checkpoint(run_dir) if context.run_config.get("resume") else None
     if last:
         state = RoundState.load(last)
@@ -115,6 +116,7 @@ def main(grid: Grid, context: Context) -> None:
         state = loop.run(state)
     except RunStopped:  # a site always fails, or too few are left: nothing comparable to tune
         report.write(run_dir, metrics.read(), experiment)
+        tracker.finish(run_dir, stopped=True)
         return
 
     log.info("fine-tuning the global model at every site")
@@ -131,3 +133,4 @@ def main(grid: Grid, context: Context) -> None:
     metrics.write({"round": state.round, "phase": "finetune", "sites": per_site, "failed": failed})
     report.write(run_dir, metrics.read(), experiment)
     privacy.append_to_report(run_dir, metrics.read())
+    tracker.finish(run_dir)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("server.commands.status", "the coordinator's processes, hospitals online, runs"),
     "logs": ("server.commands.logs", "a run's log"),
     "stop": ("server.commands.stop", "stop a run, or the whole coordinator"),
+    "dashboard": ("server.commands.dashboard", "a read-only web dashboard of the runs"),
 }
 
 

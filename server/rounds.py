@@ -107,12 +107,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 class MetricsLog:
     """``metrics.jsonl``: one line per phase of every round, appended as it happens."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_write: Callable[[dict], None] | None = None) -> None:
         self.path = path
+        self.on_write = on_write  # e.g. the experiment's tracking sinks (server/tracking.py)
 
     def write(self, entry: dict) -> None:
+        entry = {**entry, "time": round(time.time(), 3)}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps({**entry, "time": round(time.time(), 3)}) + "\n")
+            fh.write(json.dumps(entry) + "\n")
+        if self.on_write is not None:
+            self.on_write(entry)
 
     def truncate_after(self, rnd: int) -> None:
         """Forget entries of rounds after ``rnd`` (a resumed run redoes them)."""

@@ -38,7 +38,7 @@ def entries(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     found = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         with contextlib.suppress(json.JSONDecodeError):
             found.append(json.loads(line))
     return found
@@ -134,3 +134,51 @@ def last_seen(folders: list[RunFolder]) -> dict[str, str]:
             for f in e.get("failed", []):
                 seen[f["site"]] = f"{where} (failed)"
     return seen
+
+
+def _entry_shape(e: object) -> dict | None:
+    """``e`` if it has the shape MetricsLog writes (a hand-edited or foreign line may not)."""
+    if not isinstance(e, dict) or not isinstance(e.get("round"), int):
+        return None
+    if not isinstance(e.get("phase"), str):
+        return None
+    sites = e.get("sites", {})
+    failed = e.get("failed", [])
+    if not isinstance(sites, dict) or not all(isinstance(m, dict) for m in sites.values()):
+        return None
+    if not isinstance(failed, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("site"), str) for f in failed
+    ):
+        return None
+    aggregate = e.get("aggregate")
+    return {
+        **e,
+        "sites": sites,
+        "failed": [{**f, "reason": str(f.get("reason", ""))} for f in failed],
+        "aggregate": aggregate if isinstance(aggregate, dict) else None,
+    }
+
+
+def checked_entries(run_dir: Path) -> list[dict]:
+    """metrics.jsonl entries of the expected shape only: a page built from them cannot fail on
+    a line that is malformed (those are left out)."""
+    return [e for e in map(_entry_shape, entries(run_dir)) if e is not None]
+
+
+def partition_counts(run_dir: Path) -> dict[str, dict[str, int]]:
+    """A simulation's sites -> label -> records (``partition/partition.json``); {} when absent."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((run_dir / "partition" / "partition.json").read_text())
+        if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+            return data
+    return {}
+
+
+def last_update(run_dir: Path) -> float | None:
+    """When the run last wrote its metrics or summary (a Unix time), None before either."""
+    times = [
+        (run_dir / name).stat().st_mtime
+        for name in ("metrics.jsonl", "summary.json")
+        if (run_dir / name).exists()
+    ]
+    return max(times, default=None)

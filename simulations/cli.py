@@ -16,6 +16,7 @@ COMMANDS = {
         "simulations.commands.centralized",
         "the paper's pretrain/fine-tune experiment",
     ),
+    "dashboard": ("simulations.commands.dashboard", "a read-only web dashboard of run folders"),
 }
 
 

@@ -1,0 +1,247 @@
+"""Dashboard start-up and page times on a large run: a synthetic run folder of 100 rounds x 64
+sites (written by the real MetricsLog), served by ``ecgfl-simulate dashboard`` in its own process.
+
+Start-up: from launching the command to the first page answered. Page: the server's answer to the
+callback that draws a page (what a browser waits for), median of 5; with Chromium installed, also
+the time until a browser has drawn the run page with its charts.
+
+    .venv/bin/python benchmarks/bench_dashboard.py [--rounds 100] [--sites 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from server.rounds import MetricsLog
+
+BIN = Path(sys.executable).parent
+LABELS = ("NORM", "1AVB", "CRBBB", "CLBBB", "SBRAD", "STACH", "AFIB")
+
+
+def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
+    """A finished run folder with per-site metrics like the real ones, some failures, DP."""
+    rng = random.Random(seed)
+    names = [f"site-{i:02d}" for i in range(sites)]
+    path.mkdir(parents=True)
+    (path / "experiment.yaml").write_text(yaml.safe_dump({"federation": {"rounds": rounds}}))
+    log = MetricsLog(path / "metrics.jsonl")
+    for rnd in range(1, rounds + 1):
+        down = {names[rng.randrange(sites)]} if rnd % 7 == 0 else set()
+        up = [n for n in names if n not in down]
+        failed = [{"site": n, "reason": f"no reply within 600 s (round {rnd})"} for n in down]
+        train = {
+            n: {
+                "num-examples": 200.0,
+                "train-loss": 0.7 / (1 + rnd / 20) + rng.random() / 20,
+                "positives": [float(rng.randrange(50)) for _ in LABELS],
+                "annotated": [200.0] * len(LABELS),
+                "bytes-up": 431908,
+            }
+            for n in up
+        }
+        loss = statistics.mean(m["train-loss"] for m in train.values())
+        privacy = {"epsilon": 0.1 * rnd, "delta": 1e-5, "releases": rnd, "max-epsilon": 12.0}
+        log.write(
+            {
+                "round": rnd,
+                "phase": "train",
+                "sites": train,
+                "failed": failed,
+                "aggregate": {"train-loss": loss},
+                "privacy": {**privacy, "noise-multiplier": 1.1, "clipping-norm": 1.0},
+                "bytes-down": 431908,
+                "seconds": 30.0,
+            }
+        )
+        evaluate = {
+            n: {
+                "num-examples": 40.0,
+                "val-loss": 0.6,
+                "macro-auc": 0.6 + rnd / 400 + rng.random() / 20,
+            }
+            for n in up
+        }
+        agg = {
+            "val-loss": 0.6,
+            "macro-auc": statistics.mean(m["macro-auc"] for m in evaluate.values()),
+        }
+        log.write(
+            {
+                "round": rnd,
+                "phase": "evaluate",
+                "sites": evaluate,
+                "failed": failed,
+                "aggregate": agg,
+            }
+        )
+    tuned = {
+        n: {
+            "num-examples": 40.0,
+            "train-examples": 200.0,
+            "before-macro-auc": 0.8,
+            "before-macro-f1": 0.4,
+            "after-macro-auc": 0.85,
+            "after-macro-f1": 0.45,
+        }
+        for n in names
+    }
+    log.write({"round": rounds, "phase": "finetune", "sites": tuned, "failed": []})
+    counts = {n: {"records": 250, **{lab: rng.randrange(60) for lab in LABELS}} for n in names}
+    (path / "partition").mkdir()
+    (path / "partition" / "partition.json").write_text(json.dumps(counts))
+    (path / "summary.json").write_text(json.dumps({"stopped": None}))
+    (path / "report.md").write_text(f"# Federated run {path.name}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def page_request(url: str, path: str, search: str = "") -> float:
+    """Seconds for the server to draw one page (the callback a browser calls on load)."""
+    payload = {
+        "output": "..page.children...shown.data..",
+        "outputs": [{"id": "page", "property": "children"}, {"id": "shown", "property": "data"}],
+        "inputs": [
+            {"id": "url", "property": "pathname", "value": path},
+            {"id": "url", "property": "search", "value": search},
+            {"id": "tick", "property": "n_intervals", "value": None},
+        ],
+        "changedPropIds": ["url.pathname"],
+        "state": [{"id": "shown", "property": "data", "value": None}],
+    }
+    request = urllib.request.Request(
+        url + "/_dash-update-component",
+        json.dumps(payload).encode(),
+        {"Content-Type": "application/json"},
+    )
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        size = len(reply.read())
+    elapsed = time.perf_counter() - started
+    page_request.sizes[path + search] = size  # type: ignore[attr-defined]
+    return elapsed
+
+
+page_request.sizes = {}  # type: ignore[attr-defined]
+
+
+def browser_times(url: str) -> tuple[float, float] | None:
+    """Seconds until Chromium has drawn the run page with its charts: opened by its address
+    (the app's scripts load and start), and reached from the run list's link (in the app);
+    None without Chromium."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        return None
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def drawn(d) -> bool:
+        plots = d.find_elements("css selector", ".js-plotly-plot .main-svg")
+        return len(plots) >= 4 and bool(d.find_elements("css selector", "#finetune"))
+
+    # Timed inside the page (frame by frame), so that polling from here costs the browser no CPU.
+    follow = """
+        const done = arguments[arguments.length - 1], started = performance.now();
+        document.querySelector("#runs a[href='/run/bench']").click();
+        (function check() {
+          if (document.querySelectorAll(".js-plotly-plot .main-svg").length >= 4
+              && document.querySelector("#finetune")) done(performance.now() - started);
+          else requestAnimationFrame(check);
+        })();
+    """
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_script_timeout(60)
+    opened, followed = [], []
+    try:
+        driver.get(url + "/")  # scripts in the browser's cache, as for a returning reader
+        for _ in range(3):
+            driver.get(url + "/run/bench")
+            WebDriverWait(driver, 60).until(drawn)
+            opened.append(driver.execute_script("return performance.now()") / 1000)
+            driver.get(url + "/")
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_elements("css selector", "#runs a[href='/run/bench']")
+            )
+            followed.append(driver.execute_async_script(follow) / 1000)
+        return statistics.median(opened), statistics.median(followed)
+    finally:
+        driver.quit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--sites", type=int, default=64)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ecgfl-dashboard-bench-")) / "runs"
+    try:
+        for i, name in enumerate(("bench", "bench2")):
+            write_run(root / name, args.rounds, args.sites, seed=i)
+        size = (root / "bench" / "metrics.jsonl").stat().st_size
+        print(f"run folder: {args.rounds} rounds x {args.sites} sites, metrics.jsonl {size:,} B")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [BIN / "ecgfl-simulate", "dashboard", str(root), "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/", timeout=1):
+                        break
+                except OSError:
+                    if server.poll() is not None:
+                        raise SystemExit("the dashboard exited") from None
+                    time.sleep(0.02)
+            print(f"start-up to first answer: {time.perf_counter() - started:.2f} s")
+            for path, search in (("/", ""), ("/run/bench", ""), ("/compare", "?runs=bench,bench2")):
+                times = [page_request(url, path, search) for _ in range(5)]
+                kib = page_request.sizes[path + search] / 1024  # type: ignore[attr-defined]
+                print(
+                    f"page {path}{search}: median {statistics.median(times):.3f} s, "
+                    f"max {max(times):.3f} s, {kib:,.0f} KiB"
+                )
+            shown = browser_times(url)
+            if shown is not None:
+                print(
+                    f"Chromium, run page drawn (tables + charts): opened by address "
+                    f"{shown[0]:.2f} s, from the run list's link {shown[1]:.2f} s (medians of 3)"
+                )
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    finally:
+        shutil.rmtree(root.parent, ignore_errors=True)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""The dashboard over run folders, the coordinator's and simulations' alike: the run list, a page
+per run (status, curves per round and site, failures with reasons, privacy, partition,
+fine-tuning), and 2-4 runs compared. It only reads the folders; a page redraws when they change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote
+
+from dash import Dash, Input, Output, dcc, html
+from flask import Response, abort
+
+from common.dashboard import Link, create_app, table
+from server.report import finetune_table, rounds_table
+from server.runs import RunFolder, checked_entries, last_update, partition_counts, run_folders
+
+FILES = ("report.md", "simulation.md", "experiment.yaml", "config.yaml", "failures.log")
+MAX_COMPARE = 4
+MAX_SITE_LINES = 12
+SITE_LINE = {"width": 1}
+GLOBAL_LINE = {"width": 3}
+
+
+class Catalog:
+    """The runs under the given paths (each a run folder or a folder of runs), found again on
+    every page so that a new run appears."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def runs(self) -> dict[str, RunFolder]:
+        found: dict[str, RunFolder] = {}
+        for root in self.paths:
+            own = (root / "experiment.yaml").is_file()
+            for folder in [RunFolder(root)] if own else run_folders(root):
+                key = folder.name if folder.name not in found else f"{folder.name}@{root.name}"
+                found.setdefault(key, folder)
+        return found
+
+
+def number(value: object, digits: int = 3) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def value(metrics: dict, key: str) -> float | None:
+    v = metrics.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def status(folder: RunFolder, entries: list[dict]) -> str:
+    if (folder.path / "summary.json").exists():
+        return folder.state({})
+    done = max((e["round"] for e in entries if e["phase"] == "train"), default=0)
+    when = last_update(folder.path)
+    written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "nothing yet"
+    return f"running (or interrupted): round {done} of {folder.rounds or '?'}; last write {written}"
+
+
+def site_series(entries: list[dict], phase: str, key: str) -> dict[str, tuple[list, list]]:
+    """Site -> (rounds, values) of one metric."""
+    series: dict[str, tuple[list, list]] = {}
+    for e in entries:
+        if e["phase"] != phase:
+            continue
+        for site, metrics in e["sites"].items():
+            xs, ys = series.setdefault(site, ([], []))
+            xs.append(e["round"])
+            ys.append(value(metrics, key))
+    return series
+
+
+def line(x: list, y: list, name: str, **style) -> dict:
+    """A plotly line as plain data: plotly's own objects validate every point, which takes
+    longer than drawing the page."""
+    return {"type": "scatter", "x": x, "y": y, "name": name, **style}
+
+
+def site_traces(series: dict[str, tuple[list, list]], suffix: str = "") -> list[dict]:
+    """One thin line per site; past MAX_SITE_LINES, all sites as one grey trace (named on
+    hover): a hundred traces of their own would take the browser seconds to draw."""
+    if len(series) <= MAX_SITE_LINES:
+        return [
+            line(xs, ys, f"{site}{suffix}", line=SITE_LINE, opacity=0.6)
+            for site, (xs, ys) in sorted(series.items())
+        ]
+    x: list = []
+    y: list = []
+    names: list = []
+    for site, (xs, ys) in sorted(series.items()):
+        x += [*xs, None]
+        y += [*ys, None]
+        names += [site] * len(xs) + [None]
+    return [
+        line(
+            x,
+            y,
+            f"{len(series)} sites{suffix}",
+            text=names,
+            line={"width": 1, "color": "rgba(120,120,120,0.35)"},
+            mode="lines",
+            hovertemplate="%{text}: %{y:.3f}<extra>round %{x}</extra>",
+        )
+    ]
+
+
+def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Graph:
+    last = max((x for t in traces for x in t["x"] if x is not None), default=1)
+    layout = {
+        "title": {"text": title, "x": 0.02, "xanchor": "left"},
+        "xaxis": {"title": {"text": "round"}, "tick0": 1, "dtick": max(1, math.ceil(last / 10))},
+        "yaxis": {"title": {"text": ytitle}},
+        "height": 380,
+        "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
+        "uirevision": revision,  # keeps the reader's zoom when new rounds arrive
+        "legend": {"font": {"size": 10}},
+    }
+    return dcc.Graph(
+        figure={"data": traces, "layout": layout},
+        style={"flex": "1 1 600px"},
+        config={"displaylogo": False},
+    )
+
+
+def curves(run_id: str, entries: list[dict], rows: list[dict]) -> html.Div:
+    """Loss and validation macro AUC per round: the aggregate bold, each site thin."""
+    rounds = [r["round"] for r in rows]
+    loss = [
+        line(rounds, [r.get("train_loss") for r in rows], "train loss (mean)", line=GLOBAL_LINE),
+        line(rounds, [r.get("val_loss") for r in rows], "val loss (mean)", line=GLOBAL_LINE),
+    ]
+    loss += site_traces(site_series(entries, "train", "train-loss"), " train")
+    auc = [line(rounds, [r.get("val_macro_auc") for r in rows], "global", line=GLOBAL_LINE)]
+    auc += site_traces(site_series(entries, "evaluate", "macro-auc"))
+    return html.Div(
+        [
+            figure("Loss per round", "loss", loss, run_id),
+            figure("Validation macro AUC per round", "macro AUC", auc, run_id),
+        ],
+        style={"display": "flex", "flexWrap": "wrap"},
+    )
+
+
+def privacy_section(run_id: str, entries: list[dict]) -> list:
+    """Central DP epsilon and the sites' DP-SGD epsilon after each round, and budget stops."""
+    trains = [e for e in entries if e["phase"] == "train"]
+    central = [(e["round"], e["privacy"]) for e in trains if isinstance(e.get("privacy"), dict)]
+    traces = []
+    if central:
+        epsilon = [value(p, "epsilon") for _, p in central]
+        traces.append(line([r for r, _ in central], epsilon, "central DP", line=GLOBAL_LINE))
+        budget = value(central[-1][1], "max-epsilon")
+        if budget is not None:
+            ends = [central[0][0], central[-1][0]]
+            traces.append(line(ends, [budget, budget], "budget", line={"dash": "dash"}))
+    dp_sgd = site_series(entries, "train", "dp-epsilon")
+    traces += site_traces(
+        {s: v for s, v in dp_sgd.items() if any(y is not None for y in v[1])}, " DP-SGD"
+    )
+    stops = [e for e in entries if e["phase"] == "privacy-stop"]
+    if not traces and not stops:
+        return []
+    out: list = [html.H2("Privacy budget")]
+    if traces:
+        out.append(figure("Epsilon spent after each round", "epsilon", traces, run_id))
+    out += [html.P(f"Stopped before round {e['round']}: {e.get('reason', '')}") for e in stops]
+    return out
+
+
+def partition_section(run_dir: Path) -> list:
+    counts = partition_counts(run_dir)
+    if not counts:
+        return []
+    sites = list(counts)
+    labels = [k for k in next(iter(counts.values())) if k != "records"]
+    text = [[counts[s].get(label, 0) for label in labels] for s in sites]
+    heatmap = {
+        "type": "heatmap",
+        "z": [
+            [n / max(counts[s].get("records", 0), 1) for n in row]
+            for s, row in zip(sites, text, strict=True)
+        ],
+        "x": labels,
+        "y": [f"{s} (n={counts[s].get('records', '?')})" for s in sites],
+        "text": text,
+        "texttemplate": "%{text}",
+        "colorscale": "Viridis",
+        "colorbar": {"title": {"text": "prevalence"}},
+    }
+    layout = {
+        "title": {"text": "Positives per site (colour: prevalence)"},
+        "height": max(300, 100 + 22 * len(sites)),
+        "yaxis": {"autorange": "reversed"},
+        "margin": {"l": 140, "r": 10, "t": 40, "b": 60},
+    }
+    fig = {"data": [heatmap], "layout": layout}
+    return [html.H2("Partition"), dcc.Graph(figure=fig, config={"displaylogo": False})]
+
+
+def finetune_section(entries: list[dict]) -> list:
+    sites, failed = finetune_table(entries)
+    if not sites and not failed:
+        return []
+    rows = [
+        [
+            name,
+            number(m.get("train-examples"), 0),
+            number(m.get("num-examples"), 0),
+            number(m.get("before-macro-auc")),
+            number(m.get("before-macro-f1")),
+            number(m.get("after-macro-auc")),
+            number(m.get("after-macro-f1")),
+        ]
+        for name, m in sorted(sites.items())
+    ]
+    rows += [[f["site"], f"failed: {f['reason']}", "", "", "", "", ""] for f in failed]
+    header = ["site", "train", "test", "global AUC", "global F1", "tuned AUC", "tuned F1"]
+    return [html.H2("Fine-tuning at each site (local test split)"), table(header, rows, "finetune")]
+
+
+def sites_section(entries: list[dict]) -> list:
+    """One row per site: how many rounds it answered and failed, its latest scores."""
+    seen: dict[str, dict] = {}
+    for e in entries:
+        if e["phase"] not in ("train", "evaluate"):
+            continue
+        for site, m in e["sites"].items():
+            row = seen.setdefault(site, {"train": 0, "failed": 0})
+            row["last"] = e["round"]
+            if e["phase"] == "train":
+                row["train"] += 1
+                row["loss"] = value(m, "train-loss")
+                row["up"] = m.get("bytes-up")
+            else:
+                row["auc"] = value(m, "macro-auc")
+        for f in e["failed"]:
+            row = seen.setdefault(f["site"], {"train": 0, "failed": 0})
+            row["failed"] += 1
+            row["reason"] = f"round {e['round']}: {f['reason']}"
+    rows = [
+        [
+            site,
+            r["train"],
+            r["failed"],
+            r.get("last", "-"),
+            number(r.get("loss")),
+            number(r.get("auc")),
+            number(r.get("up"), 0),
+            r.get("reason", ""),
+        ]
+        for site, r in sorted(seen.items())
+    ]
+    header = ["site", "rounds trained", "failures", "last round", "train loss", "val macro AUC"]
+    header += ["bytes up (last)", "last failure"]
+    return [html.H2("Sites"), table(header, rows, "sites")]
+
+
+def failures_section(entries: list[dict]) -> list:
+    rows = [[e["round"], e["phase"], f["site"], f["reason"]] for e in entries for f in e["failed"]]
+    stopped = [e for e in entries if e["phase"] == "stopped"]
+    if not rows and not stopped:
+        return []
+    out: list = [html.H2("Failed or refused sites")]
+    out += [
+        html.P(f"The run stopped in round {e['round']}: {e.get('reason', '')}", className="stop")
+        for e in stopped
+    ]
+    if rows:
+        out.append(table(["round", "phase", "site", "reason"], rows, "failures"))
+    return out
+
+
+def rounds_section(rows: list[dict]) -> list:
+    def sites(names: list[str]) -> str:
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        return f"{len(names)}: {shown}" if names else "-"
+
+    body = [
+        [
+            r["round"],
+            sites(r.get("sites", [])),
+            number(r.get("train_loss")),
+            number(r.get("val_loss")),
+            number(r.get("val_macro_auc")),
+            number(r.get("seconds")),
+            "; ".join(r["failed"]) or "-",
+        ]
+        for r in rows
+    ]
+    header = ["round", "sites", "train loss", "val loss", "val macro AUC", "seconds", "failed"]
+    return [html.H2("Rounds"), table(header, body, "rounds")]
+
+
+def links(run_id: str, folder: RunFolder) -> html.P:
+    files = [n for n in FILES if (folder.path / n).is_file()]
+    items: list = [dcc.Link("all runs", href="/")]
+    for name in files:
+        items += [" | ", html.A(name, href=f"/files/{quote(run_id, safe='')}/{name}")]
+    return html.P(items)
+
+
+def run_page(run_id: str, folder: RunFolder) -> list:
+    entries = checked_entries(folder.path)
+    rows = rounds_table(entries)
+    return [
+        html.H1(f"Run {run_id}"),
+        links(run_id, folder),
+        html.P(["Status: ", html.B(status(folder, entries), id="status")]),
+        curves(run_id, entries, rows),
+        *rounds_section(rows),
+        *failures_section(entries),
+        *sites_section(entries),
+        *privacy_section(run_id, entries),
+        *finetune_section(entries),
+        *partition_section(folder.path),
+    ]
+
+
+def list_page(runs: dict[str, RunFolder]) -> list:
+    rows = []
+    for run_id, folder in runs.items():
+        entries = checked_entries(folder.path)
+        trained = {s for e in entries for s in e["sites"] if e["phase"] == "train"}
+        failures = sum(len(e["failed"]) for e in entries)
+        rows.append(
+            [
+                Link(run_id, f"/run/{quote(run_id, safe='')}"),
+                status(folder, entries),
+                f"{max((e['round'] for e in entries if e['phase'] == 'train'), default=0)}"
+                f" of {folder.rounds or '?'}",
+                len(trained),
+                failures,
+            ]
+        )
+    return [
+        html.H1("ecgfl runs"),
+        table(["run", "status", "rounds", "sites", "site failures"], rows, "runs"),
+        html.H2(f"Compare 2 to {MAX_COMPARE} runs"),
+        dcc.Checklist(
+            id="pick",
+            options=list(runs),
+            value=[],
+            persistence=True,
+            inline=True,
+            inputStyle={"marginLeft": "1em"},
+        ),
+        html.P(dcc.Link("compare", id="compare-link", href="/compare")),
+    ]
+
+
+def compare_page(runs: dict[str, RunFolder], chosen: list[str]) -> list:
+    unknown = [r for r in chosen if r not in runs]
+    if unknown or not 2 <= len(chosen) <= MAX_COMPARE:
+        why = f"unknown run(s): {', '.join(unknown)}" if unknown else f"{len(chosen)} chosen"
+        return [
+            html.H1("Compare runs"),
+            html.P(f"Pick 2 to {MAX_COMPARE} runs on the run list ({why})."),
+            dcc.Link("all runs", href="/"),
+        ]
+    auc, loss, summary = [], [], []
+    for run_id in chosen:
+        rows = rounds_table(checked_entries(runs[run_id].path))
+        xs = [r["round"] for r in rows]
+        auc.append(line(xs, [r.get("val_macro_auc") for r in rows], run_id))
+        loss.append(line(xs, [r.get("train_loss") for r in rows], run_id))
+        last = rows[-1] if rows else {}
+        summary.append(
+            [
+                Link(run_id, f"/run/{quote(run_id, safe='')}"),
+                len(rows),
+                number(last.get("train_loss")),
+                number(last.get("val_macro_auc")),
+            ]
+        )
+    key = ",".join(chosen)
+    return [
+        html.H1("Compare runs"),
+        dcc.Link("all runs", href="/"),
+        table(["run", "rounds", "last train loss", "last val macro AUC"], summary, "compare"),
+        html.Div(
+            [
+                figure("Validation macro AUC per round", "macro AUC", auc, key),
+                figure("Train loss per round (sites' mean)", "loss", loss, key),
+            ],
+            style={"display": "flex", "flexWrap": "wrap"},
+        ),
+    ]
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        s = os.stat(path)
+    except OSError:
+        return None
+    return s.st_size, s.st_mtime_ns
+
+
+def _run_signature(folder: RunFolder) -> tuple:
+    names = ("metrics.jsonl", "summary.json", "partition/partition.json")
+    return tuple(_stat(folder.path / n) for n in names)
+
+
+def chosen_runs(search: str) -> list[str]:
+    return [r for r in parse_qs(search.lstrip("?")).get("runs", [""])[0].split(",") if r]
+
+
+def build(paths: list[Path], token_file: Path | None) -> Dash:
+    catalog = Catalog(paths)
+
+    def render(path: str, search: str) -> list:
+        runs = catalog.runs()
+        if path.startswith("/run/"):
+            run_id = unquote(path[len("/run/") :])
+            if run_id in runs:
+                return run_page(run_id, runs[run_id])
+            return [html.H1("No such run"), html.P(run_id), dcc.Link("all runs", href="/")]
+        if path == "/compare":
+            return compare_page(runs, chosen_runs(search))
+        return list_page(runs)
+
+    def signature(path: str, search: str) -> tuple:
+        runs = catalog.runs()
+        if path.startswith("/run/"):
+            folder = runs.get(unquote(path[len("/run/") :]))
+            return (path, _run_signature(folder) if folder else None)
+        shown = chosen_runs(search) if path == "/compare" else list(runs)
+        return (path, search, tuple((r, _run_signature(runs[r])) for r in shown if r in runs))
+
+    app = create_app("ecgfl runs", token_file, render, signature)
+
+    @app.callback(Output("compare-link", "href"), Input("pick", "value"))
+    def compare_link(picked: list[str] | None) -> str:
+        return "/compare?runs=" + ",".join(quote(r, safe="") for r in picked or [])
+
+    @app.server.route("/files/<run_id>/<name>")
+    def run_file(run_id: str, name: str) -> Response:
+        folder = catalog.runs().get(run_id)
+        if folder is None or name not in FILES or not (folder.path / name).is_file():
+            abort(404)
+        text = (folder.path / name).read_text(errors="replace")
+        return Response(text, mimetype="text/plain")
+
+    return app

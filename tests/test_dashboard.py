@@ -1,0 +1,415 @@
+"""The run dashboard in a real browser (headless Chromium): what an operator or researcher sees
+of finished, failing and running runs, live updates, and who may look."""
+
+import base64
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from test_provision import _train_message
+from test_simulation import tiny_config
+
+from server import dashboard
+from server.rounds import MetricsLog
+from simulations import run as sim
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+NO_CHROMIUM = "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+
+
+def needs_chromium(test):
+    """A browser test: e2e, skipped with the reason when there is no Chromium."""
+    return pytest.mark.e2e(pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=NO_CHROMIUM)(test))
+
+
+def fake_run(path: Path, rounds: int, done: int, sites: list[str], failing: str | None = None):
+    """A coordinator run folder after ``done`` of ``rounds`` rounds, written by the real
+    MetricsLog; ``failing`` fails every round with a reason."""
+    path.mkdir(parents=True)
+    (path / "experiment.yaml").write_text(yaml.safe_dump({"federation": {"rounds": rounds}}))
+    log = MetricsLog(path / "metrics.jsonl")
+    for rnd in range(1, done + 1):
+        add_round(log, rnd, sites, failing)
+    return log
+
+
+def add_round(log: MetricsLog, rnd: int, sites: list[str], failing: str | None = None) -> None:
+    failed = [{"site": failing, "reason": f"cache of {failing} is stale (round {rnd})"}]
+    failed = failed if failing else []
+    train = {s: {"num-examples": 50, "train-loss": 1 / (rnd + i)} for i, s in enumerate(sites)}
+    loss = sum(m["train-loss"] for m in train.values()) / len(train)
+    log.write(
+        {
+            "round": rnd,
+            "phase": "train",
+            "sites": train,
+            "failed": failed,
+            "aggregate": {"train-loss": loss},
+            "privacy": None,
+            "seconds": 1.5,
+        }
+    )
+    evaluate = {s: {"val-loss": 0.5, "macro-auc": 0.5 + rnd / 100} for s in sites}
+    log.write(
+        {
+            "round": rnd,
+            "phase": "evaluate",
+            "sites": evaluate,
+            "failed": failed,
+            "aggregate": {"macro-auc": 0.5 + rnd / 100, "val-loss": 0.5},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A coordinator run with a failing site, and one in progress."""
+    root = tmp_path_factory.mktemp("dashboard") / "runs"
+    fake_run(root / "flaky", 3, 3, ["alpha", "beta"], failing="gamma")
+    fake_run(root / "live", 5, 2, ["alpha", "beta"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def simulated(runs) -> Path:
+    """The same folder with a finished tiny simulation (2 rounds, 3 sites) added."""
+    cfg = tiny_config(rounds=2)
+    cfg.baselines.local_only = cfg.baselines.centralized = False
+    sim.run(cfg, runs / "tiny-sim", progress=False)
+    return runs
+
+
+class Served:
+    def __init__(self, runs: Path, host: str, token_file: Path | None = None) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server(host, 0, dashboard.build([runs], token_file).server, True)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def site(runs):
+    served = Served(runs, "127.0.0.1")
+    yield f"http://127.0.0.1:{served.port}"
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip(NO_CHROMIUM)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1400,1000")
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css: str, text: str = "", timeout: float = 15):
+    """The element once it holds ``text`` (the page is drawn by a callback after load)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        found = d.find_elements(By.CSS_SELECTOR, css)
+        return found[0] if found and text in found[0].text else False
+
+    return WebDriverWait(driver, timeout).until(ready)
+
+
+def shot(driver, tmp_path: Path, name: str) -> None:
+    """A screenshot of the whole page, looked at while developing the pages."""
+    time.sleep(0.5)  # plotly draws after the table
+    png = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True})
+    (tmp_path / f"{name}.png").write_bytes(base64.b64decode(png["data"]))
+
+
+def requested_urls(driver) -> list[str]:
+    return driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+
+
+@needs_chromium
+def test_the_run_list_shows_a_finished_simulation_and_fetches_nothing_outside(
+    site, browser, simulated, tmp_path
+):
+    browser.get(site + "/")
+    table = wait_for(browser, "#runs", "tiny-sim")
+    row = next(r for r in table.text.splitlines() if r.startswith("tiny-sim"))
+    assert "finished" in row and "2 of 2" in row
+    assert "flaky" in table.text and "live" in table.text
+    shot(browser, tmp_path, "list")
+    urls = requested_urls(browser)
+    assert urls and all(u.startswith(site + "/") for u in urls), urls
+
+
+@needs_chromium
+def test_a_run_page_shows_every_round_and_site_of_its_metrics(site, browser, simulated, tmp_path):
+    entries = [
+        json.loads(x) for x in (simulated / "tiny-sim" / "metrics.jsonl").read_text().splitlines()
+    ]
+    sites = {s for e in entries for s in e["sites"]}
+    assert len(sites) == 3
+    browser.get(site + "/run/tiny-sim")
+    rounds = wait_for(browser, "#rounds", "val macro AUC")
+    numbers = [r.split()[0] for r in rounds.text.splitlines()[1:]]
+    phases = ("train", "evaluate")
+    assert numbers == [
+        str(r) for r in sorted({e["round"] for e in entries if e["phase"] in phases})
+    ]
+    table = browser.find_element("css selector", "#sites").text
+    assert all(s in table for s in sites)
+    finetune = browser.find_element("css selector", "#finetune").text
+    assert all(s in finetune for s in sites)
+    assert "finished" in browser.find_element("css selector", "#status").text
+    assert browser.find_elements("css selector", ".js-plotly-plot")  # curves and partition
+    assert "Partition" in browser.page_source
+    shot(browser, tmp_path, "run")
+    browser.get(site + "/files/tiny-sim/report.md")
+    assert "# Federated run tiny-sim" in browser.page_source
+
+
+@needs_chromium
+def test_a_failed_sites_reason_appears(site, browser, tmp_path):
+    browser.get(site + "/run/flaky")
+    failures = wait_for(browser, "#failures", "gamma")
+    assert "cache of gamma is stale (round 3)" in failures.text
+    assert "gamma" in browser.find_element("css selector", "#sites").text
+    shot(browser, tmp_path, "failed")
+
+
+@needs_chromium
+def test_two_runs_are_overlaid_on_one_chart(site, browser, simulated, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "/")
+    wait_for(browser, "#pick", "flaky")
+    for label in browser.find_elements(By.CSS_SELECTOR, "#pick label"):
+        if label.text.strip() in ("tiny-sim", "flaky"):
+            label.click()
+    link = wait_for(browser, "#compare-link", "compare")
+    deadline = time.monotonic() + 5
+    while "flaky" not in (link.get_attribute("href") or "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    link.click()
+    wait_for(browser, "#compare", "flaky")
+    time.sleep(0.5)
+    traces = browser.execute_script(
+        "return [...document.querySelectorAll('.js-plotly-plot')].map(g => g.data.map(t => t.name))"
+    )
+    assert traces and all(set(t) == {"tiny-sim", "flaky"} for t in traces), traces
+    shot(browser, tmp_path, "compare")
+
+
+@needs_chromium
+def test_a_run_in_progress_gains_a_round_without_reload(site, browser, runs, tmp_path):
+    browser.get(site + "/run/live")
+    rounds = wait_for(browser, "#rounds", "val macro AUC")
+    assert len(rounds.text.splitlines()) == 1 + 2
+    assert "running" in browser.find_element("css selector", "#status").text
+    browser.execute_script("window.notReloaded = true")
+    add_round(MetricsLog(runs / "live" / "metrics.jsonl"), 3, ["alpha", "beta", "delta"])
+    wait_for(browser, "#rounds", "\n3 ", timeout=10)
+    assert "delta" in browser.find_element("css selector", "#sites").text
+    assert "round 3 of 5" in browser.find_element("css selector", "#status").text
+    assert browser.execute_script("return window.notReloaded") is True
+    shot(browser, tmp_path, "live")
+
+
+def test_a_malformed_metrics_line_leaves_the_page_up(tmp_path):
+    bad = tmp_path / "bad"
+    fake_run(bad, 2, 1, ["alpha"])
+    with open(bad / "metrics.jsonl", "a") as fh:
+        fh.write('{"round": 2, "phase": "train", "sites": [1]}\n{"round": 2, "pha\n\xff\n')
+    page = dashboard.run_page("bad", dashboard.RunFolder(bad))
+    assert "alpha" in str(page)
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its outgoing interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_other_addresses_are_refused_without_the_token(tmp_path):
+    fake_run(tmp_path / "runs" / "flaky", 3, 3, ["alpha", "beta"], failing="gamma")
+    app = dashboard.build([tmp_path / "runs"], tmp_path / "dashboard.token").server
+    client = app.test_client()
+    outside = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.get("/", environ_base=outside).status_code == 403  # no token file: none
+    (tmp_path / "dashboard.token").write_text("s3cret\n")
+    for path in ("/", "/run/flaky", "/files/flaky/experiment.yaml", "/_dash-layout"):
+        assert client.get(path, environ_base=outside).status_code == 401, path
+    assert client.post("/login", data={"token": "wrong"}, environ_base=outside).status_code == 401
+    login = client.post("/login", data={"token": "s3cret"}, environ_base=outside)
+    assert login.status_code == 303
+    assert client.get("/files/flaky/experiment.yaml", environ_base=outside).status_code == 200
+    assert app.test_client().get("/").status_code == 200  # loopback needs no login
+
+
+@needs_chromium
+def test_a_browser_on_another_address_must_log_in(runs, browser, tmp_path):
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    token = tmp_path / "dashboard.token"
+    served = Served(runs, "0.0.0.0", token)
+    try:
+        url = f"http://{address}:{served.port}"
+        assert status_of(url + "/") == 403
+        token.write_text("s3cret\n")
+        assert status_of(url + "/run/flaky") == 401
+        assert status_of(url + "/files/flaky/experiment.yaml") == 401
+        browser.delete_all_cookies()
+        browser.get(url + "/")
+        assert "log in" in browser.page_source
+        shot(browser, tmp_path, "login")
+        field = browser.find_element("css selector", "input[name=token]")
+        field.send_keys("s3cret")
+        field.submit()
+        wait_for(browser, "#runs", "flaky")
+    finally:
+        served.close()
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory) -> Path:
+    """A hospital's folder: two answered messages and a refused one in its audit log (written by
+    the real audit mod), a prepared cache with a skipped record, a fine-tuned model."""
+    import numpy as np
+    import torch
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MetricRecord,
+        RecordDict,
+    )
+
+    from client import audit
+    from common.checkpoint import save_checkpoint
+    from common.labels import LabelSpace
+    from common.models import ModelConfig
+    from common.preprocess import PipelineConfig
+
+    root = tmp_path_factory.mktemp("hospital")
+    log = root / "audit.jsonl"
+
+    def handler(msg: Message, ctx: Context) -> Message:
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({"head.weight": Array(np.ones((7, 16), np.float32))}),
+                "metrics": MetricRecord({"num-examples": 31, "train-loss": 0.9}),
+                "site": ConfigRecord({"name": "H1"}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    audit.audit_mod(
+        _train_message(), Context(7, 5, {"audit-log": str(log)}, RecordDict(), {}), handler
+    )
+    refused = {**audit.entry("refused", _train_message()), "message_id": "m2"}
+    audit.write(log, {**refused, "reason": "bundle not approved", "bundle_sha256": "ab" * 32})
+    with open(log, "a") as fh:
+        fh.write("not json\n")
+    cache = root / "cache" / "tis-0123-4567"
+    cache.mkdir(parents=True)
+    manifest = {"format": "tis", "data_dir": "/data/ecg", "records_found": 60}
+    manifest |= {"records_skipped": 1, "pipeline_fingerprint": "4567"}
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    problem = {"record_id": "r17", "path": "/data/ecg/r17.csv", "reason": "lead V3 is flat"}
+    (cache / "problems.jsonl").write_text(json.dumps(problem) + "\n")
+    pipeline = PipelineConfig(fs=50.0, length_s=10.0, lowpass_hz=20.0)
+    model_cfg = ModelConfig(kwargs={"width": 0.125}, input_length=pipeline.length, fs=pipeline.fs)
+    space = LabelSpace.load("seed6")
+    torch.manual_seed(0)
+    save_checkpoint(
+        root / "output" / "study-1" / "finetuned.pt",
+        model_cfg.build(n_classes=len(space)),
+        model_cfg,
+        space,
+        pipeline.fingerprint,
+        pipeline.to_dict(),
+        run="study-1",
+        before={"macro_auc": 0.61, "macro_f1": 0.2},
+        after={"macro_auc": 0.74, "macro_f1": 0.3},
+    )
+    (root / "hospital.yaml").write_text(
+        yaml.safe_dump({"site": "H1", "superlink": "coordinator:9092", "data_dir": "/data/ecg"})
+    )
+    return root
+
+
+def test_the_hospital_page_survives_a_bad_audit_line_and_a_broken_model(hospital, tmp_path):
+    from client import dashboard as hospital_dashboard
+    from common.hospital import HospitalConfig
+
+    broken = tmp_path / "hospital"
+    shutil.copytree(hospital, broken)
+    (broken / "output" / "study-2").mkdir()
+    (broken / "output" / "study-2" / "finetuned.pt").write_bytes(b"half a file")
+    with open(broken / "audit.jsonl", "a") as fh:
+        fh.write('{"event": "sent", "records": 5}\n[1, 2]\n')
+    app = hospital_dashboard.build(HospitalConfig.load(broken / "hospital.yaml"), None)
+    assert app.server.test_client().get("/").status_code == 200
+    page = str(hospital_dashboard.models_section(broken / "output"))
+    assert "unreadable" in page and "0.740" in page
+    assert "bundle not approved" in str(hospital_dashboard.audit_section(broken / "audit.jsonl"))
+
+
+@needs_chromium
+def test_the_hospital_sees_what_left_the_data_check_and_its_models(hospital, browser, tmp_path):
+    from werkzeug.serving import make_server
+
+    from client import dashboard as hospital_dashboard
+    from common.hospital import HospitalConfig
+
+    app = hospital_dashboard.build(HospitalConfig.load(hospital / "hospital.yaml"), None)
+    server = make_server("127.0.0.1", 0, app.server, True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_port}/")
+        rows = wait_for(browser, "#audit", "refused").text
+        assert "study-1" in rows and "answered" in rows and "bundle not approved" in rows
+        assert "train-loss" in rows and "head.weight" not in rows  # shapes fold out
+        browser.find_element("css selector", "#audit summary").click()
+        left = browser.find_element("css selector", "#audit").text
+        assert "arrays/head.weight: [7, 16] float32 576 B" in left  # 448 B of values + header
+        assert "lead V3 is flat" in browser.find_element("css selector", "#problems").text
+        models = browser.find_element("css selector", "#models").text
+        assert "study-1" in models and "0.610" in models and "0.740" in models
+        shot(browser, tmp_path, "hospital")
+    finally:
+        server.shutdown()
