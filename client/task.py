@@ -169,16 +169,10 @@ def train_on_site(
     dp = job.experiment.federation.dp_sgd
     rounds = job.experiment.federation.rounds
     ledger = dpsgd.Ledger(out_dir)
-    limits = _dp_limits(job, ledger, site_budget)
+    ledgers = _dp_limits(job, ledger, site_budget)
     if dp.enabled:
         planned = dpsgd.plan(dp, len(train_ds), cfg.batch_size, cfg.epochs, rounds)
-        for spent, limit, delta in limits:
-            after = dpsgd.epsilon([*spent.read(), planned], delta)
-            if after > limit:
-                raise dpsgd.SiteBudgetExhausted(
-                    f"site {site.name}: this round would take its DP-SGD epsilon to {after:.3f}, "
-                    f"past its budget of {limit} (delta {delta}); it does not train"
-                )
+        _refuse_past_budget(site.name, planned, ledgers)
     trainer = training.Trainer(
         cfg,
         job.space.labels,
@@ -198,14 +192,33 @@ def train_on_site(
         ledger.add(result.dp_steps)
         if site_budget is not None:
             site_budget.ledger.add(result.dp_steps)
-        spent = ledger.read()
-        metrics[protocol.DP_EPSILON] = dpsgd.epsilon(spent, dp.delta)
-        metrics[protocol.DP_EPSILON_NEXT] = dpsgd.epsilon([*spent, result.dp_steps], dp.delta)
-        metrics[protocol.DP_NOISE_MULTIPLIER] = result.dp_steps.noise_multiplier
+        metrics.update(_dp_metrics(ledger, result.dp_steps, dp.delta))
     clip = job.experiment.federation.update_clip_norm
     if clip is not None:
         return clip_update(model.state_dict(), arrays.to_torch_state_dict(), clip), metrics
     return model.state_dict(), metrics
+
+
+def _refuse_past_budget(site: str, planned: dpsgd.Steps, ledgers: list[tuple]) -> None:
+    """Refuse (``SiteBudgetExhausted``) a round that would take a ledger past its limit."""
+    for spent, limit, delta in ledgers:
+        after = dpsgd.epsilon([*spent.read(), planned], delta)
+        if after > limit:
+            raise dpsgd.SiteBudgetExhausted(
+                f"site {site}: this round would take its DP-SGD epsilon to {after:.3f}, "
+                f"past its budget of {limit} (delta {delta}); it does not train"
+            )
+
+
+def _dp_metrics(ledger: dpsgd.Ledger, steps: dpsgd.Steps, delta: float) -> dict:
+    """What the run's ledger has spent, and what one more round like this one would bring it
+    to: the coordinator stops before a round past the budget."""
+    spent = ledger.read()
+    return {
+        protocol.DP_EPSILON: dpsgd.epsilon(spent, delta),
+        protocol.DP_EPSILON_NEXT: dpsgd.epsilon([*spent, steps], delta),
+        protocol.DP_NOISE_MULTIPLIER: steps.noise_multiplier,
+    }
 
 
 def clip_update(new: dict, old: dict, max_norm: float) -> dict:

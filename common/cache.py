@@ -187,6 +187,34 @@ def _results(
         yield from pool.map(_prepare_one, refs, [cfg] * len(refs), chunksize=32)
 
 
+def _write_signals(
+    path: Path, scan: sources.Scan, cfg: PipelineConfig, workers: int, progress: bool
+) -> tuple[list[dict], list[RecordError]]:
+    """Preprocess every record into one contiguous float32 file; (index rows, problems)."""
+    from tqdm import tqdm
+
+    rows: list[dict] = []
+    problems = list(scan.problems)
+    with open(path, "wb") as out:
+        bar = tqdm(
+            _results(scan.refs, cfg, workers),
+            total=len(scan.refs),
+            desc=f"prepare {scan.root.name}",
+            unit="rec",
+            disable=not progress or not sys.stderr.isatty(),
+        )
+        for result in bar:
+            if isinstance(result, RecordError):
+                problems.append(result)
+                continue
+            row, x = result
+            rows.append(row)
+            out.write(x.tobytes())
+        out.flush()
+        os.fsync(out.fileno())
+    return rows, problems
+
+
 def _build(
     target: Path,
     scan: sources.Scan,
@@ -195,40 +223,18 @@ def _build(
     progress: bool,
     scan_options: dict,
 ) -> None:
-    from tqdm import tqdm
-
+    """Build the cache in a temporary folder and move it into place whole."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
-        rows: list[dict] = []
-        problems = list(scan.problems)
         started = time.perf_counter()
-        with open(tmp / _SIGNALS, "wb") as out:
-            results = _results(scan.refs, cfg, workers)
-            bar = tqdm(
-                results,
-                total=len(scan.refs),
-                desc=f"prepare {scan.root.name}",
-                unit="rec",
-                disable=not progress or not sys.stderr.isatty(),
-            )
-            for result in bar:
-                if isinstance(result, RecordError):
-                    problems.append(result)
-                    continue
-                row, x = result
-                rows.append(row)
-                out.write(x.tobytes())
-            out.flush()
-            os.fsync(out.fileno())
+        rows, problems = _write_signals(tmp / _SIGNALS, scan, cfg, workers, progress)
         pd.DataFrame(
             rows, columns=None if rows else ["record_id", "patient_id", "site", "codes"]
         ).to_csv(tmp / _INDEX, index=False)
         with open(tmp / _PROBLEMS, "w") as fh:
             for err in problems:
-                fh.write(
-                    json.dumps({"record_id": err.record_id, "path": err.path, "reason": err.reason})
-                    + "\n"
-                )
+                entry = {"record_id": err.record_id, "path": err.path, "reason": err.reason}
+                fh.write(json.dumps(entry) + "\n")
         manifest = {
             "cache_version": CACHE_VERSION,
             "data_dir": str(scan.root),

@@ -187,6 +187,67 @@ def read_pipeline(path: Path) -> PipelineConfig:
     return from_dict(PipelineConfig, data["pipeline"] if section else data, f"{path}: pipeline")
 
 
+def _coordinator_config(
+    config_path: Path, address: str | None, listen: str, pipeline: PipelineConfig | None
+) -> CoordinatorConfig:
+    """The existing coordinator.yaml (whose address only an edit changes), or a new one."""
+    if config_path.exists():
+        cfg = CoordinatorConfig.load(config_path, resolve=False)
+        if address and address != cfg.address:
+            raise ConfigError(
+                f"{config_path}: the federation's address is {cfg.address}; edit it there (and "
+                "re-issue the server certificate with --force) rather than with --address"
+            )
+    else:  # a new federation: the caller chose the address
+        port = int(str(address).rsplit(":", 1)[1])
+        cfg = CoordinatorConfig(address=address, host=listen, port=port, superlink_port=port + 1)
+    if pipeline is not None:
+        cfg.pipeline = pipeline
+    return cfg
+
+
+def _server_certificate(coord: Path, cfg: CoordinatorConfig, sans: list[str], force: bool):
+    """Issue the server certificate once (again with ``force``); refuse new names without it."""
+    ca = load_ca(coord) if (coord / "ca.key").exists() else make_ca(coord)
+    wanted = set(sans) | {_host(cfg.address), *LOOPBACK}
+    if not (coord / "server.crt").exists() or force:
+        make_server_cert(coord, ca, wanted, force)
+    elif sans and wanted != server_sans(coord):
+        raise ConfigError(
+            f"{coord / 'server.crt'} is valid for {sorted(server_sans(coord))}, not "
+            f"{sorted(wanted)}; pass --force to re-issue it (restart the coordinator afterwards)"
+        )
+
+
+def _hospital_bundle(out: Path, cfg: CoordinatorConfig, site: str, force: bool) -> None:
+    """``out/hospitals/SITE``: its key, the CA, and a first hospital.yaml (never overwritten:
+    it holds the hospital's own edits); the public key goes to the coordinator."""
+    coord, bundle = out / "coordinator", out / "hospitals" / site
+    bundle.mkdir(parents=True, exist_ok=True)
+    make_node_key(bundle / f"{site}.key", coord / "hospitals" / f"{site}.pub", site, force)
+    shutil.copyfile(coord / "ca.crt", bundle / "ca.crt")
+    ordinal = list(cfg.hospitals).index(site) if site in cfg.hospitals else len(cfg.hospitals)
+    hospital = HospitalConfig(
+        site=site,
+        superlink=cfg.address,
+        root_certificates="ca.crt",
+        private_key=f"{site}.key",
+        data_dir=DATA_DIR_PLACEHOLDER,
+        # distinct per bundle, so hospitals tried out on one host do not collide
+        runtime_port=RUNTIME_PORT + ordinal,
+        pipeline=cfg.pipeline,
+    )
+    if not (bundle / "hospital.yaml").exists():
+        _yaml(
+            bundle / "hospital.yaml",
+            asdict(hospital),
+            f"# ecgfl hospital {site}: edit data_dir (and format if detection fails), "
+            "then run\n#   ecgfl-hospital start --config hospital.yaml\n"
+            "# Relative paths are relative to this file. See docs/deployment.md.\n",
+        )
+    cfg.hospitals[site] = f"hospitals/{site}.pub"
+
+
 def provision(
     out: Path,
     hospitals: list[str],
@@ -210,53 +271,12 @@ def provision(
     coord = out / "coordinator"
     (coord / "hospitals").mkdir(parents=True, exist_ok=True)
     config_path = coord / "coordinator.yaml"
-    if config_path.exists():
-        cfg = CoordinatorConfig.load(config_path, resolve=False)
-        if address and address != cfg.address:
-            raise ConfigError(
-                f"{config_path}: the federation's address is {cfg.address}; edit it there (and "
-                "re-issue the server certificate with --force) rather than with --address"
-            )
-    else:
-        address = address or f"{(sans or ['localhost'])[0]}:8000"
-        port = int(address.rsplit(":", 1)[1])
-        cfg = CoordinatorConfig(address=address, host=listen, port=port, superlink_port=port + 1)
-    if pipeline is not None:
-        cfg.pipeline = pipeline
-    ca = load_ca(coord) if (coord / "ca.key").exists() else make_ca(coord)
-    wanted = set(sans) | {_host(cfg.address), *LOOPBACK}
-    if not (coord / "server.crt").exists() or force:
-        make_server_cert(coord, ca, wanted, force)
-    elif sans and wanted != server_sans(coord):
-        raise ConfigError(
-            f"{coord / 'server.crt'} is valid for {sorted(server_sans(coord))}, not "
-            f"{sorted(wanted)}; pass --force to re-issue it (restart the coordinator afterwards)"
-        )
+    if not config_path.exists() and not address:
+        address = f"{(sans or ['localhost'])[0]}:8000"
+    cfg = _coordinator_config(config_path, address, listen, pipeline)
+    _server_certificate(coord, cfg, sans, force)
     for site in hospitals:
-        bundle = out / "hospitals" / site
-        bundle.mkdir(parents=True, exist_ok=True)
-        make_node_key(bundle / f"{site}.key", coord / "hospitals" / f"{site}.pub", site, force)
-        shutil.copyfile(coord / "ca.crt", bundle / "ca.crt")
-        ordinal = list(cfg.hospitals).index(site) if site in cfg.hospitals else len(cfg.hospitals)
-        hospital = HospitalConfig(
-            site=site,
-            superlink=cfg.address,
-            root_certificates="ca.crt",
-            private_key=f"{site}.key",
-            data_dir=DATA_DIR_PLACEHOLDER,
-            # distinct per bundle, so hospitals tried out on one host do not collide
-            runtime_port=RUNTIME_PORT + ordinal,
-            pipeline=cfg.pipeline,
-        )
-        if not (bundle / "hospital.yaml").exists():  # it holds the hospital's own edits
-            _yaml(
-                bundle / "hospital.yaml",
-                asdict(hospital),
-                f"# ecgfl hospital {site}: edit data_dir (and format if detection fails), "
-                "then run\n#   ecgfl-hospital start --config hospital.yaml\n"
-                "# Relative paths are relative to this file. See docs/deployment.md.\n",
-            )
-        cfg.hospitals[site] = f"hospitals/{site}.pub"
+        _hospital_bundle(out, cfg, site, force)
     _yaml(
         config_path,
         asdict(cfg),
