@@ -32,6 +32,7 @@ from client.policy import POLICY_KEY
 from client.task import PIPELINE_KEY
 from common import flower_process
 from common.config import ConfigError
+from common.errors import DataError
 from common.flower_process import (
     copy_plain,
     flower_env,
@@ -110,7 +111,7 @@ def check_data(cfg: HospitalConfig) -> None:
     for s in report.skipped:
         log.warning("skipped %s: %s: %s", s["record_id"], s["path"], s["reason"])
     if report.readable == 0:
-        raise ConfigError(f"data_dir {cfg.data_dir}: no readable ECG record")
+        raise DataError(f"data_dir {cfg.data_dir}: no readable ECG record")
 
 
 def prepare(cfg: HospitalConfig) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from common.config import ConfigError, from_dict
+from common.errors import DataError
 from common.labels import LabelSpace
 from common.models import ECGClassifier, ModelConfig
 from common.preprocess import PipelineConfig
@@ -53,7 +54,7 @@ class Checkpoint:
     def require_pipeline(self, fingerprint: str) -> None:
         """Refuse data prepared with a different preprocessing pipeline."""
         if fingerprint != self.pipeline_fingerprint:
-            raise ConfigError(
+            raise DataError(
                 f"checkpoint {self.path} was trained on pipeline {self.pipeline_fingerprint}, "
                 f"data prepared with {fingerprint}: re-prepare the cache with the checkpoint's "
                 f"pipeline ({json.dumps(self.pipeline_config, sort_keys=True)})"

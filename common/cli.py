@@ -11,11 +11,12 @@ import importlib
 import logging
 import sys
 
-from common.config import ConfigError
+from common.errors import EcgflError
 
 
 def main(prog: str, description: str, commands: dict[str, tuple[str, str]], argv=None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; a ConfigError ends with its message."""
+    """Parse ``argv`` and run the chosen subcommand; an ``EcgflError`` ends it with its one-line
+    message and its kind's exit code."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -32,6 +33,6 @@ def main(prog: str, description: str, commands: dict[str, tuple[str, str]], argv
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     try:
         return importlib.import_module(commands[args.command][0]).run(args)
-    except ConfigError as exc:
+    except EcgflError as exc:
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code

@@ -20,6 +20,8 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 
+from common.errors import ConfigError
+
 T = TypeVar("T")
 
 #: A config is a few kilobytes; past this a file is not one (``base: /dev/zero`` is refused too).
@@ -28,10 +30,6 @@ MAX_YAML_BYTES = 1_000_000
 MAX_YAML_DEPTH = 32
 #: Where the resource caps below are explained.
 CAPS_DOC = "docs/formats.md#configuration-limits"
-
-
-class ConfigError(ValueError):
-    """A configuration problem: stops the run with one precise message."""
 
 
 class SettingError(ValueError):

@@ -16,6 +16,7 @@ import numpy as np
 from common.cache import SiteCache
 from common.config import ConfigError
 from common.dataset import CachedDataset
+from common.errors import DataError
 from common.labels import LabelSpace
 from common.preprocess import PipelineConfig
 from common.splits import SPLITS, assign_splits
@@ -78,7 +79,7 @@ class SiteData:
             ids = entry["records"].get(split, [])
             missing = [rid for rid in ids if rid not in position]
             if len(missing) == len(ids) and ids:
-                raise ConfigError(
+                raise DataError(
                     f"{manifest}: site {entry['name']}: none of its {split} records "
                     f"are in the cache of {source['data_dir']}"
                 )

@@ -37,6 +37,7 @@ import yaml
 
 from common import config, flower_process
 from common.config import ConfigError
+from common.errors import RunFailed
 from common.flower_process import (
     copy_plain,
     flower_env,
@@ -573,7 +574,7 @@ def flwr_json(cfg: CoordinatorConfig, *args: str) -> dict:
     except ValueError:
         data = {"success": False, "error-message": out}
     if code != 0 or data.get("success") is False:
-        raise ConfigError(explain(cfg, " ".join(args[:2]), str(data.get("error-message", out))))
+        raise RunFailed(explain(cfg, " ".join(args[:2]), str(data.get("error-message", out))))
     return data
 
 
@@ -601,7 +602,7 @@ def register_hospitals(cfg: CoordinatorConfig) -> None:
         try:
             names[str(json.loads(out)["node-id"])] = site
         except (ValueError, KeyError) as exc:
-            raise ConfigError(f"registering hospital {site} ({key_path}) failed: {out}") from exc
+            raise RunFailed(f"registering hospital {site} ({key_path}) failed: {out}") from exc
         log.info("registered hospital %s", site)
     (cfg.state / "nodes.json").write_text(json.dumps(names, indent=1))
 

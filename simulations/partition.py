@@ -17,6 +17,7 @@ import pandas as pd
 
 from common import sources
 from common.config import ConfigError
+from common.errors import DataError
 from common.labels import LabelSpace
 from common.names import RULE, is_plain_name, plain_from
 from common.splits import SPLITS, assign_splits
@@ -54,7 +55,7 @@ def record_table(scan: sources.Scan, space: LabelSpace) -> pd.DataFrame:
         )
     table = pd.DataFrame(rows)
     if table.empty:
-        raise ConfigError(f"{scan.root}: no readable records to partition")
+        raise DataError(f"{scan.root}: no readable records to partition")
     if table["strat_fold"].isna().any():
         table = table.drop(columns="strat_fold")
     return table

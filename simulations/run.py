@@ -15,7 +15,7 @@ import yaml
 from tqdm import tqdm
 
 from common.cache import SiteCache
-from common.config import ConfigError
+from common.errors import RunFailed
 from common.labels import LabelSpace
 from common.site import SiteData
 from simulations import baselines, engine, report
@@ -110,10 +110,10 @@ def federate(
     bar.close()
     summary = run_dir / "summary.json"
     if code != 0 or not summary.exists():
-        raise ConfigError(f"the federated run failed (flwr exit {code}); see {run_dir}/flower.log")
+        raise RunFailed(f"the federated run failed (flwr exit {code}); see {run_dir}/flower.log")
     stopped = json.loads(summary.read_text()).get("stopped")
     if stopped:
-        raise ConfigError(f"the federation stopped: {stopped} (see {run_dir}/failures.log)")
+        raise RunFailed(f"the federation stopped: {stopped} (see {run_dir}/failures.log)")
 
 
 def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:

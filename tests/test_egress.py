@@ -21,7 +21,7 @@ from test_simulation import entries, tiny_config
 
 from client.attack import Attack
 from client.egress import EgressViolation, check_reply, egress_guard, label_limit
-from common.config import ConfigError
+from common.errors import RunFailed
 from common.models import ModelConfig
 from common.protocol import LABEL_SPACE
 from simulations import run as sim
@@ -182,7 +182,7 @@ def exfiltrating_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("egress") / "run"
     run_dir.mkdir()
     Attack("exfiltrate", (1,), 1.0).write(run_dir)
-    with pytest.raises(ConfigError) as stopped:
+    with pytest.raises(RunFailed) as stopped:
         sim.run(cfg, run_dir, progress=False)
     return run_dir, str(stopped.value)
 

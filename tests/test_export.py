@@ -7,6 +7,7 @@ import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import ConfigError
+from common.errors import DataError
 from common.export import export_onnx
 from common.labels import LabelSpace
 from common.models import ModelConfig
@@ -53,7 +54,7 @@ def test_checkpoint_refuses_data_from_another_pipeline(tmp_path):
     cfg, model = trained()
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "m.pt", model, cfg, SPACE, "abc123", {}))
     ckpt.require_pipeline("abc123")
-    with pytest.raises(ConfigError, match="trained on pipeline abc123, data prepared with def456"):
+    with pytest.raises(DataError, match="trained on pipeline abc123, data prepared with def456"):
         ckpt.require_pipeline("def456")
 
 

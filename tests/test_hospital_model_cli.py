@@ -12,6 +12,7 @@ import torch
 
 from client import cli
 from common.checkpoint import load_checkpoint, save_checkpoint
+from common.errors import DataError
 from common.labels import LabelSpace
 from common.models import ModelConfig
 from common.preprocess import PipelineConfig
@@ -95,7 +96,7 @@ def test_finetune_refuses_a_model_trained_on_another_pipeline(workdir, site, glo
         ckpt.pipeline_config,
     )
     code, _ = hospital("finetune", "--model", other, "--data", site, "--cache", workdir / "cache")
-    assert code == 2
+    assert code == DataError.exit_code  # the data, not a setting, is what does not fit
 
 
 def test_predict_real_ptbxl_and_cinc_files_with_the_stored_thresholds(
