@@ -171,6 +171,7 @@ def serve(app: Dash, host: str, port: int, token_file: Path | None) -> int:
             raise ConfigError(f"--host {host}: only loopback without a token file")
         ensure_token(token_file)
         print(f"dashboard: other machines log in with the token in {token_file}")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per page refresh
     server = make_server(host, port, app.server, threaded=True)
     url = f"http://{host}:{server.server_port}/"
     print(f"dashboard: {url} (read-only; Ctrl-C stops it)", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -18,6 +19,14 @@ from common.experiment import ExperimentConfig
 
 log = logging.getLogger("ecgfl.server")
 MLFLOW_BATCH = 1000  # metrics per log_batch call (MLflow's limit)
+# MLflow retries an unreachable server for minutes by default (7 retries, backoff 2, 120 s
+# timeout); a run waiting on a sink that is down is what tracking must never cause. Set in the
+# ServerApp's process only, and only where the operator has not set them.
+MLFLOW_PATIENCE = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, object]:
@@ -76,6 +85,8 @@ class MlflowSink:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        for key, value in MLFLOW_PATIENCE.items():
+            os.environ.setdefault(key, value)
         folder = local_folder(where, run_dir)
         artifacts = None
         if folder is not None:  # MLflow 3's own local default: a SQLite file, artifacts beside

@@ -105,6 +105,20 @@ def test_a_failing_sink_warns_once_and_the_run_goes_on(tmp_path, monkeypatch, ca
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6  # every entry written
 
 
+def test_an_unreachable_mlflow_server_is_given_up_with_one_warning(tmp_path, caplog):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    experiment = ExperimentConfig(tracking=TrackingSettings(mlflow=f"http://127.0.0.1:{port}"))
+    with caplog.at_level(logging.WARNING, logger="ecgfl.server"):
+        tracker = tracking.Tracker(experiment, tmp_path / "runs" / "r")
+    assert tracker.sinks == []
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "ecgfl.server"]
+    assert "mlflow is off" in warning and str(port) in warning
+
+
 def test_no_tracking_is_the_default(tmp_path):
     assert tracking.Tracker(ExperimentConfig(), tmp_path).sinks == []
 
