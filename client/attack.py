@@ -71,7 +71,7 @@ def active_attack(context: Context) -> Attack | None:
     node = context.node_config
     if "data-dir" in node or "partition-id" not in node:
         return None
-    run_dir = str(context.run_config.get("run-dir", ""))
+    run_dir = str(context.run_config.get(protocol.RUN_DIR, ""))
     path = Path(run_dir) / ATTACK_FILE
     if not run_dir or not path.is_file():
         return None

@@ -70,7 +70,7 @@ def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
             experiment.pipeline,
             str(node["format"]) if node.get("format") else None,
         )
-    manifest = context.run_config.get("site-manifest")
+    manifest = context.run_config.get(protocol.SITE_MANIFEST)
     if not manifest:
         raise config.ConfigError(
             "this node has no 'data-dir' in its node config and the run names no site-manifest"
@@ -90,7 +90,7 @@ def output_dir(context: Context, site: SiteData, run_name: str) -> Path:
     if "output-dir" in node:
         base = Path(str(node["output-dir"]))
     else:
-        base = Path(str(context.run_config["run-dir"])) / "sites" / site.name
+        base = Path(str(context.run_config[protocol.RUN_DIR])) / "sites" / site.name
     path = base / plain_name(run_name, protocol.RUN_NAME)
     path.mkdir(parents=True, exist_ok=True)
     return path

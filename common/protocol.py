@@ -26,6 +26,13 @@ TRAIN, EVALUATE, QUERY = "train", "evaluate", "query"
 FINETUNE_ACTION = "finetune"
 FINETUNE = f"{TRAIN}.{FINETUNE_ACTION}"  # a train message with an action: @app.train("finetune")
 
+# The run config that starts a run (``flwr run --run-config run_config.toml``; written by
+# server.runs.write_run_config, declared with defaults in pyproject's [tool.flwr.app.config]).
+RUN_DIR = "run-dir"  # absolute: checkpoints, metrics, report
+EXPERIMENT_FILE = "experiment"  # the run's pinned experiment.yaml; empty = defaults
+SITE_MANIFEST = "site-manifest"  # simulation: the virtual sites (docs/formats.md)
+RESUME = "resume"  # continue from the last complete round in RUN_DIR
+
 # Records of a message or a reply.
 CONFIG_RECORD, ARRAYS_RECORD, METRICS_RECORD = "config", "arrays", "metrics"
 SITE_RECORD, SITE_NAME = "site", "name"  # every reply names its site: {"site": {"name": ...}}

@@ -75,14 +75,15 @@ def learn_site_names(grid: Grid, config, timeout: float, known: dict[int, str]) 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     log_through_flower()
-    run_dir = Path(str(context.run_config["run-dir"]))
-    experiment = ExperimentConfig.load(str(context.run_config.get("experiment", "")) or None)
+    run_dir = Path(str(context.run_config[protocol.RUN_DIR]))
+    pinned = str(context.run_config.get(protocol.EXPERIMENT_FILE, ""))
+    experiment = ExperimentConfig.load(pinned or None)
     space = LabelSpace.load(experiment.labels)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     record_flower_run(run_dir, context.run_id)
     tracker = tracking.Tracker(experiment, run_dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", tracker.entry)
-    last = latest_checkpoint(run_dir) if context.run_config.get("resume") else None
+    last = latest_checkpoint(run_dir) if context.run_config.get(protocol.RESUME) else None
     if last:
         state = RoundState.load(last)
         log.info("resuming %s after round %d", run_dir, state.round)

@@ -643,11 +643,7 @@ def prepare_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         pinned.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     (run_dir / "sites.json").write_text(json.dumps(node_names(cfg), indent=1))
-    toml = run_dir / "run_config.toml"
-    toml.write_text(
-        f"run-dir = {json.dumps(str(run_dir))}\nexperiment = {json.dumps(str(pinned))}\n"
-        f"resume = {'true' if resume else 'false'}\n"
-    )
+    runs.write_run_config(run_dir, resume)
 
 
 def _follow(run_dir: Path, done: threading.Event) -> None:

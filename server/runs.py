@@ -12,11 +12,29 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
 import yaml
 
+from common import protocol
 from common.config import ConfigError
 
 FLOWER_RUNS = "flower_runs.json"
+RUN_CONFIG = "run_config.toml"
+
+
+def write_run_config(run_dir: Path, resume: bool, site_manifest: Path | None = None) -> Path:
+    """``run_config.toml``: what ``flwr run --run-config`` hands the ServerApp and ClientApps
+    (one writer for simulations and deployments; TOML escaping by tomli_w)."""
+    values = {
+        protocol.RUN_DIR: str(run_dir),
+        protocol.EXPERIMENT_FILE: str(run_dir / "experiment.yaml"),
+        protocol.RESUME: resume,
+    }
+    if site_manifest is not None:
+        values[protocol.SITE_MANIFEST] = str(site_manifest)
+    path = run_dir / RUN_CONFIG
+    path.write_text(tomli_w.dumps(values))
+    return path
 
 
 def record_flower_run(run_dir: Path, run_id: int) -> None:

@@ -18,6 +18,7 @@ from common.cache import SiteCache
 from common.errors import RunFailed
 from common.labels import LabelSpace
 from common.site import SiteData
+from server import runs
 from simulations import baselines, engine, report
 from simulations.config import SimulationConfig
 from simulations.partition import SourcePlan, partition, write_report
@@ -78,23 +79,16 @@ def federate(
     cfg: SimulationConfig, run_dir: Path, n_sites: int, resume: bool, progress: bool
 ) -> None:
     """The ServerApp + one ClientApp per virtual site on the Simulation Engine."""
-    run_config = run_dir / "run_config.toml"
-    run_config.write_text(
-        f'run-dir = "{run_dir}"\nexperiment = "{run_dir / "experiment.yaml"}"\n'
-        f'site-manifest = "{run_dir / "partition" / "sites.json"}"\n'
-        f"resume = {'true' if resume else 'false'}\n"
-    )
-    metrics = run_dir / "metrics.jsonl"
+    run_config = runs.write_run_config(run_dir, resume, run_dir / "partition" / "sites.json")
     rounds = cfg.experiment.federation.rounds
     bar = tqdm(total=rounds + 1, desc="federation", unit="round", disable=not progress)
 
     def poll() -> None:
-        if metrics.exists():
-            entries = [json.loads(x) for x in metrics.read_text().splitlines() if x]
-            done = {e["round"] for e in entries if e["phase"] == "train"}
-            done = len(done) + any(e["phase"] == "finetune" for e in entries)
-            if done > bar.n:
-                bar.update(done - bar.n)
+        entries = runs.entries(run_dir)
+        done = len({e["round"] for e in entries if e["phase"] == "train"})
+        done += any(e["phase"] == "finetune" for e in entries)
+        if done > bar.n:
+            bar.update(done - bar.n)
 
     flwr_home = run_dir / "flwr"
     with engine.simulation_superlink(flwr_home) as connection:
