@@ -82,6 +82,17 @@ def _login_form(message: str = "") -> Response:
     return Response(body, status=401, mimetype="text/html")
 
 
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _local_name(host: str) -> bool:
+    """A Host header naming this machine: a page from another site that rebinds its DNS name to
+    127.0.0.1 sends its own name, and is treated as the outsider it is."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.strip("[]").lower() in ("localhost", "127.0.0.1", "::1")
+
+
 def guard(server: Flask, token_file: Path | None) -> None:
     """Refuse every request that is neither from loopback nor carries the token's cookie.
 
@@ -95,7 +106,7 @@ def guard(server: Flask, token_file: Path | None) -> None:
 
     @server.before_request
     def check() -> Response | None:
-        if is_loopback(request.remote_addr):
+        if is_loopback(request.remote_addr) and _local_name(request.host):
             return None
         expected = token()
         if expected is None:
@@ -104,10 +115,10 @@ def guard(server: Flask, token_file: Path | None) -> None:
                 status=403,
                 mimetype="text/plain",
             )
-        if hmac.compare_digest(request.cookies.get(COOKIE, ""), expected):
+        if _same(request.cookies.get(COOKIE, ""), expected):
             return None
         if request.path == "/login" and request.method == "POST":
-            if hmac.compare_digest(request.form.get("token", "").strip(), expected):
+            if _same(request.form.get("token", "").strip(), expected):
                 reply = redirect("/", code=303)
                 reply.set_cookie(COOKIE, expected, httponly=True, samesite="Strict")
                 return reply

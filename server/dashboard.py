@@ -128,15 +128,16 @@ def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Gr
 
 
 def curves(run_id: str, entries: list[dict], rows: list[dict]) -> html.Div:
-    """Loss and validation macro AUC per round: the aggregate bold, each site thin."""
+    """Loss and validation macro AUC per round: each site thin, the aggregate bold on top (drawn
+    last, listed first)."""
     rounds = [r["round"] for r in rows]
-    loss = [
-        line(rounds, [r.get("train_loss") for r in rows], "train loss (mean)", line=GLOBAL_LINE),
-        line(rounds, [r.get("val_loss") for r in rows], "val loss (mean)", line=GLOBAL_LINE),
+    bold = {"line": GLOBAL_LINE, "legendrank": 1}
+    loss = site_traces(site_series(entries, "train", "train-loss"), " train") + [
+        line(rounds, [r.get("train_loss") for r in rows], "train loss (mean)", **bold),
+        line(rounds, [r.get("val_loss") for r in rows], "val loss (mean)", **bold),
     ]
-    loss += site_traces(site_series(entries, "train", "train-loss"), " train")
-    auc = [line(rounds, [r.get("val_macro_auc") for r in rows], "global", line=GLOBAL_LINE)]
-    auc += site_traces(site_series(entries, "evaluate", "macro-auc"))
+    auc = site_traces(site_series(entries, "evaluate", "macro-auc"))
+    auc.append(line(rounds, [r.get("val_macro_auc") for r in rows], "global", **bold))
     return html.Div(
         [
             figure("Loss per round", "loss", loss, run_id),
@@ -287,8 +288,8 @@ def rounds_section(rows: list[dict]) -> list:
             number(r.get("train_loss")),
             number(r.get("val_loss")),
             number(r.get("val_macro_auc")),
-            number(r.get("seconds")),
-            "; ".join(r["failed"]) or "-",
+            number(r.get("seconds"), 1),
+            "; ".join(dict.fromkeys(r["failed"])) or "-",  # a site down fails both phases
         ]
         for r in rows
     ]

@@ -242,6 +242,20 @@ def test_a_malformed_metrics_line_leaves_the_page_up(tmp_path):
     assert "alpha" in str(page)
 
 
+def test_the_privacy_budget_is_drawn_per_round_with_the_stop(tmp_path):
+    log = fake_run(tmp_path / "dp", 5, 0, [])
+    for rnd in (1, 2):
+        spent = {"epsilon": 1.5 * rnd, "delta": 1e-5, "releases": rnd, "max-epsilon": 4.0}
+        sites = {"alpha": {"train-loss": 0.5, "dp-epsilon": 0.7 * rnd}}
+        log.write({"round": rnd, "phase": "train", "sites": sites, "failed": [], "privacy": spent})
+    log.write({"round": 3, "phase": "privacy-stop", "reason": "round 3 would take epsilon past 4"})
+    section = dashboard.privacy_section("dp", dashboard.checked_entries(tmp_path / "dp"))
+    (graph,) = [c for c in section if isinstance(c, dashboard.dcc.Graph)]
+    traces = {t["name"]: t["y"] for t in graph.figure["data"]}
+    assert traces == {"central DP": [1.5, 3.0], "budget": [4.0, 4.0], "alpha DP-SGD": [0.7, 1.4]}
+    assert "round 3 would take epsilon past 4" in str(section)
+
+
 def non_loopback_address() -> str | None:
     """This machine's address on its outgoing interface (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -275,6 +289,16 @@ def test_other_addresses_are_refused_without_the_token(tmp_path):
     assert login.status_code == 303
     assert client.get("/files/flaky/experiment.yaml", environ_base=outside).status_code == 200
     assert app.test_client().get("/").status_code == 200  # loopback needs no login
+    cookie = {"HTTP_COOKIE": "ecgfl-dashboard=s\u00e9cret"}  # not even ASCII
+    assert app.test_client().get("/", environ_base={**outside, **cookie}).status_code == 401
+
+
+def test_a_foreign_site_rebinding_its_name_to_loopback_is_an_outsider(tmp_path):
+    fake_run(tmp_path / "runs" / "flaky", 3, 3, ["alpha", "beta"], failing="gamma")
+    client = dashboard.build([tmp_path / "runs"], tmp_path / "dashboard.token").server.test_client()
+    for host in ("localhost:8050", "127.0.0.1:8050", "[::1]:8050", "LOCALHOST"):
+        assert client.get("/run/flaky", headers={"Host": host}).status_code == 200, host
+    assert client.get("/run/flaky", headers={"Host": "evil.example:8050"}).status_code == 403
 
 
 @needs_chromium
