@@ -231,7 +231,7 @@ def sites_section(entries: list[dict]) -> list:
         if e["phase"] not in ("train", "evaluate"):
             continue
         for site, m in e["sites"].items():
-            row = seen.setdefault(site, {"train": 0, "failed": 0})
+            row = seen.setdefault(site, {"train": 0, "failed": set()})
             row["last"] = e["round"]
             if e["phase"] == "train":
                 row["train"] += 1
@@ -240,14 +240,14 @@ def sites_section(entries: list[dict]) -> list:
             else:
                 row["auc"] = value(m, "macro-auc")
         for f in e["failed"]:
-            row = seen.setdefault(f["site"], {"train": 0, "failed": 0})
-            row["failed"] += 1
+            row = seen.setdefault(f["site"], {"train": 0, "failed": set()})
+            row["failed"].add(e["round"])
             row["reason"] = f"round {e['round']}: {f['reason']}"
     rows = [
         [
             site,
             r["train"],
-            r["failed"],
+            len(r["failed"]),
             r.get("last", "-"),
             number(r.get("loss")),
             number(r.get("auc")),
@@ -256,7 +256,14 @@ def sites_section(entries: list[dict]) -> list:
         ]
         for site, r in sorted(seen.items())
     ]
-    header = ["site", "rounds trained", "failures", "last round", "train loss", "val macro AUC"]
+    header = [
+        "site",
+        "rounds trained",
+        "rounds failed",
+        "last round",
+        "train loss",
+        "val macro AUC",
+    ]
     header += ["bytes up (last)", "last failure"]
     return [html.H2("Sites"), table(header, rows, "sites")]
 
@@ -340,7 +347,7 @@ def list_page(runs: dict[str, RunFolder]) -> list:
         )
     return [
         html.H1("ecgfl runs"),
-        table(["run", "status", "rounds", "sites", "site failures"], rows, "runs"),
+        table(["run", "status", "rounds", "sites", "failed replies"], rows, "runs"),
         html.H2(f"Compare 2 to {MAX_COMPARE} runs"),
         dcc.Checklist(
             id="pick",

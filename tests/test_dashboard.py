@@ -191,7 +191,8 @@ def test_a_failed_sites_reason_appears(site, browser, tmp_path):
     browser.get(site + "/run/flaky")
     failures = wait_for(browser, "#failures", "gamma")
     assert "cache of gamma is stale (round 3)" in failures.text
-    assert "gamma" in browser.find_element("css selector", "#sites").text
+    sites = browser.find_element("css selector", "#sites").text.splitlines()
+    assert "gamma 0 3 - - - - round 3: cache of gamma is stale (round 3)" in sites
     shot(browser, tmp_path, "failed")
 
 
