@@ -99,6 +99,12 @@ class MlflowSink:
             if found
             else self.client.create_experiment(experiment.name, artifact_location=artifacts)
         )
+        tag = f"tags.`ecgfl.run_dir` = '{run_dir}'"
+        resumed = self.client.search_runs([exp_id], filter_string=tag, max_results=1)
+        if resumed:  # a resumed run goes on in the same MLflow run
+            self.run_id = resumed[0].info.run_id
+            self.client.update_run(self.run_id, "RUNNING")
+            return
         tags = {"ecgfl.run_dir": str(run_dir)}
         self.run_id = self.client.create_run(exp_id, run_name=run_dir.name, tags=tags).info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in flatten(experiment.to_dict()).items()]

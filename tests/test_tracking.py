@@ -79,6 +79,21 @@ def test_mlflow_gets_params_every_round_per_site_the_report_and_the_model(tmp_pa
     assert {"report.md", "model/global_model.pt"} <= files
 
 
+def test_a_resumed_run_goes_on_in_the_same_mlflow_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    run_dir, experiment = finished_run(tmp_path, mlflow="mlruns")
+    tracker = tracking.Tracker(experiment, run_dir)  # the ServerApp again, with --resume
+    MetricsLog(run_dir / "metrics.jsonl", tracker.entry).write(
+        {"round": 4, "phase": "train", "sites": {}, "failed": [], "aggregate": {"train-loss": 0.5}}
+    )
+    tracker.finish(run_dir)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("study").experiment_id])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/train-loss")]
+    assert sorted(steps) == [1, 2, 3, 4] and run.info.status == "FINISHED"
+
+
 def test_tensorboard_event_files_hold_a_scalar_per_round_and_site(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
