@@ -72,17 +72,9 @@ def learn_site_names(grid: Grid, config, timeout: float, known: dict[int, str]) 
         exchange(grid, messages, timeout, known)
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    log_through_flower()
-    run_dir = Path(str(context.run_config[protocol.RUN_DIR]))
-    pinned = str(context.run_config.get(protocol.EXPERIMENT_FILE, ""))
-    experiment = ExperimentConfig.load(pinned or None)
-    space = LabelSpace.load(experiment.labels)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    record_flower_run(run_dir, context.run_id)
-    tracker = tracking.Tracker(experiment, run_dir)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", tracker.entry)
+def start_state(context: Context, run_dir: Path, experiment, space, metrics) -> RoundState:
+    """Round 0 of a new run, or the last complete round of a resumed one; with the site names
+    provisioning learnt (deployment: node id -> site, from registered keys)."""
     last = latest_checkpoint(run_dir) if context.run_config.get(protocol.RESUME) else None
     if last:
         state = RoundState.load(last)
@@ -91,11 +83,16 @@ def main(grid: Grid, context: Context) -> None:
         state = initial_state(experiment, space)
         state.save(checkpoint_path(run_dir, 0))
     metrics.truncate_after(state.round)
-    provisioned = run_dir / "sites.json"  # deployment: node id -> site, from registered keys
+    provisioned = run_dir / "sites.json"
     if provisioned.exists():
         state.sites.update({int(k): v for k, v in json.loads(provisioned.read_text()).items()})
+    return state
 
-    def save_global(rnd: int, arrays: dict) -> None:
+
+def global_model_saver(run_dir: Path, experiment: ExperimentConfig, space: LabelSpace):
+    """What the loop calls after each round: ``global_model.pt``, a checkpoint any tool opens."""
+
+    def save(rnd: int, arrays: dict) -> None:
         model = experiment.model_config().build(n_classes=len(space))
         model.load_state_dict(arrays)
         save_checkpoint(
@@ -109,17 +106,11 @@ def main(grid: Grid, context: Context) -> None:
             run=run_dir.name,
         )
 
-    config = Job.for_run(experiment, run_dir.name).to_record()
-    fed = experiment.federation
-    learn_site_names(grid, config, fed.round_timeout_s, state.sites)
-    loop = RoundLoop(grid, build_strategy(fed), fed, config, run_dir, metrics, save_global)
-    try:
-        state = loop.run(state)
-    except RunStopped:  # a site always fails, or too few are left: nothing comparable to tune
-        report.write(run_dir, metrics.read(), experiment)
-        tracker.finish(run_dir, stopped=True)
-        return
+    return save
 
+
+def finetune_everywhere(grid: Grid, state: RoundState, config, timeout: float, run_dir: Path):
+    """Every site fine-tunes the final global model and keeps it; (per-site scores, failures)."""
     log.info("fine-tuning the global model at every site")
     content = RecordDict(
         {protocol.ARRAYS_RECORD: ArrayRecord(state.arrays), protocol.CONFIG_RECORD: config}
@@ -128,9 +119,34 @@ def main(grid: Grid, context: Context) -> None:
         Message(content=content, dst_node_id=node, message_type=protocol.FINETUNE)
         for node in grid.get_node_ids()
     ]
-    _, per_site, failed = exchange(
-        grid, messages, fed.round_timeout_s, state.sites, run_dir / FAILURES_LOG
-    )
+    _, per_site, failed = exchange(grid, messages, timeout, state.sites, run_dir / FAILURES_LOG)
+    return per_site, failed
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    log_through_flower()
+    run_dir = Path(str(context.run_config[protocol.RUN_DIR]))
+    pinned = str(context.run_config.get(protocol.EXPERIMENT_FILE, ""))
+    experiment = ExperimentConfig.load(pinned or None)
+    space = LabelSpace.load(experiment.labels)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    record_flower_run(run_dir, context.run_id)
+    tracker = tracking.Tracker(experiment, run_dir)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", tracker.entry)
+    state = start_state(context, run_dir, experiment, space, metrics)
+    config = Job.for_run(experiment, run_dir.name).to_record()
+    fed = experiment.federation
+    learn_site_names(grid, config, fed.round_timeout_s, state.sites)
+    save_global = global_model_saver(run_dir, experiment, space)
+    loop = RoundLoop(grid, build_strategy(fed), fed, config, run_dir, metrics, save_global)
+    try:
+        state = loop.run(state)
+    except RunStopped:  # a site always fails, or too few are left: nothing comparable to tune
+        report.write(run_dir, metrics.read(), experiment)
+        tracker.finish(run_dir, stopped=True)
+        return
+    per_site, failed = finetune_everywhere(grid, state, config, fed.round_timeout_s, run_dir)
     metrics.write({"round": state.round, "phase": "finetune", "sites": per_site, "failed": failed})
     report.write(run_dir, metrics.read(), experiment)
     privacy.append_to_report(run_dir, metrics.read())
