@@ -16,7 +16,14 @@ from flask import Response, abort
 
 from common.dashboard import Link, create_app, table
 from server.report import finetune_table, rounds_table
-from server.runs import RunFolder, checked_entries, last_update, partition_counts, run_folders
+from server.runs import (
+    RunFolder,
+    checked_entries,
+    last_seen,
+    last_update,
+    partition_counts,
+    run_folders,
+)
 
 FILES = ("report.md", "simulation.md", "experiment.yaml", "config.yaml", "failures.log")
 MAX_COMPARE = 4
@@ -329,7 +336,10 @@ def run_page(run_id: str, folder: RunFolder) -> list:
     ]
 
 
-def list_page(runs: dict[str, RunFolder]) -> list:
+def list_page(runs: dict[str, RunFolder], roots: list[Path]) -> list:
+    if not runs:
+        where = ", ".join(map(str, roots))
+        return [html.H1("ecgfl runs"), html.P(f"No run folder (with experiment.yaml) in {where}.")]
     rows = []
     for run_id, folder in runs.items():
         entries = checked_entries(folder.path)
@@ -358,6 +368,10 @@ def list_page(runs: dict[str, RunFolder]) -> list:
             inputStyle={"marginLeft": "1em"},
         ),
         html.P(dcc.Link("compare", id="compare-link", href="/compare")),
+        html.H2("Sites: the last round each answered or failed"),
+        table(
+            ["site", "last seen"], sorted(map(list, last_seen(list(runs.values())).items())), "seen"
+        ),
     ]
 
 
@@ -429,7 +443,7 @@ def build(paths: list[Path], token_file: Path | None) -> Dash:
             return [html.H1("No such run"), html.P(run_id), dcc.Link("all runs", href="/")]
         if path == "/compare":
             return compare_page(runs, chosen_runs(search))
-        return list_page(runs)
+        return list_page(runs, catalog.paths)
 
     def signature(path: str, search: str) -> tuple:
         runs = catalog.runs()

@@ -145,7 +145,7 @@ def last_seen(folders: list[RunFolder]) -> dict[str, str]:
     """Site -> the newest run and round it answered in (or failed), as ``run round N``."""
     seen: dict[str, str] = {}
     for folder in folders:  # oldest first: newer runs overwrite
-        for e in entries(folder.path):
+        for e in checked_entries(folder.path):
             where = f"{folder.name} round {e['round']} {e['phase']}"
             for site in e.get("sites", {}):
                 seen[site] = where

@@ -155,6 +155,8 @@ def test_the_run_list_shows_a_finished_simulation_and_fetches_nothing_outside(
     row = next(r for r in table.text.splitlines() if r.startswith("tiny-sim"))
     assert "finished" in row and "2 of 2" in row
     assert "flaky" in table.text and "live" in table.text
+    seen = browser.find_element("css selector", "#seen").text
+    assert "gamma flaky round 3 evaluate (failed)" in seen.splitlines()
     shot(browser, tmp_path, "list")
     urls = requested_urls(browser)
     assert urls and all(u.startswith(site + "/") for u in urls), urls
@@ -438,3 +440,11 @@ def test_the_hospital_sees_what_left_the_data_check_and_its_models(hospital, bro
         shot(browser, tmp_path, "hospital")
     finally:
         server.shutdown()
+
+
+def test_an_empty_runs_folder_says_where_it_looked(tmp_path):
+    app = dashboard.build([tmp_path / "runs"], None)
+    assert app.server.test_client().get("/").status_code == 200
+    assert f"No run folder (with experiment.yaml) in {tmp_path / 'runs'}" in str(
+        dashboard.list_page({}, [tmp_path / "runs"])
+    )
