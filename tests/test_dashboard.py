@@ -183,6 +183,8 @@ def test_a_run_page_shows_every_round_and_site_of_its_metrics(site, browser, sim
     assert "finished" in browser.find_element("css selector", "#status").text
     assert browser.find_elements("css selector", ".js-plotly-plot")  # curves and partition
     assert "Partition" in browser.page_source
+    urls = requested_urls(browser)  # plotly.js included: served from the wheels
+    assert any("plotly" in u for u in urls) and all(u.startswith(site + "/") for u in urls), urls
     shot(browser, tmp_path, "run")
     browser.get(site + "/files/tiny-sim/report.md")
     assert "# Federated run tiny-sim" in browser.page_source
