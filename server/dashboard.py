@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote
 
 from dash import Dash, Input, Output, dcc, html
 from flask import Response, abort
 
 from common.dashboard import Link, create_app, table
+from common.errors import EcgflError
 from server.report import finetune_table, rounds_table
 from server.runs import (
     RunFolder,
@@ -25,9 +29,13 @@ from server.runs import (
     run_folders,
 )
 
+if TYPE_CHECKING:  # the simulations' dashboard starts without the coordinator's modules
+    from server.coordinator import CoordinatorConfig
+
 FILES = ("report.md", "simulation.md", "experiment.yaml", "config.yaml", "failures.log")
 MAX_COMPARE = 4
 MAX_SITE_LINES = 12
+POLL_S = 15.0  # how often the coordinator's dashboard asks its SuperLink
 SITE_LINE = {"width": 1}
 GLOBAL_LINE = {"width": 3}
 
@@ -60,13 +68,54 @@ def value(metrics: dict, key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def status(folder: RunFolder, entries: list[dict]) -> str:
+def status(folder: RunFolder, entries: list[dict], flower: dict[int, str] | None = None) -> str:
+    """finished or stopped; else what the coordinator's SuperLink says of the run (``flower``:
+    Flower run id -> state), or, without one (simulations), when the run last wrote."""
     if (folder.path / "summary.json").exists():
         return folder.state({})
     done = max((e["round"] for e in entries if e["phase"] == "train"), default=0)
+    progress = f"round {done} of {folder.rounds or '?'}"
+    if flower:
+        return f"{folder.state(flower)}: {progress}"
     when = last_update(folder.path)
     written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "nothing yet"
-    return f"running (or interrupted): round {done} of {folder.rounds or '?'}; last write {written}"
+    return f"running (or interrupted): {progress}; last write {written}"
+
+
+class Federation:
+    """What only the coordinator's SuperLink knows: which hospitals are connected, and the state
+    of its runs. Asked every ``POLL_S`` in the background, so that no page waits on flwr."""
+
+    def __init__(self, cfg: CoordinatorConfig) -> None:
+        self.cfg = cfg
+        self.flower: dict[int, str] = {}
+        self.hospitals = "Asking the SuperLink..."
+
+    def start(self) -> Federation:
+        def poll() -> None:
+            while True:
+                self.refresh()
+                time.sleep(POLL_S)
+
+        threading.Thread(target=poll, daemon=True).start()
+        return self
+
+    def refresh(self) -> None:
+        from server import coordinator
+        from server.commands.status import hospitals_table
+
+        try:
+            nodes = coordinator.flwr_json(self.cfg, "supernode", "list", coordinator.CONNECTION)
+            self.flower = coordinator.flower_runs(self.cfg)
+        except (EcgflError, OSError, subprocess.SubprocessError) as exc:
+            self.flower = {}
+            self.hospitals = f"The SuperLink did not answer: {exc}"
+            return
+        seen = last_seen(run_folders(self.cfg.state / "runs"))
+        self.hospitals = hospitals_table(self.cfg, nodes.get("nodes", []), seen)
+
+    def section(self) -> list:
+        return [html.H2("Hospitals"), dcc.Markdown(self.hospitals, id="hospitals")]
 
 
 def site_series(entries: list[dict], phase: str, key: str) -> dict[str, tuple[list, list]]:
@@ -319,13 +368,13 @@ def links(run_id: str, folder: RunFolder) -> html.P:
     return html.P(items)
 
 
-def run_page(run_id: str, folder: RunFolder) -> list:
+def run_page(run_id: str, folder: RunFolder, flower: dict[int, str] | None = None) -> list:
     entries = checked_entries(folder.path)
     rows = rounds_table(entries)
     return [
         html.H1(f"Run {run_id}"),
         links(run_id, folder),
-        html.P(["Status: ", html.B(status(folder, entries), id="status")]),
+        html.P(["Status: ", html.B(status(folder, entries, flower), id="status")]),
         curves(run_id, entries, rows),
         *rounds_section(rows),
         *failures_section(entries),
@@ -336,10 +385,18 @@ def run_page(run_id: str, folder: RunFolder) -> list:
     ]
 
 
-def list_page(runs: dict[str, RunFolder], roots: list[Path]) -> list:
+def list_page(
+    runs: dict[str, RunFolder], roots: list[Path], federation: Federation | None = None
+) -> list:
+    known = federation.section() if federation else []
     if not runs:
         where = ", ".join(map(str, roots))
-        return [html.H1("ecgfl runs"), html.P(f"No run folder (with experiment.yaml) in {where}.")]
+        return [
+            html.H1("ecgfl runs"),
+            *known,
+            html.P(f"No run folder (with experiment.yaml) in {where}."),
+        ]
+    flower = federation.flower if federation else None
     rows = []
     for run_id, folder in runs.items():
         entries = checked_entries(folder.path)
@@ -348,7 +405,7 @@ def list_page(runs: dict[str, RunFolder], roots: list[Path]) -> list:
         rows.append(
             [
                 Link(run_id, f"/run/{quote(run_id, safe='')}"),
-                status(folder, entries),
+                status(folder, entries, flower),
                 f"{max((e['round'] for e in entries if e['phase'] == 'train'), default=0)}"
                 f" of {folder.rounds or '?'}",
                 len(trained),
@@ -357,6 +414,8 @@ def list_page(runs: dict[str, RunFolder], roots: list[Path]) -> list:
         )
     return [
         html.H1("ecgfl runs"),
+        *known,
+        html.H2("Runs"),
         table(["run", "status", "rounds", "sites", "failed replies"], rows, "runs"),
         html.H2(f"Compare 2 to {MAX_COMPARE} runs"),
         dcc.Checklist(
@@ -431,7 +490,8 @@ def chosen_runs(search: str) -> list[str]:
     return [r for r in parse_qs(search.lstrip("?")).get("runs", [""])[0].split(",") if r]
 
 
-def build(paths: list[Path], token_file: Path | None) -> Dash:
+def build(paths: list[Path], token_file: Path | None, federation: Federation | None = None) -> Dash:
+    """The app over ``paths``; ``federation`` adds what the coordinator's SuperLink knows."""
     catalog = Catalog(paths)
 
     def render(path: str, search: str) -> list:
@@ -439,19 +499,22 @@ def build(paths: list[Path], token_file: Path | None) -> Dash:
         if path.startswith("/run/"):
             run_id = unquote(path[len("/run/") :])
             if run_id in runs:
-                return run_page(run_id, runs[run_id])
+                return run_page(run_id, runs[run_id], federation and federation.flower)
             return [html.H1("No such run"), html.P(run_id), dcc.Link("all runs", href="/")]
         if path == "/compare":
             return compare_page(runs, chosen_runs(search))
-        return list_page(runs, catalog.paths)
+        return list_page(runs, catalog.paths, federation)
 
     def signature(path: str, search: str) -> tuple:
         runs = catalog.runs()
         if path.startswith("/run/"):
             folder = runs.get(unquote(path[len("/run/") :]))
-            return (path, _run_signature(folder) if folder else None)
+            known = federation.flower if federation else None
+            return (path, _run_signature(folder) if folder else None, known)
         shown = chosen_runs(search) if path == "/compare" else list(runs)
-        return (path, search, tuple((r, _run_signature(runs[r])) for r in shown if r in runs))
+        files = tuple((r, _run_signature(runs[r])) for r in shown if r in runs)
+        known = (federation.hospitals, federation.flower) if federation else None
+        return (path, search, files, known)
 
     app = create_app("ecgfl runs", token_file, render, signature)
 

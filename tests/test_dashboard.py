@@ -450,3 +450,35 @@ def test_an_empty_runs_folder_says_where_it_looked(tmp_path):
     assert f"No run folder (with experiment.yaml) in {tmp_path / 'runs'}" in str(
         dashboard.list_page({}, [tmp_path / "runs"])
     )
+
+
+def test_the_coordinators_page_shows_connected_hospitals_and_the_superlinks_run_state(
+    tmp_path, monkeypatch
+):
+    from common.errors import RunFailed
+    from server import coordinator
+    from server.provision import provision
+
+    provision(tmp_path, ["H1", "H2"], ["localhost"])
+    cfg = coordinator.CoordinatorConfig.load(tmp_path / "coordinator" / "coordinator.yaml")
+    fake_run(cfg.state / "runs" / "study-1", 3, 1, ["H1"])
+    (cfg.state / "runs" / "study-1" / "flower_runs.json").write_text("[42]")
+    (cfg.state / "nodes.json").write_text(json.dumps({"7": "H1", "8": "H2"}))
+    nodes = [{"node-id": 7, "status": "online"}, {"node-id": 8, "status": "offline"}]
+    answers = {"supernode": {"nodes": nodes}, "ls": {"runs": [{"run-id": 42, "status": "running"}]}}
+    monkeypatch.setattr(coordinator, "flwr_json", lambda cfg, *args: answers[args[0]])
+    federation = dashboard.Federation(cfg)
+    federation.refresh()
+    page = str(dashboard.list_page(dashboard.Catalog([cfg.state / "runs"]).runs(), [], federation))
+    assert "running: round 1 of 3" in page
+    rows = {r.split("|")[1].strip(): r for r in federation.hospitals.splitlines()[2:]}
+    assert "| connected |" in rows["H1"] and "study-1 round 1 evaluate" in rows["H1"]
+    assert "| not connected |" in rows["H2"]
+
+    def down(cfg, *args):
+        raise RunFailed("the SuperLink is not running (ecgfl-coordinator start)")
+
+    monkeypatch.setattr(coordinator, "flwr_json", down)
+    federation.refresh()
+    assert "did not answer: the SuperLink is not running" in federation.hospitals
+    assert federation.flower == {}

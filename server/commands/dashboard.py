@@ -18,4 +18,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = coordinator.CoordinatorConfig.load(args.config)
     token = cfg.state / "dashboard.token"
-    return serve(dashboard.build([cfg.state / "runs"], token), args.host, args.port, token)
+    federation = dashboard.Federation(cfg).start()
+    app = dashboard.build([cfg.state / "runs"], token, federation)
+    return serve(app, args.host, args.port, token)
