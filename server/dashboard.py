@@ -5,6 +5,7 @@ fine-tuning), and 2-4 runs compared. It only reads the folders; a page redraws w
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -25,6 +26,7 @@ from server.runs import (
     checked_entries,
     last_seen,
     last_update,
+    note_seen,
     partition_counts,
     run_folders,
 )
@@ -369,7 +371,7 @@ def links(run_id: str, folder: RunFolder) -> html.P:
 
 
 def run_page(run_id: str, folder: RunFolder, flower: dict[int, str] | None = None) -> list:
-    entries = checked_entries(folder.path)
+    entries = entries_of(folder)
     rows = rounds_table(entries)
     return [
         html.H1(f"Run {run_id}"),
@@ -397,9 +399,10 @@ def list_page(
             html.P(f"No run folder (with experiment.yaml) in {where}."),
         ]
     flower = federation.flower if federation else None
-    rows = []
-    for run_id, folder in runs.items():
-        entries = checked_entries(folder.path)
+    rows, seen = [], {}
+    for run_id, folder in runs.items():  # oldest first: where a site was seen last wins
+        entries = entries_of(folder)
+        note_seen(seen, run_id, entries)
         trained = {s for e in entries for s in e["sites"] if e["phase"] == "train"}
         failures = sum(len(e["failed"]) for e in entries)
         rows.append(
@@ -428,9 +431,7 @@ def list_page(
         ),
         html.P(dcc.Link("compare", id="compare-link", href="/compare")),
         html.H2("Sites: the last round each answered or failed"),
-        table(
-            ["site", "last seen"], sorted(map(list, last_seen(list(runs.values())).items())), "seen"
-        ),
+        table(["site", "last seen"], sorted(map(list, seen.items())), "seen"),
     ]
 
 
@@ -445,7 +446,7 @@ def compare_page(runs: dict[str, RunFolder], chosen: list[str]) -> list:
         ]
     auc, loss, summary = [], [], []
     for run_id in chosen:
-        rows = rounds_table(checked_entries(runs[run_id].path))
+        rows = rounds_table(entries_of(runs[run_id]))
         xs = [r["round"] for r in rows]
         auc.append(line(xs, [r.get("val_macro_auc") for r in rows], run_id))
         loss.append(line(xs, [r.get("train_loss") for r in rows], run_id))
@@ -471,6 +472,17 @@ def compare_page(runs: dict[str, RunFolder], chosen: list[str]) -> list:
             style={"display": "flex", "flexWrap": "wrap"},
         ),
     ]
+
+
+@functools.lru_cache(maxsize=32)
+def _entries(path: Path, stamp: tuple[int, int] | None) -> list[dict]:
+    return checked_entries(path)
+
+
+def entries_of(folder: RunFolder) -> list[dict]:
+    """A run's entries, read again only when metrics.jsonl changed (pages share them: read
+    only)."""
+    return _entries(folder.path, _stat(folder.path / "metrics.jsonl"))
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

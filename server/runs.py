@@ -145,13 +145,18 @@ def last_seen(folders: list[RunFolder]) -> dict[str, str]:
     """Site -> the newest run and round it answered in (or failed), as ``run round N``."""
     seen: dict[str, str] = {}
     for folder in folders:  # oldest first: newer runs overwrite
-        for e in checked_entries(folder.path):
-            where = f"{folder.name} round {e['round']} {e['phase']}"
-            for site in e.get("sites", {}):
-                seen[site] = where
-            for f in e.get("failed", []):
-                seen[f["site"]] = f"{where} (failed)"
+        note_seen(seen, folder.name, checked_entries(folder.path))
     return seen
+
+
+def note_seen(seen: dict[str, str], run: str, run_entries: list[dict]) -> None:
+    """Update ``seen`` (site -> where) with one run's well-formed entries."""
+    for e in run_entries:
+        where = f"{run} round {e['round']} {e['phase']}"
+        for site in e.get("sites", {}):
+            seen[site] = where
+        for f in e.get("failed", []):
+            seen[f["site"]] = f"{where} (failed)"
 
 
 def _entry_shape(e: object) -> dict | None:
