@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,14 @@ from common.errors import DataError
 from common.labels import LabelSpace
 from common.preprocess import PipelineConfig
 from common.splits import SPLITS, assign_splits
+
+
+@lru_cache(maxsize=16)
+def _open_cache(path: str) -> tuple[SiteCache, dict[str, int]]:
+    """A prepared cache and its record id -> row map, opened once per process however many
+    virtual sites share it."""
+    cache = SiteCache.load(Path(path))
+    return cache, {rid: i for i, rid in enumerate(cache.index["record_id"])}
 
 
 @dataclass
@@ -65,15 +74,21 @@ class SiteData:
         if entry is None:
             raise ConfigError(f"{manifest}: no site {site!r} (it lists {len(sites)})")
         source = data["sources"][entry["source"]]
-        cache = SiteCache.prepare(
-            Path(source["data_dir"]),
-            Path(data["cache_dir"]),
-            pipeline,
-            source["format"],
-            progress=False,
-            **source.get("options", {}),
-        )
-        position = {rid: i for i, rid in enumerate(cache.index["record_id"])}
+        prepared = source.get("caches", {}).get(pipeline.fingerprint)
+        try:
+            cache, position = _open_cache(prepared) if prepared else (None, None)
+        except FileNotFoundError:  # removed since: find or build it from the source below
+            cache = None
+        if cache is None:
+            cache = SiteCache.prepare(
+                Path(source["data_dir"]),
+                Path(data["cache_dir"]),
+                pipeline,
+                source["format"],
+                progress=False,
+                **source.get("options", {}),
+            )
+            position = {rid: i for i, rid in enumerate(cache.index["record_id"])}
         rows = {}
         for split in SPLITS:
             ids = entry["records"].get(split, [])

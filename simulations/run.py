@@ -17,6 +17,7 @@ from tqdm import tqdm
 from common.cache import SiteCache
 from common.errors import RunFailed
 from common.labels import LabelSpace
+from common.preprocess import PipelineConfig
 from common.site import SiteData
 from server import runs
 from simulations import baselines, engine, report
@@ -69,6 +70,25 @@ def source_plans(cfg: SimulationConfig, store: Path, progress: bool) -> list[Sou
             )
         )
     return plans
+
+
+def prepare_caches(
+    manifest: dict, plans: list[SourcePlan], pipeline: PipelineConfig, workers: int, progress: bool
+) -> None:
+    """Build each source's cache once and name it in the manifest (``caches``: pipeline
+    fingerprint -> folder), so every virtual site opens it by path instead of re-walking the
+    source folder to find it."""
+    for plan in plans:
+        cache = SiteCache.prepare(
+            plan.data_dir,
+            Path(manifest["cache_dir"]),
+            pipeline,
+            plan.format,
+            workers=workers,
+            progress=progress,
+            **(plan.options or {}),
+        )
+        manifest["sources"][plan.name]["caches"] = {pipeline.fingerprint: str(cache.path)}
 
 
 def _stage(name: str) -> None:
@@ -131,18 +151,9 @@ def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bo
         cfg.partition.min_size,
         cfg.partition.seed,
     )
-    write_report(manifest, counts, run_dir / "partition")
     _stage(f"{len(manifest['sites'])} sites; preparing caches")
-    for plan in plans:
-        SiteCache.prepare(
-            plan.data_dir,
-            Path(manifest["cache_dir"]),
-            experiment.pipeline,
-            plan.format,
-            workers=cfg.workers,
-            progress=progress,
-            **(plan.options or {}),
-        )
+    prepare_caches(manifest, plans, experiment.pipeline, cfg.workers, progress)
+    write_report(manifest, counts, run_dir / "partition")
     sites = [
         SiteData.from_manifest(run_dir / "partition" / "sites.json", i, experiment.pipeline)
         for i in range(len(manifest["sites"]))

@@ -118,3 +118,29 @@ def test_natural_labels_from_data_become_plain_unique_site_names():
     assert len(names) == 3 and all(is_plain_name(f"tis-{n}") for n in names)
     merged = [n for n in names if "_" in n]  # the two 5-record sites merged
     assert merged and ".." not in merged[0] and len(merged[0]) <= 32
+
+
+def test_virtual_sites_open_their_prepared_cache_by_path(sources, tmp_path, monkeypatch):
+    from common import cache as cache_module
+    from common.preprocess import PipelineConfig
+    from common.site import SiteData
+    from simulations.run import prepare_caches
+
+    plan = SourcePlan("tis", sources / "tis", None, "tis")
+    manifest, counts = partition([plan], LabelSpace.load("seed6"), "natural", tmp_path / "cache")
+    pipeline = PipelineConfig(fs=50.0, length_s=10.0, lowpass_hz=20.0)
+    prepare_caches(manifest, [plan], pipeline, workers=1, progress=False)
+    (built,) = manifest["sources"]["tis"]["caches"].values()
+    write_report(manifest, counts, tmp_path / "partition")
+    path = tmp_path / "partition" / "sites.json"
+
+    def no_walk(*_):
+        raise AssertionError("the source folder was walked")
+
+    monkeypatch.setattr(cache_module, "source_fingerprint", no_walk)
+    sites = [SiteData.from_manifest(path, i, pipeline) for i in range(len(manifest["sites"]))]
+    assert {str(s.cache.path) for s in sites} == {built}
+    assert sum(s.counts()["train"] for s in sites) > 0
+    monkeypatch.undo()  # another pipeline (or a cache removed since) is found from the source
+    other = PipelineConfig(fs=50.0, length_s=8.0, lowpass_hz=20.0)
+    assert str(SiteData.from_manifest(path, 0, other).cache.path) != built
