@@ -109,7 +109,8 @@ class Federation:
         try:
             nodes = coordinator.flwr_json(self.cfg, "supernode", "list", coordinator.CONNECTION)
             self.flower = coordinator.flower_runs(self.cfg)
-        except (EcgflError, OSError, subprocess.SubprocessError) as exc:
+        except (EcgflError, OSError, subprocess.SubprocessError, LookupError, ValueError) as exc:
+            # down, not started, or an answer of another shape: the poller must outlive it
             self.flower = {}
             self.hospitals = f"The SuperLink did not answer: {exc}"
             return
