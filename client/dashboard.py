@@ -33,28 +33,31 @@ def shapes(described: dict) -> Fold | str:
     return Fold(records(described), "\n".join(lines))
 
 
+def audit_row(first: dict, last: dict) -> list:
+    """One message: its first line (what came in) and its last (what happened, what left)."""
+    happened, left = outcome(last)
+    asked = records(first.get("records", {})) if first.get("event") == "received" else "-"
+    sent = last.get("records") if last.get("event") == "sent" else None
+    return [
+        str(first.get("time", ""))[:19],
+        str(last.get("run") or f"id {last.get('run_id')}"),
+        str(last.get("server_round", "")),
+        str(last.get("message_type", "")),
+        asked,
+        happened,
+        shapes(sent) if isinstance(sent, dict) else left,
+    ]
+
+
 def audit_section(path: Path) -> list:
     if not path.is_file():
         return [html.H2("Audit log"), html.P(f"{path}: no audit log yet (nothing was asked)")]
     rows = []
     for first, last in list(messages(path, None).values())[-MAX_MESSAGES:][::-1]:
         try:
-            happened, left = outcome(last)
-        except (KeyError, TypeError, AttributeError):
-            happened, left = "unreadable line", "-"
-        asked = records(first.get("records", {})) if first.get("event") == "received" else "-"
-        sent = last.get("records") if last.get("event") == "sent" else None
-        rows.append(
-            [
-                str(first.get("time", ""))[:19],
-                str(last.get("run") or f"id {last.get('run_id')}"),
-                str(last.get("server_round", "")),
-                str(last.get("message_type", "")),
-                asked,
-                happened,
-                shapes(sent) if isinstance(sent, dict) else left,
-            ]
-        )
+            rows.append(audit_row(first, last))
+        except (LookupError, TypeError, AttributeError, ValueError):  # not written by ecgfl
+            rows.append(["", "", "", "", "", "unreadable line", str(last)[:200]])
     header = ["time", "run", "round", "message", "received", "outcome", "what left"]
     return [
         html.H2("Audit log: what was asked and what left"),

@@ -190,9 +190,10 @@ def checked_entries(run_dir: Path) -> list[dict]:
 
 def partition_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     """A simulation's sites -> label -> records (``partition/partition.json``); {} when absent."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: no dicts
         data = json.loads((run_dir / "partition" / "partition.json").read_text())
-        if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+        counts = [n for v in data.values() for n in v.values()]
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
             return data
     return {}
 

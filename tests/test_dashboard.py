@@ -243,8 +243,10 @@ def test_a_malformed_metrics_line_leaves_the_page_up(tmp_path):
     fake_run(bad, 2, 1, ["alpha"])
     with open(bad / "metrics.jsonl", "a") as fh:
         fh.write('{"round": 2, "phase": "train", "sites": [1]}\n{"round": 2, "pha\n\xff\n')
+    (bad / "partition").mkdir()
+    (bad / "partition" / "partition.json").write_text('{"alpha": {"records": "many"}}')
     page = dashboard.run_page("bad", dashboard.RunFolder(bad))
-    assert "alpha" in str(page)
+    assert "alpha" in str(page) and "Partition" not in str(page)
 
 
 def test_the_privacy_budget_is_drawn_per_round_with_the_stop(tmp_path):
@@ -410,12 +412,13 @@ def test_the_hospital_page_survives_a_bad_audit_line_and_a_broken_model(hospital
     (broken / "output" / "study-2").mkdir()
     (broken / "output" / "study-2" / "finetuned.pt").write_bytes(b"half a file")
     with open(broken / "audit.jsonl", "a") as fh:
-        fh.write('{"event": "sent", "records": 5}\n[1, 2]\n')
+        fh.write('{"event": "sent", "records": 5}\n[1, 2]\n{"event": "received", "records": [3]}\n')
     app = hospital_dashboard.build(HospitalConfig.load(broken / "hospital.yaml"), None)
     assert app.server.test_client().get("/").status_code == 200
     page = str(hospital_dashboard.models_section(broken / "output"))
     assert "unreadable" in page and "0.740" in page
-    assert "bundle not approved" in str(hospital_dashboard.audit_section(broken / "audit.jsonl"))
+    audit = str(hospital_dashboard.audit_section(broken / "audit.jsonl"))
+    assert "bundle not approved" in audit and "unreadable line" in audit
 
 
 @needs_chromium
