@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord
@@ -80,24 +81,26 @@ class Job:
         """What the coordinator sends; Flower's strategies add the round (and FedProx's mu)."""
         return ConfigRecord(
             {
-                EXPERIMENT: json.dumps(self.experiment.to_dict()),
+                EXPERIMENT: json.dumps(self.site_experiment()),
                 LABEL_SPACE: json.dumps(self.space.to_dict()),
                 FINETUNE_LABEL_SPACE: json.dumps(self.finetune_space.to_dict()),
                 RUN_NAME: self.run_name,
             }
         )
 
+    def site_experiment(self) -> dict:
+        """The experiment as sites receive it: without the coordinator's own ``tracking``
+        (where it reports the run, an address sites have no business knowing)."""
+        data = self.experiment.to_dict()
+        data.pop("tracking", None)
+        return data
+
     @classmethod
     def from_record(cls, record: ConfigRecord) -> Job:
-        """A site's reading of a message: validated here, once per message."""
-        from common.experiment import ExperimentConfig
-
-        experiment = config.from_dict(
-            ExperimentConfig, json.loads(str(record[EXPERIMENT])), "coordinator's experiment"
-        )
-        space = LabelSpace.from_dict(json.loads(str(record[LABEL_SPACE])), "coordinator's labels")
-        ft_space = LabelSpace.from_dict(
-            json.loads(str(record[FINETUNE_LABEL_SPACE])), "coordinator's fine-tuning labels"
+        """A site's reading of a message. The experiment and label spaces are validated once per
+        process (a simulation's ClientApp process answers many messages of the same run)."""
+        experiment, space, ft_space = _decode(
+            str(record[EXPERIMENT]), str(record[LABEL_SPACE]), str(record[FINETUNE_LABEL_SPACE])
         )
         return cls(
             experiment=experiment,
@@ -107,3 +110,16 @@ class Job:
             server_round=int(record.get(SERVER_ROUND, 0)),
             proximal_mu=float(record.get(PROXIMAL_MU, 0.0)),
         )
+
+
+@lru_cache(maxsize=4)
+def _decode(experiment: str, space: str, ft_space: str):
+    """The coordinator's experiment and label spaces from their JSON, checked as if loaded from
+    a file (the objects are shared by the messages that carry the same text: never mutate)."""
+    from common.experiment import ExperimentConfig
+
+    return (
+        config.from_dict(ExperimentConfig, json.loads(experiment), "coordinator's experiment"),
+        LabelSpace.from_dict(json.loads(space), "coordinator's labels"),
+        LabelSpace.from_dict(json.loads(ft_space), "coordinator's fine-tuning labels"),
+    )

@@ -206,3 +206,13 @@ def test_end_to_end_an_exfiltrating_site_sends_nothing_and_stops_the_run(exfiltr
     assert "The run stopped" in (run_dir / "report.md").read_text()
     assert "\x1b[" not in (run_dir / "flower.log").read_text()
     assert "leaked-ecg" in (run_dir / "failures.log").read_text()
+
+
+def test_the_coordinators_tracking_address_does_not_travel_to_the_sites():
+    from common.experiment import ExperimentConfig, TrackingSettings
+    from common.protocol import EXPERIMENT, Job
+
+    experiment = ExperimentConfig(tracking=TrackingSettings(mlflow="http://mlflow.internal:5000"))
+    record = Job.for_run(experiment, "study-1").to_record()
+    assert "mlflow.internal" not in str(record[EXPERIMENT])
+    assert Job.from_record(record).experiment.tracking == TrackingSettings()
