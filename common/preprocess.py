@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import Annotated
 
 import numpy as np
-from scipy import signal as sps
 
 from common.config import above
 
@@ -75,6 +74,8 @@ class PipelineConfig:
 
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     """Polyphase resampling along the last axis (anti-aliased)."""
+    from scipy import signal as sps  # here: config readers need no scipy
+
     if fs_in == fs_out:
         return x
     ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
@@ -83,6 +84,8 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
 
 @lru_cache(maxsize=32)
 def _bandpass(fs: float, low: float | None, high: float | None) -> np.ndarray | None:
+    from scipy import signal as sps  # here: config readers need no scipy
+
     if low and high:
         return sps.butter(2, [low, high], btype="bandpass", fs=fs, output="sos")
     if low:
@@ -109,6 +112,8 @@ def apply(cfg: PipelineConfig, signal: np.ndarray, fs: float) -> np.ndarray:
 
     Raises ValueError for a record shorter than ``MIN_DURATION_S``.
     """
+    from scipy import signal as sps  # here: config readers need no scipy
+
     if signal.shape[-1] < MIN_DURATION_S * fs:
         raise ValueError(f"{signal.shape[-1] / fs:.2f} s long, need at least {MIN_DURATION_S} s")
     x = resample(np.asarray(signal, np.float64), fs, cfg.fs)
