@@ -34,7 +34,10 @@ def rounds_table(entries: list[dict]) -> list[dict]:
         else:
             row["val_macro_auc"] = agg.get(protocol.MACRO_AUC)
             row["val_loss"] = agg.get(protocol.VAL_LOSS)
-        row["failed"] += [f"{f['site']} ({f['reason']})" for f in e["failed"]]
+        for f in e["failed"]:  # a site that failed both phases the same way is named once
+            line = f"{f['site']} ({f['reason']})"
+            if line not in row["failed"]:
+                row["failed"].append(line)
     return [rows[k] for k in sorted(rows)]
 
 
