@@ -56,6 +56,7 @@ def finished_run(tmp_path: Path, **sinks) -> tuple[Path, ExperimentConfig]:
     return run_dir, experiment
 
 
+@pytest.mark.e2e  # MLflow's store takes seconds to create
 def test_mlflow_gets_params_every_round_per_site_the_report_and_the_model(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -79,6 +80,7 @@ def test_mlflow_gets_params_every_round_per_site_the_report_and_the_model(tmp_pa
     assert {"report.md", "model/global_model.pt"} <= files
 
 
+@pytest.mark.e2e  # MLflow's store takes seconds to create
 def test_a_resumed_run_goes_on_in_the_same_mlflow_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
