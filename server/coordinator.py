@@ -549,8 +549,8 @@ def flwr(cfg: CoordinatorConfig, *args: str, timeout: float | None = 120) -> tup
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
-def explain(cfg: CoordinatorConfig, command: str, message: str) -> str:
-    """Flower's error from ``flwr COMMAND`` as what the operator should do."""
+def advice(cfg: CoordinatorConfig, message: str) -> str | None:
+    """What to do about an error Flower printed, where ecgfl knows it."""
     if "SuperLink is unavailable" in message:
         return (
             f"the coordinator's SuperLink (127.0.0.1:{cfg.internal_port}) does not answer: is the "
@@ -562,7 +562,12 @@ def explain(cfg: CoordinatorConfig, command: str, message: str) -> str:
             f"Flower read the connection name {CONNECTION!r} as a project folder; run "
             f"ecgfl-coordinator from another folder and report this ({message.splitlines()[0]})"
         )
-    return f"flwr {command}: {message}"
+    return None
+
+
+def explain(cfg: CoordinatorConfig, command: str, message: str) -> str:
+    """Flower's error from ``flwr COMMAND`` as what the operator should do."""
+    return advice(cfg, message) or f"flwr {command}: {message}"
 
 
 def flwr_json(cfg: CoordinatorConfig, *args: str) -> dict:

@@ -343,3 +343,15 @@ def test_init_experiment_writes_every_key_with_the_federations_pipeline(tmp_path
     assert _all_keys(ExperimentConfig) == _yaml_keys(yaml.safe_load(text))
     assert main([*argv, "--out", str(out)]) == 2  # never overwritten by accident
     assert main([*argv[:-3], "../x", "--out", str(tmp_path / "x.yaml")]) == 2
+
+
+def test_run_says_to_start_the_coordinator_first(tmp_path, capsys):
+    from server.cli import main
+
+    provision(tmp_path, ["H1"], ["localhost"])
+    coord = str(tmp_path / "coordinator" / "coordinator.yaml")
+    (tmp_path / "e.yaml").write_text("name: e1\n")
+    assert main(["run", "--coordinator", coord, "--config", str(tmp_path / "e.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "is not running: start it first (ecgfl-coordinator start --config" in err
+    assert "Traceback" not in err and not (tmp_path / "coordinator" / "state" / "runs").exists()

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from common.config import ConfigError, load_yaml
-from common.flower_process import APP_DIR
+from common.errors import RunFailed
+from common.flower_process import APP_DIR, plain
 from common.names import RULE, is_plain_name
 from server import coordinator
 
@@ -35,6 +36,11 @@ def run_name(experiment: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = coordinator.CoordinatorConfig.load(args.coordinator)
+    if coordinator.running_pid(cfg) is None:
+        raise RunFailed(
+            f"the coordinator of {args.coordinator} is not running: start it first "
+            f"(ecgfl-coordinator start --config {args.coordinator} --detach)"
+        )
     if args.resume and (args.config or args.run_dir):
         raise ConfigError("--resume RUN_DIR continues with that run's own settings and folder")
     if not args.resume and not args.config:
@@ -55,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     code = coordinator.submit(cfg, args.app.resolve(), run_dir)
     summary = run_dir / "summary.json"
     if code != 0 or not summary.exists():
+        log_tail = plain((run_dir / "flower.log").read_text(errors="replace")[-4000:])
+        if (what_to_do := coordinator.advice(cfg, log_tail)) is not None:
+            print(what_to_do)
         print(f"the run did not finish (flwr exit {code}); resume with --resume {run_dir}")
         return code or 1
     stopped = json.loads(summary.read_text()).get("stopped")
