@@ -149,14 +149,14 @@ def p_wave(
 
 
 def st_plateau(
-    onsets: np.ndarray, starts: np.ndarray, ends: np.ndarray, vector: np.ndarray, scale: np.ndarray
+    onsets: np.ndarray, start_s: float, ends_s: np.ndarray, vector: np.ndarray, scale: np.ndarray
 ) -> tuple[np.ndarray, ...]:
-    """An ST-segment shift of ``vector`` (mV) held from ``starts`` to ``ends`` (s after each
-    onset): Gaussians one width apart, whose sum is flat within 0.1 %, so the plateau has a level
+    """An ST-segment shift of ``vector`` (mV) held from ``start_s`` to ``ends_s`` after each
+    onset: Gaussians one width apart, whose sum is flat within 0.1 %, so the plateau has a level
     that can be measured like a real ST segment."""
-    count = max(int(np.ceil((ends - starts).max() / 0.01)), 2)
-    spacing = (ends - starts) / (count - 1)
-    centers = (onsets + starts)[:, None] + np.arange(count) * spacing[:, None]
+    count = max(int(np.ceil((ends_s - start_s).max() / 0.01)), 2)
+    spacing = (ends_s - start_s) / (count - 1)
+    centers = (onsets + start_s)[:, None] + np.arange(count) * spacing[:, None]
     widths = np.repeat(spacing[:, None], count, axis=1)
     vectors = scale[:, None, None] * np.broadcast_to(vector / np.sqrt(2 * np.pi), (count, 3))
     return centers.ravel(), widths.ravel(), vectors.reshape(-1, 3)
@@ -183,12 +183,17 @@ def t_vector(conduction: str, amplitude: float) -> np.ndarray:
     return amplitude * direction / np.linalg.norm(direction)
 
 
+def t_peak(qt_s: np.ndarray) -> np.ndarray:
+    """When the T wave peaks after QRS onset: two of its widths (0.12 QT each) before QT ends."""
+    return qt_s - 2.0 * 0.12 * qt_s
+
+
 def t_waves(
     onsets: np.ndarray, qt_s: np.ndarray, vector: np.ndarray, scale: np.ndarray
 ) -> tuple[np.ndarray, ...]:
     """Asymmetric T waves (slow upstroke, faster downstroke) ending at onset + QT of each beat."""
     sigma = 0.12 * qt_s
-    peak = onsets + qt_s - 2.0 * sigma
+    peak = onsets + t_peak(qt_s)
     centers = np.stack([peak - 0.6 * sigma, peak], axis=1).ravel()
     widths = np.stack([1.1 * sigma, 0.7 * sigma], axis=1).ravel()
     weights = np.array([0.55, 0.6])

@@ -106,8 +106,8 @@ def generate_record(
     # ST from 20 ms before the J point (injury current flows while the wall depolarises) to
     # the T peak, where the T wave takes over.
     j_s = feats.qrs_ms / 1000
-    t_peak = qt - 0.24 * qt
-    parts.append(beats.st_plateau(onsets, j_s - 0.02, t_peak, _st_vector(feats), breathing))
+    st_vector = _st_vector(feats)
+    parts.append(beats.st_plateau(onsets, j_s - 0.02, beats.t_peak(qt), st_vector, breathing))
     centers, widths, vectors = (np.concatenate(x) for x in zip(*parts, strict=True))
     dipole = render(centers, widths, vectors, device.fs, n)
     if feats.rhythm == "afib":
