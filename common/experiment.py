@@ -16,6 +16,7 @@ from common.dpsgd import Delta, DPSGDSettings, Epsilon
 from common.labels import LabelSpace, label_space
 from common.models import MODELS, ModelConfig
 from common.models.base import NORMS
+from common.names import RULE, is_plain_name
 from common.preprocess import PipelineConfig
 from common.training import TrainConfig
 from common.transport import TRANSPORTS
@@ -167,6 +168,8 @@ class ExperimentConfig:
         return config.load(cls, path) if path else cls()
 
     def validate(self) -> None:
+        if not is_plain_name(self.name):  # it names the run's folder, here and at every site
+            raise SettingError("name", f"{self.name!r}: a run folder's name needs {RULE}")
         if self.federation.dp_sgd.enabled and (
             self.model.norm == "batch"
             or self.federation.proximal_mu > 0

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import yaml
@@ -49,6 +50,9 @@ from common.flower_process import (
 )
 from common.preprocess import PipelineConfig
 from server import front_door, runs
+
+if TYPE_CHECKING:  # torch: loaded by the commands that run experiments
+    from common.experiment import ExperimentConfig
 
 log = logging.getLogger("ecgfl.coordinator")
 CONNECTION = "ecgfl"  # the connection name in FLWR_HOME/config.toml
@@ -618,23 +622,20 @@ def node_names(cfg: CoordinatorConfig) -> dict[str, str]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def prepare_run(
-    cfg: CoordinatorConfig, experiment: Path | None, run_dir: Path, resume: bool
-) -> None:
+def prepare_run(cfg: CoordinatorConfig, exp: ExperimentConfig | None, run_dir: Path) -> None:
     """Write the run directory's ``experiment.yaml``, ``sites.json`` (node id -> site) and
     ``run_config.toml``.
 
-    A fresh run pins the experiment into the run directory (``min_sites`` defaulting to every
-    provisioned hospital), so a resumed run continues with exactly the same settings.
+    A fresh run (``exp``) pins the experiment into the run directory (``min_sites`` defaulting
+    to every provisioned hospital); a resumed one (``exp`` None) continues with exactly the
+    settings pinned there.
     """
-    from common.experiment import ExperimentConfig  # torch: only for this command
-
     pinned = run_dir / "experiment.yaml"
+    resume = exp is None
     if resume:
         if not pinned.is_file():
             raise ConfigError(f"--resume {run_dir}: no experiment.yaml there (not a run directory)")
     else:
-        exp = ExperimentConfig.load(experiment)
         if exp.federation.min_sites is None:
             exp.federation.min_sites = len(cfg.hospitals)
         if not exp.federation.min_sites:

@@ -36,15 +36,13 @@ def run_name(experiment: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = coordinator.CoordinatorConfig.load(args.coordinator)
-    if coordinator.running_pid(cfg) is None:
-        raise RunFailed(
-            f"the coordinator of {args.coordinator} is not running: start it first "
-            f"(ecgfl-coordinator start --config {args.coordinator} --detach)"
-        )
     if args.resume and (args.config or args.run_dir):
         raise ConfigError("--resume RUN_DIR continues with that run's own settings and folder")
     if not args.resume and not args.config:
         raise ConfigError("give --config EXPERIMENT.yaml (or --resume RUN_DIR)")
+    from common.experiment import ExperimentConfig  # torch: only for this command
+
+    experiment = None if args.resume else ExperimentConfig.load(args.config)
     if args.resume:
         run_dir = args.resume
     elif args.run_dir:
@@ -57,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
             f"run {run_dir.name} exists ({run_dir}): give the experiment a new name: (it names "
             f"the run's folder here and at every hospital), or continue it with --resume {run_dir}"
         )
-    coordinator.prepare_run(cfg, args.config, run_dir, bool(args.resume))
+    if coordinator.running_pid(cfg) is None:
+        raise RunFailed(
+            f"the coordinator of {args.coordinator} is not running: start it first "
+            f"(ecgfl-coordinator start --config {args.coordinator} --detach)"
+        )
+    coordinator.prepare_run(cfg, experiment, run_dir)
     code = coordinator.submit(cfg, args.app.resolve(), run_dir)
     summary = run_dir / "summary.json"
     if code != 0 or not summary.exists():
