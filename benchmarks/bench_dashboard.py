@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from common import protocol
 from server.rounds import MetricsLog
 
 BIN = Path(sys.executable).parent
@@ -47,15 +48,15 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
         failed = [{"site": n, "reason": f"no reply within 600 s (round {rnd})"} for n in down]
         train = {
             n: {
-                "num-examples": 200.0,
-                "train-loss": 0.7 / (1 + rnd / 20) + rng.random() / 20,
-                "positives": [float(rng.randrange(50)) for _ in LABELS],
-                "annotated": [200.0] * len(LABELS),
-                "bytes-up": 431908,
+                protocol.NUM_EXAMPLES: 200.0,
+                protocol.TRAIN_LOSS: 0.7 / (1 + rnd / 20) + rng.random() / 20,
+                protocol.POSITIVES: [float(rng.randrange(50)) for _ in LABELS],
+                protocol.ANNOTATED: [200.0] * len(LABELS),
+                protocol.BYTES_UP: 431908,
             }
             for n in up
         }
-        loss = statistics.mean(m["train-loss"] for m in train.values())
+        loss = statistics.mean(m[protocol.TRAIN_LOSS] for m in train.values())
         privacy = {"epsilon": 0.1 * rnd, "delta": 1e-5, "releases": rnd, "max-epsilon": 12.0}
         log.write(
             {
@@ -63,23 +64,23 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
                 "phase": "train",
                 "sites": train,
                 "failed": failed,
-                "aggregate": {"train-loss": loss},
+                "aggregate": {protocol.TRAIN_LOSS: loss},
                 "privacy": {**privacy, "noise-multiplier": 1.1, "clipping-norm": 1.0},
-                "bytes-down": 431908,
+                protocol.BYTES_DOWN: 431908,
                 "seconds": 30.0,
             }
         )
         evaluate = {
             n: {
-                "num-examples": 40.0,
-                "val-loss": 0.6,
-                "macro-auc": 0.6 + rnd / 400 + rng.random() / 20,
+                protocol.NUM_EXAMPLES: 40.0,
+                protocol.VAL_LOSS: 0.6,
+                protocol.MACRO_AUC: 0.6 + rnd / 400 + rng.random() / 20,
             }
             for n in up
         }
         agg = {
-            "val-loss": 0.6,
-            "macro-auc": statistics.mean(m["macro-auc"] for m in evaluate.values()),
+            protocol.VAL_LOSS: 0.6,
+            protocol.MACRO_AUC: statistics.mean(m[protocol.MACRO_AUC] for m in evaluate.values()),
         }
         log.write(
             {
@@ -92,12 +93,12 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
         )
     tuned = {
         n: {
-            "num-examples": 40.0,
-            "train-examples": 200.0,
-            "before-macro-auc": 0.8,
-            "before-macro-f1": 0.4,
-            "after-macro-auc": 0.85,
-            "after-macro-f1": 0.45,
+            protocol.NUM_EXAMPLES: 40.0,
+            protocol.TRAIN_EXAMPLES: 200.0,
+            protocol.BEFORE_MACRO_AUC: 0.8,
+            protocol.BEFORE_MACRO_F1: 0.4,
+            protocol.AFTER_MACRO_AUC: 0.85,
+            protocol.AFTER_MACRO_F1: 0.45,
         }
         for n in names
     }

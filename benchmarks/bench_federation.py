@@ -206,10 +206,10 @@ def communication(workdir: Path) -> None:
         entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         last = [e for e in entries if e["phase"] == "evaluate"][-1]
         train = [e for e in entries if e["phase"] == "train"][-1]
-        up = sum(s["bytes-up"] for s in train["sites"].values()) / len(train["sites"])
+        up = sum(s[protocol.BYTES_UP] for s in train["sites"].values()) / len(train["sites"])
         aucs[transport] = last["aggregate"][protocol.MACRO_AUC]
         print(
-            f"{transport}: measured {train['bytes-down'] / 2**20:.2f} MiB down and "
+            f"{transport}: measured {train[protocol.BYTES_DOWN] / 2**20:.2f} MiB down and "
             f"{up / 2**20:.2f} MiB up per site per round; final validation macro AUC "
             f"{aucs[transport]:.4f}"
         )

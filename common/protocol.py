@@ -57,6 +57,8 @@ AFTER_MACRO_AUC, AFTER_MACRO_F1 = "after-macro-auc", "after-macro-f1"
 DP_EPSILON = "dp-epsilon"  # DP-SGD: what the site has spent in this run so far
 DP_EPSILON_NEXT = "dp-epsilon-next"  # ... and would have spent after one more round
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+# Added by the coordinator in metrics.jsonl: what travelled (bytes of arrays) each way.
+BYTES_UP, BYTES_DOWN = "bytes-up", "bytes-down"
 
 
 @dataclass

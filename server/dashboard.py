@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, quote, unquote
 from dash import Dash, Input, Output, dcc, html
 from flask import Response, abort
 
+from common import protocol
 from common.dashboard import Link, create_app, table
 from common.errors import EcgflError
 from server.report import finetune_table, rounds_table
@@ -191,11 +192,11 @@ def curves(run_id: str, entries: list[dict], rows: list[dict]) -> html.Div:
     last, listed first)."""
     rounds = [r["round"] for r in rows]
     bold = {"line": GLOBAL_LINE, "legendrank": 1}
-    loss = site_traces(site_series(entries, "train", "train-loss"), " train") + [
+    loss = site_traces(site_series(entries, "train", protocol.TRAIN_LOSS), " train") + [
         line(rounds, [r.get("train_loss") for r in rows], "train loss (mean)", **bold),
         line(rounds, [r.get("val_loss") for r in rows], "val loss (mean)", **bold),
     ]
-    auc = site_traces(site_series(entries, "evaluate", "macro-auc"))
+    auc = site_traces(site_series(entries, "evaluate", protocol.MACRO_AUC))
     auc.append(line(rounds, [r.get("val_macro_auc") for r in rows], "global", **bold))
     return html.Div(
         [
@@ -218,7 +219,7 @@ def privacy_section(run_id: str, entries: list[dict]) -> list:
         if budget is not None:
             ends = [central[0][0], central[-1][0]]
             traces.append(line(ends, [budget, budget], "budget", line={"dash": "dash"}))
-    dp_sgd = site_series(entries, "train", "dp-epsilon")
+    dp_sgd = site_series(entries, "train", protocol.DP_EPSILON)
     traces += site_traces(
         {s: v for s, v in dp_sgd.items() if any(y is not None for y in v[1])}, " DP-SGD"
     )
@@ -269,12 +270,12 @@ def finetune_section(entries: list[dict]) -> list:
     rows = [
         [
             name,
-            number(m.get("train-examples"), 0),
-            number(m.get("num-examples"), 0),
-            number(m.get("before-macro-auc")),
-            number(m.get("before-macro-f1")),
-            number(m.get("after-macro-auc")),
-            number(m.get("after-macro-f1")),
+            number(m.get(protocol.TRAIN_EXAMPLES), 0),
+            number(m.get(protocol.NUM_EXAMPLES), 0),
+            number(m.get(protocol.BEFORE_MACRO_AUC)),
+            number(m.get(protocol.BEFORE_MACRO_F1)),
+            number(m.get(protocol.AFTER_MACRO_AUC)),
+            number(m.get(protocol.AFTER_MACRO_F1)),
         ]
         for name, m in sorted(sites.items())
     ]
@@ -294,10 +295,10 @@ def sites_section(entries: list[dict]) -> list:
             row["last"] = e["round"]
             if e["phase"] == "train":
                 row["train"] += 1
-                row["loss"] = value(m, "train-loss")
-                row["up"] = m.get("bytes-up")
+                row["loss"] = value(m, protocol.TRAIN_LOSS)
+                row["up"] = m.get(protocol.BYTES_UP)
             else:
-                row["auc"] = value(m, "macro-auc")
+                row["auc"] = value(m, protocol.MACRO_AUC)
         for f in e["failed"]:
             row = seen.setdefault(f["site"], {"train": 0, "failed": set()})
             row["failed"].add(e["round"])

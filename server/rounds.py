@@ -166,7 +166,7 @@ def exchange(
             continue
         per_site[name] = dict(next(iter(reply.content.metric_records.values())))
         for key, record in list(reply.content.array_records.items()):
-            per_site[name]["bytes-up"] = nbytes(record)
+            per_site[name][protocol.BYTES_UP] = nbytes(record)
             reply.content[key] = from_wire(record)
     for msg in messages:
         if msg.metadata.dst_node_id not in answered:
@@ -306,7 +306,7 @@ class RoundLoop:
                 "failed": failed,
                 "aggregate": dict(agg) if agg else None,
                 "privacy": privacy.spent(self.strategy),
-                "bytes-down": nbytes(sent),
+                protocol.BYTES_DOWN: nbytes(sent),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         )
