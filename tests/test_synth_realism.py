@@ -107,7 +107,7 @@ def test_precordial_leads_progress_from_rs_in_v1_to_qr_in_v6():
 # Fourth Universal Definition of MI (Circulation 2018;138:e618) for Q waves, ST elevation and
 # depression and T inversion; Hancock et al. (Circulation 2009;119:e251) for hypertrophy and
 # atrial enlargement; Rautaharju et al. (Circulation 2009;119:e241) for QT. Each test measures
-# 10-24 records per class (about 150 delineated in all, 25-40 s), so they are in the e2e tier;
+# 10-24 records per class (about 150 delineated in all, ~50 s of CPU), so they are in the e2e tier;
 # docs/formats.md lists the criteria.
 
 LEAD = {name: i for i, name in enumerate(("I", "II", "III", "aVR", "aVL", "aVF",
