@@ -94,6 +94,15 @@ def qrs_complex(conduction: str, qrs_ms: float, amplitude: float, strength: floa
     raise ValueError(f"unknown conduction {conduction!r}; expected one of {CONDUCTIONS}")
 
 
+def _with(qrs: Lobes, vectors: np.ndarray, extra: Lobes) -> Lobes:
+    """``qrs`` with its amplitude vectors replaced by ``vectors`` and the ``extra`` lobes added."""
+    return Lobes(
+        np.concatenate([qrs.offsets, extra.offsets]),
+        np.concatenate([qrs.widths, extra.widths]),
+        np.concatenate([vectors, extra.vectors]),
+    )
+
+
 def without_walls(qrs: Lobes, walls: tuple[str, ...], q_ms: float, amplitude: float) -> Lobes:
     """An infarct as an electrical window (Wilson): the dead wall's early forces are gone, so the
     leads facing it see the opposite ones, a Q wave lasting about ``q_ms``. Each wall adds one
@@ -107,12 +116,7 @@ def without_walls(qrs: Lobes, walls: tuple[str, ...], q_ms: float, amplitude: fl
         toward = REGIONS[wall]
         vectors -= 0.8 * np.clip(vectors @ toward, 0, None)[:, None] * toward
         rows.append((q_ms / 2, q_ms / 4.5, tuple(-toward), 0.6 * amplitude))
-    extra = _lobes(rows)
-    return Lobes(
-        np.concatenate([qrs.offsets, extra.offsets]),
-        np.concatenate([qrs.widths, extra.widths]),
-        np.concatenate([vectors, extra.vectors]),
-    )
+    return _with(qrs, vectors, _lobes(rows))
 
 
 def with_right_ventricle(qrs: Lobes, share: float, qrs_ms: float, amplitude: float) -> Lobes:
@@ -124,11 +128,7 @@ def with_right_ventricle(qrs: Lobes, share: float, qrs_ms: float, amplitude: flo
     vectors[1:] *= 1 - share
     s = qrs_ms / 90
     right = _lobes([(45 * s, 12 * s, tuple(_RIGHT_VENTRICLE), 1.4 * share * amplitude)])
-    return Lobes(
-        np.concatenate([qrs.offsets, right.offsets]),
-        np.concatenate([qrs.widths, right.widths]),
-        np.concatenate([vectors, right.vectors]),
-    )
+    return _with(qrs, vectors, right)
 
 
 def p_wave(
