@@ -8,7 +8,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from client import attack, audit, task
+from client import attack, audit, budget, node, task
 from client.egress import egress_guard
 from common import protocol
 from common.transport import to_wire
@@ -43,21 +43,21 @@ def _reply(
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
-    site = task.open_site(context, job.experiment)
+    job = node.read_job(msg.content[protocol.CONFIG_RECORD], context)
+    site = node.open_site(context, job.experiment)
     flip = attack.flips_labels(context)  # simulated bad sites only
-    out = task.output_dir(context, site, job.run_name)
-    budget = task.site_budget(context)  # a hospital's own lifetime DP-SGD budget, if it set one
+    out = node.output_dir(context, site, job.run_name)
+    own = budget.site_budget(context)  # a hospital's own lifetime DP-SGD budget, if it set one
     weights, metrics = task.train_on_site(
-        job, site, msg.content[protocol.ARRAYS_RECORD], out, flip, budget
+        job, site, msg.content[protocol.ARRAYS_RECORD], out, flip, own
     )
     return _reply(msg, site.name, metrics, weights, job.experiment.federation.transport)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
-    site = task.open_site(context, job.experiment)
+    job = node.read_job(msg.content[protocol.CONFIG_RECORD], context)
+    site = node.open_site(context, job.experiment)
     return _reply(
         msg, site.name, task.evaluate_on_site(job, site, msg.content[protocol.ARRAYS_RECORD])
     )
@@ -66,9 +66,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.train(protocol.FINETUNE_ACTION)
 def finetune(msg: Message, context: Context) -> Message:
     """The fine-tuned weights stay in the site's output folder; only scores go back."""
-    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
-    site = task.open_site(context, job.experiment)
-    out = task.output_dir(context, site, job.run_name)
+    job = node.read_job(msg.content[protocol.CONFIG_RECORD], context)
+    site = node.open_site(context, job.experiment)
+    out = node.output_dir(context, site, job.run_name)
     metrics, _ = task.finetune_on_site(job, site, msg.content[protocol.ARRAYS_RECORD], out)
     return _reply(msg, site.name, metrics)
 
@@ -76,5 +76,5 @@ def finetune(msg: Message, context: Context) -> Message:
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Which site this node is, so the coordinator can name it even if it never trains."""
-    job = task.read_job(msg.content[protocol.CONFIG_RECORD], context)
-    return _reply(msg, task.open_site(context, job.experiment).name, {})
+    job = node.read_job(msg.content[protocol.CONFIG_RECORD], context)
+    return _reply(msg, node.open_site(context, job.experiment).name, {})

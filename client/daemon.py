@@ -28,8 +28,8 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 
 from client.audit import AUDIT_LOG_KEY
+from client.node import PIPELINE_KEY
 from client.policy import POLICY_KEY
-from client.task import PIPELINE_KEY
 from common import flower_process
 from common.config import ConfigError
 from common.errors import DataError

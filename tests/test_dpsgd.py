@@ -12,8 +12,9 @@ from test_training import LENGTH, sine_task
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import TensorDataset
 
+from client.budget import SiteBudget, site_budget
 from client.daemon import node_values
-from client.task import SiteBudget, site_budget, train_on_site
+from client.task import train_on_site
 from common import dpsgd
 from common.config import ConfigError, from_dict
 from common.experiment import ExperimentConfig
