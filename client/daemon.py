@@ -37,9 +37,9 @@ from common.flower_process import (
     copy_plain,
     flower_env,
     is_running,
+    private_secret,
     signal_ready,
     stop_process_group,
-    superexec_secret,
 )
 from common.hospital import HospitalConfig
 from common.preprocess import PipelineConfig
@@ -148,7 +148,7 @@ def node_values(cfg: HospitalConfig) -> dict[str, str]:
 
 def hospital_secret(cfg: HospitalConfig) -> Path:
     """The secret that lets only this daemon take the SuperNode's tasks."""
-    return superexec_secret(Path(cfg.state_dir) / "superexec.secret")
+    return private_secret(Path(cfg.state_dir) / "superexec.secret")
 
 
 def supernode_command(cfg: HospitalConfig, insecure: bool) -> list[str]:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 from pathlib import Path
 
 from dash import Dash, html
 
 from client.commands.audit import messages, outcome, records
-from common.dashboard import Fold, create_app, table
+from common.dashboard import Fold, create_app, file_signature, table
 from common.hospital import HospitalConfig
 
 MAX_MESSAGES = 300  # newest rows shown; the whole log stays in audit.jsonl
@@ -144,14 +143,6 @@ def models_section(output_dir: Path) -> list:
     ]
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        s = os.stat(path)
-    except OSError:
-        return None
-    return s.st_size, s.st_mtime_ns
-
-
 def build(cfg: HospitalConfig, token_file: Path | None) -> Dash:
     audit, cache, output = Path(cfg.audit_log), Path(cfg.cache_dir), Path(cfg.output_dir)
 
@@ -167,6 +158,6 @@ def build(cfg: HospitalConfig, token_file: Path | None) -> Dash:
     def signature(path: str, search: str) -> tuple:
         watched = [audit, *(f / "manifest.json" for f in cache_folders(cache))]
         models = sorted(output.glob("**/*.pt")) if output.is_dir() else []
-        return tuple(_stat(p) for p in [*watched, *models]) + (len(models),)
+        return tuple(file_signature(p) for p in [*watched, *models]) + (len(models),)
 
     return create_app(f"ecgfl {cfg.site}", token_file, render, signature)

@@ -10,7 +10,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from dash.exceptions import PreventUpdate
 from flask import Flask, Response, redirect, request
 
 from common.config import ConfigError
+from common.flower_process import private_secret
 
 log = logging.getLogger("ecgfl.dashboard")
 COOKIE = "ecgfl-dashboard"
@@ -59,14 +59,13 @@ def is_loopback(address: str | None) -> bool:
     return (mapped or ip).is_loopback
 
 
-def ensure_token(path: Path) -> str:
-    """The login token in ``path``, created (readable by its owner only) when missing."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+def file_signature(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a file, or None: a page is redrawn only when what it shows changed."""
+    try:
+        s = os.stat(path)
+    except OSError:
+        return None
+    return s.st_size, s.st_mtime_ns
 
 
 def _login_form(message: str = "") -> Response:
@@ -180,7 +179,7 @@ def serve(app: Dash, host: str, port: int, token_file: Path | None) -> int:
     if not is_loopback(host):
         if token_file is None:
             raise ConfigError(f"--host {host}: only loopback without a token file")
-        ensure_token(token_file)
+        private_secret(token_file)
         print(f"dashboard: other machines log in with the token in {token_file}")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per page refresh
     server = make_server(host, port, app.server, threaded=True)

@@ -52,9 +52,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def superexec_secret(path: Path) -> Path:
-    """A SuperExec secret (who may take a SuperLink's or SuperNode's tasks): made once, mode
-    0600, and refused if others can read it."""
+def private_secret(path: Path) -> Path:
+    """A secret file (a SuperExec secret: who may take a SuperLink's or SuperNode's tasks; a
+    dashboard's login token): made once, mode 0600, and refused if others can read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -44,9 +44,9 @@ from common.flower_process import (
     flower_env,
     is_running,
     plain,
+    private_secret,
     signal_ready,
     stop_process_group,
-    superexec_secret,
 )
 from common.preprocess import PipelineConfig
 from server import front_door, runs
@@ -263,8 +263,8 @@ def superexec_command(
 
 
 def ensure_secret(cfg: CoordinatorConfig) -> Path:
-    """The coordinator's SuperExec secret (common.flower_process.superexec_secret)."""
-    return superexec_secret(cfg.secret_file)
+    """The coordinator's SuperExec secret (common.flower_process.private_secret)."""
+    return private_secret(cfg.secret_file)
 
 
 def running_pid(cfg: CoordinatorConfig) -> int | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ from dash import Dash, Input, Output, dcc, html
 from flask import Response, abort
 
 from common import protocol
-from common.dashboard import Link, create_app, table
+from common.dashboard import Link, create_app, file_signature, table
 from common.errors import EcgflError
 from server.report import finetune_table, rounds_table
 from server.runs import (
@@ -484,20 +483,12 @@ def _entries(path: Path, stamp: tuple[int, int] | None) -> list[dict]:
 def entries_of(folder: RunFolder) -> list[dict]:
     """A run's entries, read again only when metrics.jsonl changed (pages share them: read
     only)."""
-    return _entries(folder.path, _stat(folder.path / "metrics.jsonl"))
-
-
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        s = os.stat(path)
-    except OSError:
-        return None
-    return s.st_size, s.st_mtime_ns
+    return _entries(folder.path, file_signature(folder.path / "metrics.jsonl"))
 
 
 def _run_signature(folder: RunFolder) -> tuple:
     names = ("metrics.jsonl", "summary.json", "partition/partition.json")
-    return tuple(_stat(folder.path / n) for n in names)
+    return tuple(file_signature(folder.path / n) for n in names)
 
 
 def chosen_runs(search: str) -> list[str]:
