@@ -23,13 +23,13 @@ from common.errors import EcgflError
 from server.report import finetune_table, rounds_table
 from server.runs import (
     RunFolder,
-    checked_entries,
     last_seen,
     last_update,
     note_seen,
     partition_counts,
     run_folders,
 )
+from server.runs import entries as run_entries  # pages name their entries `entries`
 
 if TYPE_CHECKING:  # the simulations' dashboard starts without the coordinator's modules
     from server.coordinator import CoordinatorConfig
@@ -477,7 +477,7 @@ def compare_page(runs: dict[str, RunFolder], chosen: list[str]) -> list:
 
 @functools.lru_cache(maxsize=32)
 def _entries(path: Path, stamp: tuple[int, int] | None) -> list[dict]:
-    return checked_entries(path)
+    return run_entries(path)
 
 
 def entries_of(folder: RunFolder) -> list[dict]:

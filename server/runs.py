@@ -51,15 +51,16 @@ def flower_run_ids(run_dir: Path) -> list[int]:
 
 
 def entries(run_dir: Path) -> list[dict]:
-    """metrics.jsonl, skipping a line being written."""
+    """metrics.jsonl's entries of the shape MetricsLog writes: a line being written, or one that
+    is malformed, is left out, so nothing built from them fails on it."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
     found = []
     for line in path.read_text(errors="replace").splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            found.append(json.loads(line))
-    return found
+            found.append(_entry_shape(json.loads(line)))
+    return [e for e in found if e is not None]
 
 
 def progress_line(entry: dict) -> str:
@@ -145,7 +146,7 @@ def last_seen(folders: list[RunFolder]) -> dict[str, str]:
     """Site -> the newest run and round it answered in (or failed), as ``run round N``."""
     seen: dict[str, str] = {}
     for folder in folders:  # oldest first: newer runs overwrite
-        note_seen(seen, folder.name, checked_entries(folder.path))
+        note_seen(seen, folder.name, entries(folder.path))
     return seen
 
 
@@ -180,12 +181,6 @@ def _entry_shape(e: object) -> dict | None:
         "failed": [{**f, "reason": str(f.get("reason", ""))} for f in failed],
         "aggregate": aggregate if isinstance(aggregate, dict) else None,
     }
-
-
-def checked_entries(run_dir: Path) -> list[dict]:
-    """metrics.jsonl entries of the expected shape only: a page built from them cannot fail on
-    a line that is malformed (those are left out)."""
-    return [e for e in map(_entry_shape, entries(run_dir)) if e is not None]
 
 
 def partition_counts(run_dir: Path) -> dict[str, dict[str, int]]:

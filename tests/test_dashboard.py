@@ -256,7 +256,7 @@ def test_the_privacy_budget_is_drawn_per_round_with_the_stop(tmp_path):
         sites = {"alpha": {"train-loss": 0.5, "dp-epsilon": 0.7 * rnd}}
         log.write({"round": rnd, "phase": "train", "sites": sites, "failed": [], "privacy": spent})
     log.write({"round": 3, "phase": "privacy-stop", "reason": "round 3 would take epsilon past 4"})
-    section = dashboard.privacy_section("dp", dashboard.checked_entries(tmp_path / "dp"))
+    section = dashboard.privacy_section("dp", dashboard.run_entries(tmp_path / "dp"))
     (graph,) = [c for c in section if isinstance(c, dashboard.dcc.Graph)]
     traces = {t["name"]: t["y"] for t in graph.figure["data"]}
     assert traces == {"central DP": [1.5, 3.0], "budget": [4.0, 4.0], "alpha DP-SGD": [0.7, 1.4]}
