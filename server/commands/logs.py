@@ -12,6 +12,8 @@ from common.config import ConfigError
 from common.flower_process import flower_env
 from server import coordinator, runs
 
+STATE_EVERY_S = 30.0  # --follow: how often to ask the SuperLink whether the run still runs
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         mode = "--stream" if args.follow else "--show"
         command = ["flwr", "log", str(ids[-1]), coordinator.CONNECTION, mode]
         return subprocess.call(command, cwd=cfg.flwr_home, env=flower_env(cfg.flwr_home))
-    printed = 0
+    printed, asked = 0, time.monotonic()
     while True:
         ended = (folder.path / "summary.json").exists()  # before reading: no line is missed
         lines = folder.progress()
@@ -42,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
         if ended or not args.follow:
             break
         time.sleep(2)
-        state = folder.state(coordinator.flower_runs(cfg))
-        if state.startswith("interrupted"):
-            print(f"the run is {state}")
-            break
+        if time.monotonic() - asked > STATE_EVERY_S:  # each question starts the flwr CLI
+            asked = time.monotonic()
+            state = folder.state(coordinator.flower_runs(cfg))
+            if state.startswith("interrupted"):
+                print(f"the run is {state}")
+                break
     for line in folder.ending():
         print(line)
     return 0
