@@ -58,9 +58,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     job = node.read_job(msg.content[protocol.CONFIG_RECORD], context)
     site = node.open_site(context, job.experiment)
-    return _reply(
-        msg, site.name, task.evaluate_on_site(job, site, msg.content[protocol.ARRAYS_RECORD])
-    )
+    out = node.output_dir(context, site, job.run_name)
+    metrics = task.evaluate_on_site(job, site, msg.content[protocol.ARRAYS_RECORD], out)
+    return _reply(msg, site.name, metrics)
 
 
 @app.train(protocol.FINETUNE_ACTION)

@@ -179,4 +179,4 @@ def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bo
         started = time.perf_counter()
         _, central = baselines.centralized(experiment, sites)
         timings["centralized_s"] = round(time.perf_counter() - started, 1)
-    return report.write(run_dir, sites, local, central, timings)
+    return report.write(run_dir, experiment, sites, local, central, timings)
