@@ -8,11 +8,14 @@ and the fine-tuned model stay in the site's own output folder.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord
+from torch.utils.data import Dataset
 
 from client.budget import SiteBudget, dp_limits, dp_metrics, refuse_past_budget
 from common import dpsgd, personalise, protocol, training
@@ -45,9 +48,15 @@ def kept(out_dir: Path) -> dict[str, torch.Tensor] | None:
 
 
 def keep(out_dir: Path, state: dict[str, torch.Tensor]) -> None:
-    tmp = out_dir / f"{PERSONAL}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out_dir / PERSONAL)
+    """Atomically, readable by the site's own user only (mode 0600, like ``finetuned.pt``)."""
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{PERSONAL}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+        os.replace(tmp, out_dir / PERSONAL)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def train_on_site(
@@ -109,7 +118,7 @@ def train_on_site(
 
 
 def _local_update(
-    job: Job, model: ECGClassifier, trainer: training.Trainer, train_ds, out_dir: Path
+    job: Job, model: ECGClassifier, trainer: training.Trainer, train_ds: Dataset, out_dir: Path
 ) -> tuple[training.TrainResult, dict]:
     """The personalisation method's round (``finetune.mode``): trains ``model`` in place, keeps
     what the method keeps in ``out_dir``, and returns what is sent (all, or the body only)."""

@@ -22,7 +22,7 @@ from common.personalise import (
     SiteRun,
     shared_state,
 )
-from common.training import Trainer, TrainConfig, TrainResult
+from common.training import TrainConfig, Trainer, TrainResult
 from server.rounds import next_global
 
 SPACE = LabelSpace.from_dict({"name": "s", "labels": ["A", "B", "C"], "codebooks": {}})
@@ -192,7 +192,7 @@ def test_auto_with_real_candidates_reports_each_and_keeps_the_best():
 def test_mode_names_come_from_the_registry():
     assert set(METHODS) >= {"full", "head", "last_k", "discriminative"}
     assert set(METHODS) >= {"ditto", "fedrep", "fedper", "fedbabu", "auto"}
-    assert personalise.MODES == tuple(METHODS)
+    assert tuple(METHODS) == personalise.MODES
 
 
 @pytest.mark.parametrize(
@@ -209,3 +209,17 @@ def test_mode_names_come_from_the_registry():
 def test_a_bad_personalisation_setting_names_its_key(settings, key):
     with pytest.raises(ConfigError, match=f"x.yaml: {key}"):
         from_dict(ExperimentConfig, settings, "x.yaml")
+
+
+def test_fedrep_ends_with_the_kept_head_refitted_on_the_final_body(fit_calls):
+    model, kept = tiny_model(), head_of(tiny_model(seed=7))
+    settings = FinetuneSettings(mode="fedrep", train=TrainConfig(epochs=1, batch_size=8))
+    body_before = {k: v for k, v in snapshot(model).items() if not k.startswith(HEAD)}
+    done = METHODS["fedrep"].finish(model, SiteRun(Site(), SPACE, SPACE, settings, kept))
+    assert torch.equal(fit_calls[0][1], kept["head.weight"])
+    assert not changed(body_before, done.model.state_dict(), body_before)
+    assert not torch.equal(done.model.head.weight, kept["head.weight"])
+
+
+def head_of(model) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in snapshot(model).items() if k.startswith(HEAD)}
