@@ -33,6 +33,12 @@ from common.finetune import LAYERS, finetune_at_site, training_only
 from common.labels import LabelSpace
 from common.metrics import Metrics, compute_metrics
 from common.models import ECGClassifier
+from common.protocol import (
+    CANDIDATE_PICKED,
+    CANDIDATE_TEST_AUC,
+    CANDIDATE_VAL_AUC,
+    candidate_metric,
+)
 from common.site import SiteData
 from common.training import Trainer, TrainResult, evaluate
 
@@ -216,11 +222,11 @@ def _auto_finish(model: ECGClassifier, run: SiteRun) -> Personalised:
         done = METHODS[name].finish(copy.deepcopy(model), run)
         val = val_macro_auc(done.model, run)
         tried[name] = (-math.inf if val is None else val, done)
-        metrics[f"{name}-val-auc"] = math.nan if val is None else val
-        metrics[f"{name}-test-auc"] = _nan(done.after.macro_auc)
+        metrics[candidate_metric(name, CANDIDATE_VAL_AUC)] = math.nan if val is None else val
+        metrics[candidate_metric(name, CANDIDATE_TEST_AUC)] = _nan(done.after.macro_auc)
     best = max(run.settings.candidates, key=lambda name: tried[name][0])  # first of equals
     for name in run.settings.candidates:
-        metrics[f"{name}-picked"] = float(name == best)
+        metrics[candidate_metric(name, CANDIDATE_PICKED)] = float(name == best)
     picked = tried[best][1]
     return replace(picked, metrics=metrics)
 

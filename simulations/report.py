@@ -40,12 +40,13 @@ def columns(experiment: ExperimentConfig) -> list[tuple[str, str]]:
 
 def _candidates(fed: dict) -> dict[str, dict]:
     """What an ``auto`` site tried: per candidate its validation and test macro AUC, picked."""
-    names = [k.removesuffix("-picked") for k in fed if k.endswith("-picked")]
+    tail = "-" + protocol.CANDIDATE_PICKED
+    names = [k.removesuffix(tail) for k in fed if k.endswith(tail)]
     return {
         n: {
-            "val_auc": _num(fed.get(f"{n}-val-auc")),
-            "test_auc": _num(fed.get(f"{n}-test-auc")),
-            "picked": bool(fed.get(f"{n}-picked")),
+            "val_auc": _num(fed.get(protocol.candidate_metric(n, protocol.CANDIDATE_VAL_AUC))),
+            "test_auc": _num(fed.get(protocol.candidate_metric(n, protocol.CANDIDATE_TEST_AUC))),
+            "picked": bool(fed.get(protocol.candidate_metric(n, protocol.CANDIDATE_PICKED))),
         }
         for n in names
     }
