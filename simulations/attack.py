@@ -27,7 +27,8 @@ import numpy as np
 from client.attack import KINDS, Attack
 from common import config, protocol
 from common.config import Seed, at_least
-from common.experiment import MAX_SITES, STRATEGIES
+from common.experiment import MAX_SITES
+from server.strategies import STRATEGIES
 from simulations import run as sim
 from simulations.config import SimulationConfig, _resolve
 
