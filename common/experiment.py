@@ -14,8 +14,7 @@ from common import config
 from common.config import Local, Range, SettingError, above, at_least
 from common.dpsgd import Delta, DPSGDSettings, Epsilon
 from common.labels import LabelSpace, label_space
-from common.models import MODELS, ModelConfig
-from common.models.base import NORMS
+from common.models import ModelConfig, ModelSettings
 from common.names import RULE, is_plain_name
 from common.preprocess import PipelineConfig
 from common.training import TrainConfig
@@ -27,21 +26,6 @@ FINETUNE_MODES = ("full", "head", "last_k", "discriminative")
 MAX_ROUNDS = 10_000
 MAX_SITES = 10_000
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600.0
-
-
-@dataclass
-class ModelSettings:
-    """A registered model by name; input length and rate come from the pipeline."""
-
-    name: str = "ribeiro_resnet"
-    norm: str = "batch"
-    kwargs: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.name not in MODELS:
-            raise ValueError(f"name={self.name!r}: expected one of {', '.join(MODELS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm={self.norm!r}: expected one of {', '.join(NORMS)}")
 
 
 @dataclass
@@ -187,10 +171,4 @@ class ExperimentConfig:
 
     def model_config(self) -> ModelConfig:
         """The model at the pipeline's input length and rate."""
-        return ModelConfig(
-            self.model.name,
-            dict(self.model.kwargs),
-            self.model.norm,
-            self.pipeline.length,
-            self.pipeline.fs,
-        )
+        return self.model.at(self.pipeline.length, self.pipeline.fs)

@@ -3,6 +3,7 @@ independent one, the site's ledger and budget hold, and unsuitable models are re
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -141,7 +142,7 @@ def dp_sgd_run(tmp_path_factory):
     """DP-SGD at 3 sites that each calibrate their noise to spend epsilon 4 over the 3 rounds;
     a per-site budget of 3.9 lets two rounds run and stops the third."""
     cfg = tiny_config()
-    cfg.experiment.model.norm = "group"
+    cfg.experiment.model = replace(cfg.experiment.model, norm="group")
     cfg.experiment.federation.dp_sgd = dpsgd.DPSGDSettings(target_epsilon=4.0, max_epsilon=3.9)
     cfg.baselines.local_only = cfg.baselines.centralized = False
     run_dir = tmp_path_factory.mktemp("dpsgd") / "run"
