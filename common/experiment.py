@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from common import config
+from common import config, dpsgd
 from common.config import Local, Range, SettingError, above, at_least
 from common.dpsgd import Delta, DPSGDSettings, Epsilon
 from common.labels import LabelSpace, label_space
@@ -141,16 +141,17 @@ class ExperimentConfig:
     def validate(self) -> None:
         if not is_plain_name(self.name):  # it names the run's folder, here and at every site
             raise SettingError("name", f"{self.name!r}: a run folder's name needs {RULE}")
-        if self.federation.dp_sgd.enabled and (
-            self.model.norm == "batch"
-            or self.federation.proximal_mu > 0
-            or self.local.class_weights != "none"
-            or self.local.max_grad_norm is not None
-        ):
-            raise ValueError(
-                "federation.dp_sgd needs model.norm: group (BatchNorm mixes records within a "
-                "batch), no FedProx term, local.class_weights: none and no local.max_grad_norm"
+        if self.federation.dp_sgd.enabled:
+            found = dpsgd.conflicts(
+                self.federation.proximal_mu > 0, self.local.class_weights, self.local.max_grad_norm
             )
+            if self.model.norm == "batch":
+                found.insert(0, "BatchNorm, which mixes records within a batch (model.norm)")
+            if found:
+                raise ValueError(
+                    f"federation.dp_sgd cannot account for {', '.join(found)}: turn those off "
+                    "(model.norm: group, local.class_weights: none)"
+                )
         if self.federation.privacy.enabled and self.model.norm == "batch":
             raise ValueError(
                 "federation.privacy needs model.norm: group. BatchNorm's running statistics "
