@@ -15,10 +15,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
-
-from common.config import ConfigError
-from common.flower_process import APP_DIR, copy_plain, flower_env, stop_process_group
+from common.flower_process import (
+    APP_DIR,
+    answers,
+    copy_plain,
+    flower_env,
+    stop_process_group,
+    wait_ready,
+    write_connection,
+)
 
 
 def _free_port() -> int:
@@ -30,12 +35,8 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def simulation_superlink(flwr_home: Path) -> Iterator[str]:
     """A SuperLink in simulation mode for one run; yields the connection name for ``flwr run``."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "sim"\n\n[superlink.sim]\naddress = "127.0.0.1:{port}"\n'
-        "insecure = true\n"
-    )
+    write_connection(flwr_home, "sim", f"127.0.0.1:{port}", None)
     log_path = flwr_home / "superlink.log"
     command = [
         "flower-superlink",
@@ -57,25 +58,12 @@ def simulation_superlink(flwr_home: Path) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        _wait_healthy(proc, port, log_path)
+        wait_ready(
+            proc, lambda: answers(f"http://127.0.0.1:{port}/health"), "flower-superlink", log_path
+        )
         yield "sim"
     finally:
         stop_process_group(proc)
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while True:
-        if proc.poll() is not None:
-            raise ConfigError(f"flower-superlink exited ({proc.returncode}); see {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
-                return
-        if time.monotonic() > deadline:
-            raise ConfigError(
-                f"flower-superlink did not start within {limit_s:.0f} s; see {log_path}"
-            )
-        time.sleep(0.3)
 
 
 def flwr_run(
