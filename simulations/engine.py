@@ -12,8 +12,11 @@ import socket
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import tomli_w
 
 from common.flower_process import (
     APP_DIR,
@@ -66,24 +69,37 @@ def simulation_superlink(flwr_home: Path) -> Iterator[str]:
         stop_process_group(proc)
 
 
+def app_dir(flwr_home: Path, clientapp: str | None) -> Path:
+    """The Flower app to run: the project itself, or (``clientapp``: "module:attribute") the
+    same app with another ClientApp, as ``ecgfl-simulate attack`` runs. Its folder holds only
+    the project's pyproject.toml with that one component changed; the code is the installed."""
+    if clientapp is None:
+        return APP_DIR
+    project = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    project["tool"]["flwr"]["app"]["components"]["clientapp"] = clientapp
+    folder = flwr_home / "app"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return folder
+
+
 def flwr_run(
     flwr_home: Path,
     connection: str,
+    app: Path,
     run_config: Path,
-    num_sites: int,
-    cpus_per_site: float,
+    federation: str,
     log_path: Path,
     poll: Callable[[], None] | None = None,
 ) -> int:
-    """``flwr run`` the app and wait for it to end, calling ``poll`` four times a second."""
-    cpus = int(cpus_per_site) if float(cpus_per_site).is_integer() else cpus_per_site
-    federation = f"num-supernodes={num_sites} client-resources-num-cpus={cpus}"
+    """``flwr run`` the app and wait for it to end, calling ``poll`` four times a second.
+    ``federation`` is Flower's --federation-config (sites and their resources)."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [
                 "flwr",
                 "run",
-                str(APP_DIR),
+                str(app),
                 connection,
                 "--run-config",
                 str(run_config),

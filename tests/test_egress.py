@@ -20,12 +20,12 @@ from flwr.app import (
 from flwr.app.message.message import make_message
 from test_simulation import entries, tiny_config
 
-from client.attack import Attack
 from client.egress import EgressViolation, check_reply, egress_guard, label_limit
 from common.errors import RunFailed
 from common.models import ModelConfig
 from common.protocol import LABEL_SPACE
 from simulations import run as sim
+from simulations.attack_app import ATTACK_APP, Attack
 
 SECRET = "patient 4711, born 1950-01-01"
 
@@ -184,7 +184,7 @@ def exfiltrating_run(tmp_path_factory):
     run_dir.mkdir()
     Attack("exfiltrate", (1,), 1.0).write(run_dir)
     with pytest.raises(RunFailed) as stopped:
-        sim.run(cfg, run_dir, progress=False)
+        sim.run(cfg, run_dir, progress=False, clientapp=ATTACK_APP)
     return run_dir, str(stopped.value)
 
 
