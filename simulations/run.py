@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from common import protocol
 from common.cache import SiteCache
 from common.errors import RunFailed
 from common.labels import LabelSpace
@@ -111,8 +112,8 @@ def federate(
 
     def poll() -> None:
         entries = runs.entries(run_dir)
-        done = len({e["round"] for e in entries if e["phase"] == "train"})
-        done += any(e["phase"] == "finetune" for e in entries)
+        done = len({e["round"] for e in entries if e["phase"] == protocol.Phase.TRAIN})
+        done += any(e["phase"] == protocol.Phase.FINETUNE for e in entries)
         if done > bar.n:
             bar.update(done - bar.n)
 
