@@ -11,6 +11,7 @@ import numpy as np
 from common import protocol
 from common.metrics import Metrics
 from common.site import SiteData
+from server import runs
 
 COLUMNS = (
     ("local-only", "local"),
@@ -70,7 +71,7 @@ def write(
     central: dict[str, Metrics],
     timings: dict,
 ) -> Path:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
     rows = site_rows(sites, summary, local, central)
     (run_dir / "results.json").write_text(
         json.dumps(

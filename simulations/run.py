@@ -106,7 +106,7 @@ def federate(
 ) -> None:
     """The ServerApp + one ClientApp per virtual site on the Simulation Engine; ``clientapp``
     replaces the production ClientApp (an attack run's)."""
-    run_config = runs.write_run_config(run_dir, resume, run_dir / "partition" / "sites.json")
+    run_config = runs.write_run_config(run_dir, resume, run_dir / runs.PARTITION / runs.SITES)
     rounds = cfg.experiment.federation.rounds
     bar = tqdm(total=rounds + 1, desc="federation", unit="round", disable=not progress)
 
@@ -123,10 +123,10 @@ def federate(
     app = engine.app_dir(flwr_home, clientapp)
     with engine.simulation_superlink(flwr_home) as connection:
         code = engine.flwr_run(
-            flwr_home, connection, app, run_config, federation, run_dir / "flower.log", poll
+            flwr_home, connection, app, run_config, federation, run_dir / runs.FLOWER_LOG, poll
         )
     bar.close()
-    summary = run_dir / "summary.json"
+    summary = run_dir / runs.SUMMARY
     if code != 0 or not summary.exists():
         raise RunFailed(f"the federated run failed (flwr exit {code}); see {run_dir}/flower.log")
     stopped = json.loads(summary.read_text()).get("stopped")
@@ -164,14 +164,14 @@ def run(
     )
     _stage(f"{len(manifest['sites'])} sites; preparing caches")
     prepare_caches(manifest, plans, experiment.pipeline, cfg.workers, progress)
-    write_report(manifest, counts, run_dir / "partition")
+    write_report(manifest, counts, run_dir / runs.PARTITION)
     sites = [
-        SiteData.from_manifest(run_dir / "partition" / "sites.json", i, experiment.pipeline)
+        SiteData.from_manifest(run_dir / runs.PARTITION / runs.SITES, i, experiment.pipeline)
         for i in range(len(manifest["sites"]))
     ]
     if experiment.federation.min_sites is None:  # every virtual site takes part
         experiment.federation.min_sites = len(sites)
-    (run_dir / "experiment.yaml").write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
+    runs.pin_experiment(run_dir, experiment)
 
     _stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
     started = time.perf_counter()
