@@ -23,6 +23,7 @@ from typing import IO
 
 import httpx
 
+from common import cpu
 from common.config import ConfigError
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the project root: the Flower app's pyproject
@@ -97,6 +98,8 @@ def wait_ready(
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
+    if cpu.threads_from_policy:  # Ray gives each simulated site OMP_NUM_THREADS from its
+        env.pop("OMP_NUM_THREADS", None)  # num_cpus where unset; ours would oversubscribe them
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from common import config
+from common import config, cpu
 from common.config import Local, Seed, SettingError, Workers, above, at_least
 from common.experiment import MAX_SITES, ExperimentConfig
 from common.labels import LabelSpace
@@ -74,7 +73,7 @@ class SimulationConfig:
     def check_local(self) -> None:
         """Every site fits this machine, the strategy is one the ServerApp builds, and
         ``annotated`` names labels of the experiment's."""
-        cpus = os.cpu_count() or 1
+        cpus = cpu.available_cores()
         if self.cpus_per_site > cpus:
             raise SettingError(
                 "cpus_per_site",

@@ -182,12 +182,12 @@ def run(
     if cfg.baselines.local_only:
         _stage("baseline: local-only training per site")
         started = time.perf_counter()
-        for site in tqdm(sites, desc="local-only", disable=not progress):
-            local[site.name] = baselines.local_only(experiment, site)
+        manifest = run_dir / runs.PARTITION / runs.SITES
+        local = baselines.local_only_all(experiment, manifest, sites, progress)
         timings["local_only_s"] = round(time.perf_counter() - started, 1)
     if cfg.baselines.centralized:
         _stage("baseline: centralized pooled training + fine-tuning")
         started = time.perf_counter()
-        _, central = baselines.centralized(experiment, sites)
+        _, central = baselines.centralized(experiment, sites, progress)
         timings["centralized_s"] = round(time.perf_counter() - started, 1)
     return report.write(run_dir, sites, local, central, timings)
