@@ -181,6 +181,18 @@ def exchange(
     return replies, per_site, failed
 
 
+def placements(replies: list[Message]) -> dict[str, str]:
+    """Where each site ran, from the replies that say so: a simulation's sites on Ray
+    (simulations/site_app.py); a short id each."""
+    out = {}
+    for reply in replies:
+        records = {} if reply.has_error() else reply.content.config_records
+        if protocol.PLACEMENT_RECORD in records and protocol.SITE_RECORD in records:
+            where = records[protocol.PLACEMENT_RECORD].get(protocol.RAY_NODE, "")
+            out[str(records[protocol.SITE_RECORD][protocol.SITE_NAME])] = str(where)[:64]
+    return out
+
+
 def same_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
     """Aggregation is a weighted sum, which turns integer arrays (BatchNorm's batch counters)
     into floats: give every array back the dtype the model has, so what the sites receive is
@@ -311,6 +323,7 @@ class RoundLoop:
                 "privacy": privacy.spent(self.strategy),
                 protocol.BYTES_DOWN: nbytes(sent),
                 "seconds": round(time.perf_counter() - started, 2),
+                **({"placement": where} if (where := placements(replies)) else {}),
             }
         )
         return arrays

@@ -32,6 +32,7 @@ from common.dataset import CachedDataset
 from common.experiment import ExperimentConfig
 from common.labels import LabelSpace
 from common.site import SiteData
+from simulations.site_app import placement_mod
 
 ATTACK_FILE = "attack.json"
 ATTACK_APP = "simulations.attack_app:app"  # this module's ClientApp, as Flower names it
@@ -150,4 +151,4 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 
 
 #: What ``ecgfl-simulate attack`` runs as its ClientApp (simulations/engine.py: app_dir).
-app = make_app(open_site, inner_mods=(attack_mod,))
+app = make_app(open_site, inner_mods=(attack_mod,), outer_mods=(placement_mod,))
