@@ -105,7 +105,6 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
-        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
         PYTHONWARNINGS="ignore::FutureWarning",
     )
     bindir = str(Path(sys.executable).parent)  # flower-superlink & co. of this environment

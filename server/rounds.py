@@ -181,15 +181,17 @@ def exchange(
     return replies, per_site, failed
 
 
-def placements(replies: list[Message]) -> dict[str, str]:
+def placements(replies: list[Message]) -> dict[str, dict[str, str]]:
     """Where each site ran, from the replies that say so: a simulation's sites on Ray
-    (simulations/site_app.py); a short id each."""
+    (simulations/site_app.py): its Ray node and GPUs, short text each."""
     out = {}
     for reply in replies:
         records = {} if reply.has_error() else reply.content.config_records
         if protocol.PLACEMENT_RECORD in records and protocol.SITE_RECORD in records:
-            where = records[protocol.PLACEMENT_RECORD].get(protocol.RAY_NODE, "")
-            out[str(records[protocol.SITE_RECORD][protocol.SITE_NAME])] = str(where)[:64]
+            where = records[protocol.PLACEMENT_RECORD]
+            out[str(records[protocol.SITE_RECORD][protocol.SITE_NAME])] = {
+                key: str(where.get(key, ""))[:64] for key in (protocol.RAY_NODE, protocol.GPUS)
+            }
     return out
 
 

@@ -52,8 +52,9 @@ def test_sites_run_on_both_nodes_of_an_existing_cluster(two_nodes, tmp_path):
     assert len(trains) == 2 and len(trains[0]["sites"]) == 4
     for entry in trains:  # every site that trained says where
         assert set(entry["placement"]) == set(entry["sites"])
-    used = {node for entry in trains for node in entry["placement"].values()}
+    used = {where["ray-node"] for entry in trains for where in entry["placement"].values()}
     assert used == _node_ids(two_nodes.address)  # both nodes, and only the cluster's
+    assert all(w["gpus"] == "" for e in trains for w in e["placement"].values())  # CPU only
 
 
 @pytest.mark.e2e
