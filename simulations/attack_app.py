@@ -17,6 +17,7 @@ Behaviours, on the reply to a ``train`` message (u = w_local - w_global):
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,8 @@ class FlippedSite(SiteData):
 
     def dataset(self, split: str, space: LabelSpace) -> CachedDataset:
         ds = super().dataset(split, space)
-        if split == "train":
+        if split == "train":  # a copy: the honest dataset stays as it is
+            ds = copy.copy(ds)
             ds.y = ds.mask * (1 - ds.y)
         return ds
 
