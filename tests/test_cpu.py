@@ -20,6 +20,7 @@ def _child(code: str, **env: str) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.e2e  # a fresh interpreter each: real processes
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 def test_cores_follow_the_process_affinity_not_the_machine():
     got = _child(
@@ -38,6 +39,7 @@ def test_a_cgroup_quota_caps_the_cores(tmp_path, monkeypatch, text, expected):
     assert cpu.available_cores() == (min(expected, affinity) if expected else affinity)
 
 
+@pytest.mark.e2e
 def test_the_policy_sets_threads_and_passive_waiting_but_keeps_a_users_own():
     code = (
         "import json, os; from common import cpu; n = cpu.apply(); import torch; "
