@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,9 @@ RESUME = "resume"  # continue from the last complete round in RUN_DIR
 # Records of a message or a reply.
 CONFIG_RECORD, ARRAYS_RECORD, METRICS_RECORD = "config", "arrays", "metrics"
 SITE_RECORD, SITE_NAME = "site", "name"  # every reply names its site: {"site": {"name": ...}}
+# Simulation only (simulations/site_app.py; a hospital's egress guard lets nothing else out):
+# where a virtual site ran (its Ray node, the GPUs Ray gave it), added to its reply after the guard.
+PLACEMENT_RECORD, RAY_NODE, GPUS = "placement", "ray-node", "gpus"
 
 # Keys of the coordinator's config record.
 EXPERIMENT = "experiment"  # the experiment as JSON
@@ -66,6 +70,17 @@ BYTES_UP, BYTES_DOWN = "bytes-up", "bytes-down"
 def candidate_metric(method: str, what: str) -> str:
     """``full-val-auc``, ``ditto-picked``: what an ``auto`` site reports of each candidate."""
     return f"{method}-{what}"
+
+
+class Phase(StrEnum):
+    """What one line of a run's metrics.jsonl records (its ``phase``); equal to its text, so
+    lines read back from JSON compare with these directly."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    FINETUNE = "finetune"
+    STOPPED = "stopped"  # the run stopped: sites failed past what it can go on without
+    PRIVACY_STOP = "privacy-stop"  # the next round would spend past the privacy budget
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,9 +37,15 @@ class SiteData:
     cache: SiteCache
     rows: dict[str, np.ndarray]
     annotated: Sequence[str] | None = None
+    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def dataset(self, split: str, space: LabelSpace) -> CachedDataset:
-        return CachedDataset(self.cache, space, self.rows[split], self.annotated)
+        """The split in ``space``, built once: a ClientApp process serves the same site many
+        messages (signals copied into memory, targets encoded: not per message). Read-only."""
+        key = (split, space.name, space.labels)
+        if key not in self._datasets:
+            self._datasets[key] = CachedDataset(self.cache, space, self.rows[split], self.annotated)
+        return self._datasets[key]
 
     def counts(self) -> dict[str, int]:
         return {split: len(rows) for split, rows in self.rows.items()}

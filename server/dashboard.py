@@ -20,6 +20,7 @@ from flask import Response, abort
 from common import protocol
 from common.dashboard import Link, create_app, file_signature, table
 from common.errors import EcgflError
+from server import runs
 from server.report import finetune_table, rounds_table
 from server.runs import (
     RunFolder,
@@ -34,7 +35,7 @@ from server.runs import entries as run_entries  # pages name their entries `entr
 if TYPE_CHECKING:  # the simulations' dashboard starts without the coordinator's modules
     from server.coordinator import CoordinatorConfig
 
-FILES = ("report.md", "simulation.md", "experiment.yaml", "config.yaml", "failures.log")
+FILES = (runs.REPORT, "simulation.md", runs.EXPERIMENT, "config.yaml", runs.FAILURES)
 MAX_COMPARE = 4
 MAX_SITE_LINES = 12
 POLL_S = 15.0  # how often the coordinator's dashboard asks its SuperLink
@@ -52,7 +53,7 @@ class Catalog:
     def runs(self) -> dict[str, RunFolder]:
         found: dict[str, RunFolder] = {}
         for root in self.paths:
-            own = (root / "experiment.yaml").is_file()
+            own = (root / runs.EXPERIMENT).is_file()
             for folder in [RunFolder(root)] if own else run_folders(root):
                 key = folder.name if folder.name not in found else f"{folder.name}@{root.name}"
                 found.setdefault(key, folder)
@@ -73,9 +74,9 @@ def value(metrics: dict, key: str) -> float | None:
 def status(folder: RunFolder, entries: list[dict], flower: dict[int, str] | None = None) -> str:
     """finished or stopped; else what the coordinator's SuperLink says of the run (``flower``:
     Flower run id -> state), or, without one (simulations), when the run last wrote."""
-    if (folder.path / "summary.json").exists():
+    if (folder.path / runs.SUMMARY).exists():
         return folder.state({})
-    done = max((e["round"] for e in entries if e["phase"] == "train"), default=0)
+    done = max((e["round"] for e in entries if e["phase"] == protocol.Phase.TRAIN), default=0)
     progress = f"round {done} of {folder.rounds or '?'}"
     if flower:
         return f"{folder.state(flower)}: {progress}"
@@ -208,7 +209,7 @@ def curves(run_id: str, entries: list[dict], rows: list[dict]) -> html.Div:
 
 def privacy_section(run_id: str, entries: list[dict]) -> list:
     """Central DP epsilon and the sites' DP-SGD epsilon after each round, and budget stops."""
-    trains = [e for e in entries if e["phase"] == "train"]
+    trains = [e for e in entries if e["phase"] == protocol.Phase.TRAIN]
     central = [(e["round"], e["privacy"]) for e in trains if isinstance(e.get("privacy"), dict)]
     traces = []
     if central:
@@ -222,7 +223,7 @@ def privacy_section(run_id: str, entries: list[dict]) -> list:
     traces += site_traces(
         {s: v for s, v in dp_sgd.items() if any(y is not None for y in v[1])}, " DP-SGD"
     )
-    stops = [e for e in entries if e["phase"] == "privacy-stop"]
+    stops = [e for e in entries if e["phase"] == protocol.Phase.PRIVACY_STOP]
     if not traces and not stops:
         return []
     out: list = [html.H2("Privacy budget")]
@@ -287,12 +288,12 @@ def sites_section(entries: list[dict]) -> list:
     """One row per site: how many rounds it answered and failed, its latest scores."""
     seen: dict[str, dict] = {}
     for e in entries:
-        if e["phase"] not in ("train", "evaluate"):
+        if e["phase"] not in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE):
             continue
         for site, m in e["sites"].items():
             row = seen.setdefault(site, {"train": 0, "failed": set()})
             row["last"] = e["round"]
-            if e["phase"] == "train":
+            if e["phase"] == protocol.Phase.TRAIN:
                 row["train"] += 1
                 row["loss"] = value(m, protocol.TRAIN_LOSS)
                 row["up"] = m.get(protocol.BYTES_UP)
@@ -329,7 +330,7 @@ def sites_section(entries: list[dict]) -> list:
 
 def failures_section(entries: list[dict]) -> list:
     rows = [[e["round"], e["phase"], f["site"], f["reason"]] for e in entries for f in e["failed"]]
-    stopped = [e for e in entries if e["phase"] == "stopped"]
+    stopped = [e for e in entries if e["phase"] == protocol.Phase.STOPPED]
     if not rows and not stopped:
         return []
     out: list = [html.H2("Failed or refused sites")]
@@ -404,7 +405,7 @@ def list_page(
     for run_id, folder in runs.items():  # oldest first: where a site was seen last wins
         entries = entries_of(folder)
         note_seen(seen, run_id, entries)
-        trained = {s for e in entries for s in e["sites"] if e["phase"] == "train"}
+        trained = {s for e in entries for s in e["sites"] if e["phase"] == protocol.Phase.TRAIN}
         failures = sum(len(e["failed"]) for e in entries)
         rows.append(
             [
@@ -483,11 +484,11 @@ def _entries(path: Path, stamp: tuple[int, int] | None) -> list[dict]:
 def entries_of(folder: RunFolder) -> list[dict]:
     """A run's entries, read again only when metrics.jsonl changed (pages share them: read
     only)."""
-    return _entries(folder.path, file_signature(folder.path / "metrics.jsonl"))
+    return _entries(folder.path, file_signature(folder.path / runs.METRICS))
 
 
 def _run_signature(folder: RunFolder) -> tuple:
-    names = ("metrics.jsonl", "summary.json", "partition/partition.json")
+    names = (runs.METRICS, runs.SUMMARY, f"{runs.PARTITION}/partition.json")
     return tuple(file_signature(folder.path / n) for n in names)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import protocol
+from server import runs
 
 if TYPE_CHECKING:  # the dashboard reads tables from here without loading torch
     from common.experiment import ExperimentConfig
@@ -23,11 +24,11 @@ def rounds_table(entries: list[dict]) -> list[dict]:
     """One row per round: aggregated train loss and validation AUC, sites in and out."""
     rows: dict[int, dict] = {}
     for e in entries:
-        if e["phase"] not in ("train", "evaluate"):
+        if e["phase"] not in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE):
             continue
         row = rows.setdefault(e["round"], {"round": e["round"], "failed": []})
         agg = e.get("aggregate") or {}
-        if e["phase"] == "train":
+        if e["phase"] == protocol.Phase.TRAIN:
             row["sites"] = sorted(e["sites"])
             row["train_loss"] = agg.get(protocol.TRAIN_LOSS)
             row["seconds"] = e.get("seconds")
@@ -42,7 +43,7 @@ def rounds_table(entries: list[dict]) -> list[dict]:
 
 
 def finetune_table(entries: list[dict]) -> tuple[dict[str, dict], list[dict]]:
-    last = next((e for e in reversed(entries) if e["phase"] == "finetune"), None)
+    last = next((e for e in reversed(entries) if e["phase"] == protocol.Phase.FINETUNE), None)
     return (last["sites"], last["failed"]) if last else ({}, [])
 
 
@@ -87,8 +88,8 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
     rows = rounds_table(entries)
     sites, failed = finetune_table(entries)
     if rows:
-        plot_rounds(rows, run_dir / "rounds.png")
-    stopped = next((e["reason"] for e in entries if e["phase"] == "stopped"), None)
+        plot_rounds(rows, run_dir / runs.ROUNDS_PLOT)
+    stopped = next((e["reason"] for e in entries if e["phase"] == protocol.Phase.STOPPED), None)
     summary = {
         "experiment": experiment.to_dict(),
         "rounds": rows,
@@ -96,7 +97,7 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
         "finetune_failed": failed,
         "stopped": stopped,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / runs.SUMMARY).write_text(json.dumps(summary, indent=1))
     lines = [
         f"# Federated run {run_dir.name}",
         "",
@@ -131,6 +132,6 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
         lines.append(f"| {f['site']} | failed: {f['reason']} | | | | | |")
     if rows:
         lines += ["", "![metrics per round](rounds.png)"]
-    path = run_dir / "report.md"
+    path = run_dir / runs.REPORT
     path.write_text("\n".join(lines) + "\n")
     return path

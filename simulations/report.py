@@ -13,8 +13,10 @@ from common import protocol
 from common.experiment import ExperimentConfig
 from common.metrics import Metrics
 from common.site import SiteData
+from server import runs
 
 LOCAL, CENTRAL = "local-only", "centralized + fine-tune"
+RESULTS = "results.json"  # in the run folder: every number of the report, per method and site
 
 
 def _num(value) -> float | None:
@@ -173,9 +175,9 @@ def write(
     central: dict[str, Metrics],
     timings: dict,
 ) -> Path:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
     rows = site_rows(sites, summary, local, central)
-    (run_dir / "results.json").write_text(
+    (run_dir / RESULTS).write_text(
         json.dumps(
             {
                 "sites": rows,
@@ -218,16 +220,16 @@ def compare(run_dirs: list[Path]) -> str:
     have it."""
     found: dict[str, list[dict]] = {}
     for run_dir in run_dirs:
-        for name, m in json.loads((run_dir / "results.json").read_text())["methods"].items():
+        for name, m in json.loads((run_dir / RESULTS).read_text())["methods"].items():
             found.setdefault(name, []).append(m)
     lines = [
         "| method | runs | per-site mean macro AUC | worst site macro AUC | worst sites |",
         "|---|---|---|---|---|",
     ]
-    for name, runs in found.items():
-        means, worst = [m["mean"] for m in runs], [m["worst"] for m in runs]
-        sites = ", ".join(m["worst_site"] for m in runs)
-        lines.append(f"| {name} | {len(runs)} | {_spread(means)} | {_spread(worst)} | {sites} |")
+    for name, per_run in found.items():
+        means, worst = [m["mean"] for m in per_run], [m["worst"] for m in per_run]
+        sites = ", ".join(m["worst_site"] for m in per_run)
+        lines.append(f"| {name} | {len(per_run)} | {_spread(means)} | {_spread(worst)} | {sites} |")
     return "\n".join(lines)
 
 

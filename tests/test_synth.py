@@ -167,7 +167,6 @@ def test_patients_come_back_and_true_labels_stay_consistent():
 
 
 def test_written_tis_network_reads_back_through_the_project_reader(tis_dir):
-    pytest.importorskip("common.sources.tis")
     from common import sources
 
     scan = sources.scan(tis_dir, "tis")
@@ -181,7 +180,6 @@ def test_written_tis_network_reads_back_through_the_project_reader(tis_dir):
 
 
 def test_written_ptbxl_like_reads_back_through_the_project_reader(ptbxl_dir):
-    pytest.importorskip("common.sources.ptbxl")
     from common import sources
 
     scan = sources.scan(ptbxl_dir, "ptbxl")

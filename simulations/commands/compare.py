@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from common.config import ConfigError
-from simulations.report import compare
+from simulations.report import RESULTS, compare
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -15,10 +15,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    unfinished = [str(r) for r in args.runs if not (r / "results.json").is_file()]
+    unfinished = [str(r) for r in args.runs if not (r / RESULTS).is_file()]
     if unfinished:
         raise ConfigError(f"not finished simulations (no results.json): {', '.join(unfinished)}")
-    older = [str(r) for r in args.runs if '"methods"' not in (r / "results.json").read_text()]
+    older = [str(r) for r in args.runs if '"methods"' not in (r / RESULTS).read_text()]
     if older:
         raise ConfigError(f"results.json without per-method results (an older run): {older}")
     print(compare(args.runs))
