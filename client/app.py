@@ -56,9 +56,9 @@ def train(msg: Message, context: Context, open_site: SiteOpener) -> Message:
 def evaluate(msg: Message, context: Context, open_site: SiteOpener) -> Message:
     job = node.read_job(msg.content[protocol.CONFIG_RECORD], context)
     site = open_site(context, job.experiment)
-    return _reply(
-        msg, site.name, task.evaluate_on_site(job, site, msg.content[protocol.ARRAYS_RECORD])
-    )
+    out = node.output_dir(context, site, job.run_name)
+    metrics = task.evaluate_on_site(job, site, msg.content[protocol.ARRAYS_RECORD], out)
+    return _reply(msg, site.name, metrics)
 
 
 def finetune(msg: Message, context: Context, open_site: SiteOpener) -> Message:

@@ -2,8 +2,9 @@
 protocol allows, whatever code produced it.
 
 Allowed in a reply (anything else raises, so the reply becomes an error and nothing else leaves):
-- ``train`` only: one ArrayRecord whose array names and shapes are those of the model the
-  coordinator sent in the same message, numeric and no wider than what was received;
+- ``train`` only: one ArrayRecord whose arrays are those of the model the coordinator sent in the
+  same message (all of them, or some in the same order: FedRep/FedPer/FedBABU keep the head at
+  the site), same names and shapes, numeric and no wider than what was received;
 - one MetricRecord of at most ``MAX_METRICS`` entries, short plain keys, each value a number or a
   per-class list no longer than the label space (at most ``MAX_LIST``);
 - one ConfigRecord ``site`` holding only ``name``: a short plain name, the node's own when its node
@@ -73,12 +74,14 @@ def _check_arrays(received: RecordDict, sent: ArrayRecord) -> None:
     if len(models) != 1:
         raise EgressViolation("arrays in a reply to a message that sent no single model")
     model = models[0]
-    if list(sent.keys()) != list(model.keys()):
+    if list(sent.keys()) != [k for k in model if k in sent]:
         extra = [_name(k) for k in sent if k not in model][:3]
-        missing = [k for k in model if k not in sent][:3]
         raise EgressViolation(
-            f"arrays differ from the model's: extra {extra or '-'}, missing {missing or '-'}"
+            f"arrays differ from the model's: extra {extra or '-'}"
+            + ("" if extra else ", or out of the model's order")
         )
+    if not len(sent):
+        raise EgressViolation("an empty ArrayRecord: a train reply sends the model or its body")
     for key, array in sent.items():
         expected = model[key]
         if tuple(array.shape) != tuple(expected.shape):

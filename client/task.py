@@ -1,23 +1,26 @@
 """What a site does with each message: train, evaluate, or fine-tune on its own cached data.
 
 Everything here runs inside the hospital (or a simulated one). Only weights and metrics go back;
-the fine-tuned model stays in the site's own output folder.
+what personalisation keeps between rounds (``personal.pt``: a Ditto model, a FedRep/FedPer head)
+and the fine-tuned model stay in the site's own output folder.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord
+from torch.utils.data import Dataset
 
 from client.budget import SiteBudget, dp_limits, dp_metrics, refuse_past_budget
-from common import dpsgd, protocol, training
+from common import dpsgd, personalise, protocol, training
 from common.checkpoint import save_checkpoint
 from common.evaluation import score
-from common.finetune import finetune_at_site
 from common.metrics import compute_metrics
 from common.models import ECGClassifier
 from common.protocol import Job
@@ -29,10 +32,31 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+PERSONAL = "personal.pt"  # in the site's output folder: what a method keeps between rounds
+
+
 def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
     model = job.experiment.model_config().build(n_classes=len(job.space))
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
+
+
+def kept(out_dir: Path) -> dict[str, torch.Tensor] | None:
+    """What this site kept from its last round of this run, if anything."""
+    path = out_dir / PERSONAL
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def keep(out_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    """Atomically, readable by the site's own user only (mode 0600, like ``finetuned.pt``)."""
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{PERSONAL}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+        os.replace(tmp, out_dir / PERSONAL)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def train_on_site(
@@ -71,7 +95,7 @@ def train_on_site(
         dp=dp if dp.enabled else None,
         dp_rounds=rounds,
     )
-    result = trainer.fit(model, train_ds, None)
+    result, sent = _local_update(job, model, trainer, train_ds, out_dir)
     metrics = {
         protocol.NUM_EXAMPLES: len(train_ds),
         protocol.TRAIN_LOSS: _nan(result.history[-1]["train_loss"]),
@@ -85,8 +109,23 @@ def train_on_site(
         metrics.update(dp_metrics(ledger, result.dp_steps, dp.delta))
     clip = job.experiment.federation.update_clip_norm
     if clip is not None:
-        return clip_update(model.state_dict(), arrays.to_torch_state_dict(), clip), metrics
-    return model.state_dict(), metrics
+        return clip_update(sent, arrays.to_torch_state_dict(), clip), metrics
+    return sent, metrics
+
+
+def _local_update(
+    job: Job, model: ECGClassifier, trainer: training.Trainer, train_ds: Dataset, out_dir: Path
+) -> tuple[training.TrainResult, dict]:
+    """The personalisation method's round (``finetune.mode``): trains ``model`` in place, keeps
+    what the method keeps in ``out_dir``, and returns what is sent (all, or the body only)."""
+    method = job.experiment.finetune.method
+    # Round 1 starts afresh: a file from an earlier run of the same name is never read.
+    own = None if job.server_round == 1 else kept(out_dir)
+    local = personalise.LocalRound(trainer, train_ds, job.experiment.finetune, own)
+    result, own = method.round(model, local)
+    if own is not None:
+        keep(out_dir, own)
+    return result, personalise.shared_state(model, method)
 
 
 def clip_update(new: dict, old: dict, max_norm: float) -> dict:
@@ -104,9 +143,12 @@ def clip_update(new: dict, old: dict, max_norm: float) -> dict:
     return clipped
 
 
-def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> dict:
-    """The global model on this site's validation split."""
+def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path) -> dict:
+    """The global model on this site's validation split; under FedRep/FedPer with the site's
+    own head (the coordinator's never trains)."""
     model = global_model(job, arrays)
+    if not job.experiment.finetune.method.sends_head:
+        personalise.own_head(model, kept(out_dir))
     val_ds = site.dataset("val", job.space)
     if not len(val_ds):
         return {
@@ -131,34 +173,38 @@ def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> dict:
 def finetune_on_site(
     job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path
 ) -> tuple[dict, Path]:
-    """Fine-tune the global model locally and keep it; report test scores before and after."""
+    """Personalise the global model locally (``finetune.mode``) and keep it; report test
+    scores before and after (and what ``auto`` tried and picked)."""
     ft = job.experiment.finetune
     model = global_model(job, arrays)
     target = job.finetune_space
     before = score(
         model, site.dataset("val", job.space), site.dataset("test", job.space), job.space.labels
     )
-    model, result, after = finetune_at_site(model, site, job.space, target, ft)
+    run = personalise.SiteRun(site, job.space, target, ft, kept(out_dir))
+    done = ft.method.finish(model, run)
     path = save_checkpoint(
         out_dir / "finetuned.pt",
-        model,
+        done.model,
         job.experiment.model_config(),
         target,
         job.experiment.pipeline.fingerprint,
         job.experiment.pipeline.to_dict(),
         site=site.name,
         run=job.run_name,
-        thresholds=after.thresholds(),
+        thresholds=done.after.thresholds(),
         before=before.to_dict(),
-        after=after.to_dict(),
-        history=result.history,
+        after=done.after.to_dict(),
+        history=done.result.history,
+        personalisation={"mode": ft.mode, **done.metrics},
     )
     metrics = {
         protocol.NUM_EXAMPLES: int(site.counts()["test"]),
         protocol.TRAIN_EXAMPLES: int(site.counts()["train"]),
         protocol.BEFORE_MACRO_AUC: _nan(before.macro_auc),
         protocol.BEFORE_MACRO_F1: _nan(before.macro_f1),
-        protocol.AFTER_MACRO_AUC: _nan(after.macro_auc),
-        protocol.AFTER_MACRO_F1: _nan(after.macro_f1),
+        protocol.AFTER_MACRO_AUC: _nan(done.after.macro_auc),
+        protocol.AFTER_MACRO_F1: _nan(done.after.macro_f1),
+        **done.metrics,
     }
     return metrics, path

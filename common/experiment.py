@@ -16,11 +16,11 @@ from common.dpsgd import Delta, DPSGDSettings, Epsilon
 from common.labels import LabelSpace, label_space
 from common.models import ModelConfig, ModelSettings
 from common.names import RULE, is_plain_name
+from common.personalise import CANDIDATES, METHODS, MODES, Method
 from common.preprocess import PipelineConfig
-from common.training import TrainConfig
+from common.training import MAX_EPOCHS, TrainConfig
 from common.transport import TRANSPORTS
 
-FINETUNE_MODES = ("full", "head", "last_k", "discriminative")
 #: Resource caps (docs/formats.md#configuration-limits): a round is minutes, so 10,000 rounds
 #: is weeks; a round that waits longer than a week for replies has lost its sites.
 MAX_ROUNDS = 10_000
@@ -101,17 +101,42 @@ class FederationSettings:
 
 @dataclass
 class FinetuneSettings:
-    """Local fine-tuning of the global model at each site after the last round."""
+    """How each site personalises the global model (``common.personalise``): a plain local
+    fine-tune after the last round, or a method that also changes the rounds."""
 
     mode: str = "full"
     k: Annotated[int, at_least(1)] = 1  # last_k: how many body blocks train
     #: A label space to grow/shrink the head to; None = pretraining's.
     labels: Annotated[str, Local(label_space)] | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=3e-4))
+    #: Ditto: strength of the personal model's pull towards the global weights.
+    ditto_lambda: Annotated[float, at_least(0)] = 0.5
+    #: FedRep: epochs on the site's own head before the body's, each round.
+    head_epochs: Annotated[int, at_least(1, cap=MAX_EPOCHS)] = 1
+    #: auto: the methods each site tries, keeping the best by its own validation split.
+    candidates: list[str] = field(default_factory=lambda: ["full", "head", "ditto"])
 
     def validate(self) -> None:
-        if self.mode not in FINETUNE_MODES:
-            raise ValueError(f"mode={self.mode!r}: expected one of {', '.join(FINETUNE_MODES)}")
+        if self.mode not in MODES:
+            raise SettingError("mode", f"{self.mode!r}: expected one of {', '.join(MODES)}")
+        wrong = [c for c in self.candidates if c not in CANDIDATES]
+        if wrong or not self.candidates or len(set(self.candidates)) < len(self.candidates):
+            raise SettingError(
+                "candidates",
+                f"{self.candidates!r}: distinct names among {', '.join(CANDIDATES)} (methods "
+                "with plain rounds, so that one federation serves them all)",
+            )
+        runs = self.candidates if self.mode == "auto" else [self.mode]
+        if self.labels and "ditto" in runs:
+            raise SettingError(
+                "labels",
+                "ditto pulls the personal model towards the global one, which has no outputs for "
+                "labels it was not trained on: fine-tune to new labels with a plain mode",
+            )
+
+    @property
+    def method(self) -> Method:
+        return METHODS[self.mode]
 
 
 @dataclass
@@ -152,6 +177,16 @@ class ExperimentConfig:
                     f"federation.dp_sgd cannot account for {', '.join(found)}: turn those off "
                     "(model.norm: group, local.class_weights: none)"
                 )
+        if not self.finetune.method.sends_head and (
+            self.federation.strategy not in ("fedavg", "fedprox")
+            or self.federation.privacy.enabled
+            or self.federation.dp_sgd.enabled
+        ):
+            raise SettingError(
+                "finetune.mode",
+                f"{self.finetune.mode} keeps each site's head at the site and aggregates the body "
+                "only: it needs federation.strategy fedavg or fedprox, without privacy or dp_sgd",
+            )
         if self.federation.privacy.enabled and self.model.norm == "batch":
             raise ValueError(
                 "federation.privacy needs model.norm: group. BatchNorm's running statistics "

@@ -58,11 +58,18 @@ POSITIVES, ANNOTATED = "positives", "annotated"  # per label, of the training sp
 TRAIN_EXAMPLES = "train-examples"
 BEFORE_MACRO_AUC, BEFORE_MACRO_F1 = "before-macro-auc", "before-macro-f1"  # fine-tuning
 AFTER_MACRO_AUC, AFTER_MACRO_F1 = "after-macro-auc", "after-macro-f1"
+# finetune.mode auto: per candidate method, candidate_metric(method, one of these).
+CANDIDATE_VAL_AUC, CANDIDATE_TEST_AUC, CANDIDATE_PICKED = "val-auc", "test-auc", "picked"
 DP_EPSILON = "dp-epsilon"  # DP-SGD: what the site has spent in this run so far
 DP_EPSILON_NEXT = "dp-epsilon-next"  # ... and would have spent after one more round
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 # Added by the coordinator in metrics.jsonl: what travelled (bytes of arrays) each way.
 BYTES_UP, BYTES_DOWN = "bytes-up", "bytes-down"
+
+
+def candidate_metric(method: str, what: str) -> str:
+    """``full-val-auc``, ``ditto-picked``: what an ``auto`` site reports of each candidate."""
+    return f"{method}-{what}"
 
 
 class Phase(StrEnum):

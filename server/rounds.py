@@ -195,13 +195,17 @@ def placements(replies: list[Message]) -> dict[str, dict[str, str]]:
     return out
 
 
-def same_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
-    """Aggregation is a weighted sum, which turns integer arrays (BatchNorm's batch counters)
+def next_global(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
+    """The new global model: the aggregate, with the previous values of arrays no site sent
+    (a head that FedRep/FedPer/FedBABU keep at the sites stays as it was).
+
+    Aggregation is a weighted sum, which turns integer arrays (BatchNorm's batch counters)
     into floats: give every array back the dtype the model has, so what the sites receive is
     exactly the model's own state."""
     out = {}
-    for key, array in new.items():
-        value, want = array.numpy(), np.dtype(old[key].dtype)
+    for key, previous in old.items():
+        array = new.get(key, previous)
+        value, want = array.numpy(), np.dtype(previous.dtype)
         if np.issubdtype(want, np.integer):
             value = np.rint(value)
         out[key] = Array(np.asarray(value, dtype=want))  # rint of a 0-d array is a scalar
@@ -312,7 +316,7 @@ class RoundLoop:
         self._check(rnd, per_site, failed)
         new_arrays, agg = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
-            arrays = same_dtypes(new_arrays, arrays)
+            arrays = next_global(new_arrays, arrays)
         else:
             log.warning("round %d: nothing to aggregate; global model unchanged", rnd)
         self.metrics.write(

@@ -2,7 +2,8 @@
 
 - local-only: each site trains alone on its own training split;
 - centralized: all sites' training data pooled (the non-private upper bound), then fine-tuned at
-  each site like the federated model.
+  each site like the federated model (the layers the personalisation method fine-tunes; there are
+  no rounds to personalise).
 Both use the one training loop and the same budget of passes over the data as the federation.
 """
 
@@ -100,7 +101,7 @@ def centralized(
     )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     target = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space
-    ft = experiment.finetune
+    ft = replace(experiment.finetune, mode=experiment.finetune.method.layers)
     results = {}
     for site in tqdm(sites, desc="fine-tuning the pooled model", disable=not progress):
         local = _fresh_model(experiment, space)

@@ -16,6 +16,10 @@ COMMANDS = {
         "simulations.commands.centralized",
         "the paper's pretrain/fine-tune experiment",
     ),
+    "compare": (
+        "simulations.commands.compare",
+        "each method's mean and worst-site macro AUC over finished runs",
+    ),
     "dashboard": ("simulations.commands.dashboard", "a read-only web dashboard of run folders"),
 }
 

@@ -213,4 +213,4 @@ def run(
         started = time.perf_counter()
         _, central = baselines.centralized(experiment, sites, progress)
         timings["centralized_s"] = round(time.perf_counter() - started, 1)
-    return report.write(run_dir, sites, local, central, timings)
+    return report.write(run_dir, experiment, sites, local, central, timings)

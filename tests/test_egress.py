@@ -72,6 +72,21 @@ def test_an_extra_array_is_refused(model):
         check(model, reply)
 
 
+def test_a_body_without_the_head_passes_and_a_reordered_or_empty_one_does_not(model):
+    """FedRep/FedPer/FedBABU keep the head at the site: a subset in the model's order."""
+    reply = honest(model)
+    for key in [k for k in reply["arrays"] if k.startswith("head.")]:
+        del reply["arrays"][key]
+    check(model, reply)
+    keys = list(reply["arrays"])
+    reply["arrays"] = ArrayRecord({k: reply["arrays"][k] for k in [keys[-1], *keys[:-1]]})
+    with pytest.raises(EgressViolation, match="order"):
+        check(model, reply)
+    reply["arrays"] = ArrayRecord()
+    with pytest.raises(EgressViolation, match="empty"):
+        check(model, reply)
+
+
 def test_a_second_array_record_is_refused(model):
     reply = honest(model)
     reply["more-arrays"] = ArrayRecord({"x": Array(np.zeros(3, np.float32))})

@@ -89,7 +89,7 @@ def test_scenario_base_overrides_only_what_it_names():
 def test_aggregated_arrays_keep_the_models_dtypes():
     from flwr.app import ArrayRecord
 
-    from server.rounds import same_dtypes
+    from server.rounds import next_global
 
     old = ArrayRecord({"w": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(10)})
     averaged = ArrayRecord(
@@ -98,7 +98,7 @@ def test_aggregated_arrays_keep_the_models_dtypes():
             "bn.num_batches_tracked": torch.tensor(11.6, dtype=torch.float64),
         }
     )
-    out = same_dtypes(averaged, old)
+    out = next_global(averaged, old)
     assert out["w"].dtype == "float32"
     assert out["bn.num_batches_tracked"].dtype == "int64"
     assert out["bn.num_batches_tracked"].numpy() == 12

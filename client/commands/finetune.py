@@ -13,8 +13,8 @@ from pathlib import Path
 
 from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from common.evaluation import score
-from common.experiment import FINETUNE_MODES, FinetuneSettings
-from common.finetune import finetune_at_site
+from common.experiment import FinetuneSettings
+from common.finetune import LAYERS, finetune_at_site
 from common.labels import LabelSpace
 from common.metrics import Metrics
 from common.preprocess import PipelineConfig
@@ -30,7 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, help="data format (detected when omitted)")
     p.add_argument("--rate", type=int, choices=(100, 500), help="PTB-XL: which files to read")
     p.add_argument("--labels", help="label space to fine-tune to (default: the checkpoint's)")
-    p.add_argument("--mode", choices=FINETUNE_MODES, default=defaults.mode)
+    p.add_argument("--mode", choices=tuple(LAYERS), default=defaults.mode)
     p.add_argument("--k", type=int, default=defaults.k, help="last_k: body blocks that train")
     p.add_argument("--epochs", type=int, default=defaults.train.epochs)
     p.add_argument("--lr", type=float, default=defaults.train.lr)

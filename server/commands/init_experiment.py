@@ -13,6 +13,7 @@ import yaml
 from common.config import ConfigError
 from common.models import MODELS
 from common.names import RULE, is_plain_name
+from common.personalise import MODES
 from server import coordinator
 from server.strategies import STRATEGIES
 
@@ -37,6 +38,7 @@ def render(name: str, rounds: int, cfg: coordinator.CoordinatorConfig, coord: Pa
         file=out,
         models=", ".join(MODELS),
         strategies=", ".join(STRATEGIES),
+        finetune_modes=", ".join(MODES),
     )
 
 
