@@ -18,7 +18,7 @@ from common import dpsgd, protocol, training
 from common.checkpoint import save_checkpoint
 from common.evaluation import score
 from common.finetune import finetune_at_site
-from common.metrics import compute_metrics
+from common.metrics import Metrics, compute_metrics
 from common.models import ECGClassifier
 from common.protocol import Job
 from common.site import SiteData
@@ -27,6 +27,11 @@ from common.site import SiteData
 def _nan(value: float | None) -> float:
     """Flower needs the same metric keys from every site; undefined scores travel as NaN."""
     return math.nan if value is None else float(value)
+
+
+def _interval(metrics: Metrics) -> list[float]:
+    """A bootstrap interval as it travels: ``[low, high]``, NaN where undefined."""
+    return list(metrics.macro_auc_ci) if metrics.macro_auc_ci else [math.nan, math.nan]
 
 
 def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
@@ -136,7 +141,8 @@ def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord) -> dict:
 def finetune_on_site(
     job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path
 ) -> tuple[dict, Path]:
-    """Fine-tune the global model locally and keep it; report test scores before and after."""
+    """Fine-tune the global model locally and keep it; report test scores before and after, with
+    bootstrap intervals and per-label counts of the test split computed here, at the site."""
     ft = job.experiment.finetune
     model = global_model(job, arrays)
     target = job.finetune_space
@@ -165,5 +171,11 @@ def finetune_on_site(
         protocol.BEFORE_MACRO_F1: _nan(before.macro_f1),
         protocol.AFTER_MACRO_AUC: _nan(after.macro_auc),
         protocol.AFTER_MACRO_F1: _nan(after.macro_f1),
+        protocol.BEFORE_MACRO_AUC_CI: _interval(before),
+        protocol.AFTER_MACRO_AUC_CI: _interval(after),
+        protocol.BEFORE_MACRO_AUC_SE: _nan(before.macro_auc_se),
+        protocol.AFTER_MACRO_AUC_SE: _nan(after.macro_auc_se),
+        protocol.TEST_POSITIVES: [float(after.per_class[k]["positives"]) for k in target.labels],
+        protocol.TEST_ANNOTATED: [float(after.per_class[k]["annotated"]) for k in target.labels],
     }
     return metrics, path
