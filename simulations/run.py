@@ -91,7 +91,8 @@ def prepare_caches(
         manifest["sources"][plan.name]["caches"] = {pipeline.fingerprint: str(cache.path)}
 
 
-def _stage(name: str) -> None:
+def stage(name: str) -> None:
+    """A stage's start, timestamped, above any progress bar."""
     tqdm.write(f"[{time.strftime('%H:%M:%S')}] {name}")
 
 
@@ -139,9 +140,9 @@ def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bo
     experiment = cfg.experiment
     space = LabelSpace.load(experiment.labels)
 
-    _stage("data")
+    stage("data")
     plans = source_plans(cfg, store, progress)
-    _stage("virtual sites")
+    stage("virtual sites")
     manifest, counts = partition(
         plans,
         space,
@@ -151,7 +152,7 @@ def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bo
         cfg.partition.min_size,
         cfg.partition.seed,
     )
-    _stage(f"{len(manifest['sites'])} sites; preparing caches")
+    stage(f"{len(manifest['sites'])} sites; preparing caches")
     prepare_caches(manifest, plans, experiment.pipeline, cfg.workers, progress)
     write_report(manifest, counts, run_dir / "partition")
     sites = [
@@ -162,20 +163,20 @@ def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bo
         experiment.federation.min_sites = len(sites)
     (run_dir / "experiment.yaml").write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
 
-    _stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
+    stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
     started = time.perf_counter()
     federate(cfg, run_dir, len(sites), resume, progress)
     timings = {"federation_s": round(time.perf_counter() - started, 1)}
 
     local, central = {}, {}
     if cfg.baselines.local_only:
-        _stage("baseline: local-only training per site")
+        stage("baseline: local-only training per site")
         started = time.perf_counter()
         for site in tqdm(sites, desc="local-only", disable=not progress):
             local[site.name] = baselines.local_only(experiment, site)
         timings["local_only_s"] = round(time.perf_counter() - started, 1)
     if cfg.baselines.centralized:
-        _stage("baseline: centralized pooled training + fine-tuning")
+        stage("baseline: centralized pooled training + fine-tuning")
         started = time.perf_counter()
         _, central = baselines.centralized(experiment, sites)
         timings["centralized_s"] = round(time.perf_counter() - started, 1)
