@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import brier_score_loss, f1_score, precision_recall_curve, roc_auc_score
 
 DEFAULT_THRESHOLD = 0.5
 #: Bootstrap intervals: fixed resamples and seed, so a report is reproducible and its cost bounded.
@@ -143,6 +143,24 @@ def f1_at(
         score = None if unscorable_reason(t) else f1_score(t, p >= thresholds[k], zero_division=0)
         scores.append(None if score is None else float(score))
     return scores
+
+
+def brier_scores(
+    probs: np.ndarray, y: np.ndarray, mask: np.ndarray, labels: Sequence[str]
+) -> tuple[dict[str, float | None], float | None]:
+    """Calibration: the Brier score of each label over its annotated records (None where none
+    are), and over every annotated (record, label) entry together."""
+    per_class: dict[str, float | None] = {}
+    for k, label in enumerate(labels):
+        p, t = _column(probs, y, mask, k)
+        per_class[label] = float(brier_score_loss(t, p, labels=[False, True])) if t.size else None
+    keep = mask > 0
+    overall = (
+        float(brier_score_loss(y[keep] > 0.5, probs[keep], labels=[False, True]))
+        if keep.any()
+        else None
+    )
+    return per_class, overall
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

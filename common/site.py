@@ -22,6 +22,8 @@ from common.labels import LabelSpace
 from common.preprocess import PipelineConfig
 from common.splits import SPLITS, assign_splits
 
+ALL = "all"  # every record of a site, whatever its split (a hospital scoring a model)
+
 
 @lru_cache(maxsize=16)
 def _open_cache(path: str) -> tuple[SiteCache, dict[str, int]]:
@@ -39,7 +41,11 @@ class SiteData:
     annotated: Sequence[str] | None = None
 
     def dataset(self, split: str, space: LabelSpace) -> CachedDataset:
-        return CachedDataset(self.cache, space, self.rows[split], self.annotated)
+        """One split's records, or every record of the site (``"all"``) in cache order."""
+        rows = (
+            np.sort(np.concatenate(list(self.rows.values()))) if split == ALL else self.rows[split]
+        )
+        return CachedDataset(self.cache, space, rows, self.annotated)
 
     def counts(self) -> dict[str, int]:
         return {split: len(rows) for split, rows in self.rows.items()}
