@@ -17,7 +17,7 @@ import numpy as np
 
 from client.commands.finetune import load_site
 from client.commands.predict import thresholds
-from common.checkpoint import load_checkpoint
+from common.checkpoint import Checkpoint, load_checkpoint
 from common.config import ConfigError
 from common.errors import DataError
 from common.metrics import N_RESAMPLES, brier_scores, compute_metrics
@@ -50,7 +50,7 @@ def _out_dir(path: Path) -> Path:
     return path
 
 
-def score_site(site: SiteData, split: str, ckpt) -> dict:
+def score_site(site: SiteData, split: str, ckpt: Checkpoint) -> dict:
     """Every number of the report, as plain data: per label and overall."""
     ds = site.dataset(split, ckpt.space)
     if not len(ds):
@@ -61,8 +61,9 @@ def score_site(site: SiteData, split: str, ckpt) -> dict:
     cuts, source = thresholds(ckpt)
     m = compute_metrics(probs, y, mask, labels, cuts, intervals=True)
     brier, brier_all = brier_scores(probs, y, mask, labels)
+    scores = m.to_dict()  # a copy: the Brier scores join each label's row
     for label in labels:
-        m.per_class[label]["brier"] = brier[label]
+        scores["per_class"][label]["brier"] = brier[label]
     return {
         "model": str(ckpt.path),
         "data": str(site.cache.manifest.get("data_dir", site.name)),
@@ -71,14 +72,16 @@ def score_site(site: SiteData, split: str, ckpt) -> dict:
         "threshold_source": source,
         "thresholds_stored": bool(ckpt.meta.get("thresholds")),
         "bootstrap_resamples": N_RESAMPLES,
-        "metrics": m.to_dict(),
+        "metrics": scores,
         "brier": brier_all,
         "unscored": m.unscored(),
         "reliability": _reliability_data(probs, y, mask, labels),
     }
 
 
-def _reliability_data(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, labels) -> dict:
+def _reliability_data(
+    probs: np.ndarray, y: np.ndarray, mask: np.ndarray, labels: tuple[str, ...]
+) -> dict:
     """Per label, and pooled: mean predicted probability vs observed frequency in each of
     ``RELIABILITY_BINS`` equal-width bins (sklearn's calibration_curve), over annotated records."""
     from sklearn.calibration import calibration_curve
@@ -95,6 +98,8 @@ def _reliability_data(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, labels
 
 
 def plot_reliability(curves: dict, path: Path, title: str) -> None:
+    """Where the model's probabilities can be read as frequencies (on the diagonal) and where
+    not; Agg, so it works on a headless hospital server."""
     import matplotlib
 
     matplotlib.use("Agg")
