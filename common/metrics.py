@@ -19,6 +19,9 @@ DEFAULT_THRESHOLD = 0.5
 N_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+#: A label's own interval needs this many positives and negatives: fewer, and the label is scored
+#: but named as too few to bound.
+MIN_CASES = 5
 #: Resamples x records drawn at once (memory stays bounded on a hospital's whole archive).
 _CHUNK = 1 << 21
 
@@ -95,21 +98,23 @@ def percentile_interval(values: np.ndarray) -> list[float] | None:
     return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
 
-def _intervals(aucs: np.ndarray, scored: np.ndarray) -> dict:
-    """Per-class intervals over the resamples where that label is defined; the macro AUC's over
-    the resamples where every label the split scores is defined (Strodthoff et al. 2020), so each
-    resample averages the same labels as the point estimate."""
+def _intervals(aucs: np.ndarray, scored: np.ndarray, enough: np.ndarray) -> dict:
+    """Per-class intervals over the resamples where that label is defined, for labels with at
+    least ``MIN_CASES`` positives and negatives (below that, resampling a handful of cases says
+    little about the AUC); the macro AUC's over every resample, each averaging the labels the split
+    scores that it holds, so a label with one positive does not narrow it to the few resamples
+    that happen to hold every rare case."""
     per_class = [
-        percentile_interval(a[~np.isnan(a)]) if s else None
-        for a, s in zip(aucs.T, scored, strict=True)
+        percentile_interval(a[~np.isnan(a)]) if ok else None
+        for a, ok in zip(aucs.T, enough, strict=True)
     ]
-    complete = ~np.isnan(aucs[:, scored]).any(axis=1) & scored.any()
-    macro = aucs[complete][:, scored].mean(axis=1)
+    held = ~np.isnan(aucs[:, scored]).all(axis=1) & scored.any()
+    macro = np.nanmean(aucs[held][:, scored], axis=1) if held.any() else np.zeros(0)
     return {
         "per_class": per_class,
         "macro_ci": percentile_interval(macro),
         "macro_se": float(np.std(macro, ddof=1)) if len(macro) > 1 else None,
-        "resamples": int(complete.sum()),
+        "resamples": int(held.sum()),
     }
 
 
@@ -163,6 +168,11 @@ def brier_scores(
     return per_class, overall
 
 
+def too_few_cases(positives: float, annotated: float) -> bool:
+    """Fewer than ``MIN_CASES`` positives or negatives among a label's annotated records."""
+    return min(positives, annotated - positives) < MIN_CASES
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
@@ -172,8 +182,9 @@ def _mean(values: Sequence[float | None]) -> float | None:
 class Metrics:
     """Scores of one split. ``per_class[label]`` holds positives, annotated, auc, auc_ci, f1,
     threshold and reason (None when scorable). Intervals (95 % bootstrap, ``[low, high]``) and the
-    macro AUC's bootstrap standard error are None unless asked for, or where undefined;
-    ``resamples`` counts the resamples behind the macro interval."""
+    macro AUC's bootstrap standard error are None unless asked for, or where undefined (a label
+    with fewer than ``MIN_CASES`` positives or negatives has none); ``resamples`` counts the
+    resamples behind the macro interval."""
 
     labels: tuple[str, ...]
     n_samples: int
@@ -191,6 +202,15 @@ class Metrics:
     def unscored(self) -> dict[str, str]:
         """Label -> why this split cannot score it (no positives, no negatives, none annotated)."""
         return {k: c["reason"] for k, c in self.per_class.items() if c["reason"]}
+
+    def few_cases(self) -> dict[str, str]:
+        """Label -> why it is scored but has no interval of its own (fewer than ``MIN_CASES``
+        positives or negatives): its AUC is one rank among few cases, read it as such."""
+        return {
+            k: f"{c['positives']} positive(s), {c['annotated'] - c['positives']} negative(s)"
+            for k, c in self.per_class.items()
+            if c["auc"] is not None and too_few_cases(c["positives"], c["annotated"])
+        }
 
     def thresholds(self) -> dict[str, float]:
         """Per-class decision thresholds chosen on validation (for checkpoints and predict)."""
@@ -251,7 +271,10 @@ def compute_metrics(
     ci: dict = {"macro_ci": None, "macro_se": None, "resamples": 0}
     if intervals and probs.shape[0]:
         scored = np.array([c["auc"] is not None for c in per_class.values()])
-        ci = _intervals(bootstrap_aucs(probs, y, mask), scored)
+        enough = scored & [
+            not too_few_cases(c["positives"], c["annotated"]) for c in per_class.values()
+        ]
+        ci = _intervals(bootstrap_aucs(probs, y, mask), scored, enough)
         for label, interval in zip(labels, ci.pop("per_class"), strict=True):
             per_class[label]["auc_ci"] = interval
     return Metrics(

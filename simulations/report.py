@@ -12,7 +12,7 @@ from scipy.stats import norm
 
 from common import protocol
 from common.labels import LabelSpace
-from common.metrics import CONFIDENCE, Metrics, unscored_labels
+from common.metrics import CONFIDENCE, MIN_CASES, Metrics, too_few_cases, unscored_labels
 from common.site import SiteData
 
 COLUMNS = (
@@ -80,12 +80,19 @@ def report_labels(experiment: dict) -> tuple[str, ...]:
 
 
 def _support(fed: dict, labels: tuple[str, ...]) -> tuple[dict[str, int], dict[str, str]]:
-    """Test positives per label and the labels the site could not score, from its reply."""
+    """Test positives per label, and the labels the site could not score or scored on fewer
+    than ``MIN_CASES`` positives or negatives, from its reply."""
     positives, annotated = fed.get(protocol.TEST_POSITIVES), fed.get(protocol.TEST_ANNOTATED)
     if not positives or not annotated or len(positives) != len(labels):
         return {}, {}
     counts = {label: int(p) for label, p in zip(labels, positives, strict=True)}
-    return counts, unscored_labels(labels, positives, annotated)
+    unscored, named = unscored_labels(labels, positives, annotated), {}
+    for label, pos, ann in zip(labels, positives, annotated, strict=True):
+        if label in unscored:
+            named[label] = unscored[label]
+        elif too_few_cases(pos, ann):
+            named[label] = f"scored, too few cases: {int(pos)} of {int(ann)}"
+    return counts, named
 
 
 def site_rows(
@@ -198,10 +205,12 @@ def _site_line(r: dict) -> str:
 def support_lines(rows: list[dict], labels: tuple[str, ...]) -> list[str]:
     """Positives per label in each site's test split, and the labels a site could not score."""
     lines = [
-        "Positives per label in each site's test split (a label without positives or negatives "
-        "is not scored there and stays out of that site's macro AUC):",
+        "Positives per label in each site's test split. A label without positives or negatives "
+        "is not scored there and stays out of that site's macro AUC; one with fewer than "
+        f"{MIN_CASES} positives or negatives is scored (its AUC is a rank among a handful) and "
+        "named too:",
         "",
-        "| site | " + " | ".join(labels) + " | not scored |",
+        "| site | " + " | ".join(labels) + " | not scored, or on too few cases |",
         "|---" * (len(labels) + 2) + "|",
     ]
     for r in rows:

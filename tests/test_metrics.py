@@ -136,10 +136,20 @@ def test_bootstrap_interval_is_scipys_percentile_interval():
 def test_a_label_without_positives_is_named_and_left_out_of_the_interval():
     probs, y, mask = _toy()
     m = compute_metrics(probs, y, mask, labels=["A", "B", "C"], intervals=True)
-    assert m.unscored() == {"C": "no positives"}
+    assert m.unscored() == {"C": "no positives"} and m.few_cases() == {}
     assert m.per_class["C"]["auc"] is None and m.per_class["C"]["auc_ci"] is None
     assert m.macro_auc_ci[0] <= m.macro_auc <= m.macro_auc_ci[1]
     assert unscored_labels(["A", "B", "C"], [3, 0, 5], [9, 4, 5]) == {
         "B": "no positives",
         "C": "no negatives",
     }
+
+
+def test_a_label_with_a_handful_of_positives_is_scored_but_named_and_not_bounded():
+    probs, y, mask = _separable(60)
+    y[:, 0], mask = 0, np.ones_like(y)
+    y[:3, 0] = 1  # three positives
+    m = compute_metrics(probs, y, mask, labels=["A"], intervals=True)
+    assert m.per_class["A"]["auc"] is not None and m.per_class["A"]["auc_ci"] is None
+    assert m.few_cases() == {"A": "3 positive(s), 57 negative(s)"}
+    assert m.macro_auc_ci is not None and m.resamples > 800  # resamples without them just skip A

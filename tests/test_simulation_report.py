@@ -59,9 +59,11 @@ def test_report_shows_each_sites_interval_and_names_the_labels_it_could_not_scor
     text = path.read_text()
     row = "| a | 80 | 20 | - | - | 0.850 [0.750, 0.950] | 0.500 | 0.900 [0.800, 1.000] | - |"
     assert row in text
-    assert "| a | 5 | 0 | 2 | 1 | 3 | 2 | 4 | 1AVB (no positives) |" in text
-    assert "| b | 8 | 1 | 0 | 0 | 2 | 20 | 3 | CRBBB (no positives), CLBBB (no positives), " in text
-    assert "STACH (no negatives) |" in text
+    named = "1AVB (no positives), CRBBB (scored, too few cases: 2 of 20), CLBBB (scored, too few"
+    assert f"| a | 5 | 0 | 2 | 1 | 3 | 2 | 4 | {named}" in text
+    assert "| b | 8 | 1 | 0 | 0 | 2 | 20 | 3 | 1AVB (scored, too few cases: 1 of 20), " in text
+    assert "CRBBB (no positives), CLBBB (no positives), SBRAD (scored, too few" in text
+    assert "STACH (no negatives), AFIB (scored, too few cases: 3 of 20) |" in text
     assert (run_dir / "sites.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -20,7 +20,7 @@ from client.commands.predict import thresholds
 from common.checkpoint import Checkpoint, load_checkpoint
 from common.config import ConfigError
 from common.errors import DataError
-from common.metrics import N_RESAMPLES, brier_scores, compute_metrics
+from common.metrics import MIN_CASES, N_RESAMPLES, brier_scores, compute_metrics
 from common.site import ALL, SiteData
 from common.sources import FORMATS
 from common.splits import SPLITS
@@ -75,6 +75,7 @@ def score_site(site: SiteData, split: str, ckpt: Checkpoint) -> dict:
         "metrics": scores,
         "brier": brier_all,
         "unscored": m.unscored(),
+        "few_cases": m.few_cases(),
         "reliability": _reliability_data(probs, y, mask, labels),
     }
 
@@ -147,7 +148,7 @@ def as_text(result: dict) -> str:
         )
     lines += [
         f"macro AUC {_fmt(m['macro_auc'])} {_ci(m['macro_auc_ci'])} (95 % bootstrap interval, "
-        f"{m['resamples']} of {result['bootstrap_resamples']} resamples held every scored label)",
+        f"{m['resamples']} resamples of the records)",
         f"micro AUC {_fmt(m['micro_auc'])}; macro F1 {_fmt(m['macro_f1'])}; "
         f"Brier score over every annotated label {_fmt(result['brier'])}",
     ]
@@ -155,6 +156,12 @@ def as_text(result: dict) -> str:
         lines.append(
             "not scored (left out of the macro AUC and F1): "
             + ", ".join(f"{k} ({v})" for k, v in result["unscored"].items())
+        )
+    if result["few_cases"]:
+        lines.append(
+            f"too few cases for an interval (fewer than {MIN_CASES} positives or negatives; "
+            "the AUC is a rank among a handful): "
+            + ", ".join(f"{k} ({v})" for k, v in result["few_cases"].items())
         )
     if result["records"] < 100:
         lines.append(f"only {result['records']} records: read the intervals, not the points")
