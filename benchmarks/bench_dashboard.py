@@ -61,7 +61,7 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
         log.write(
             {
                 "round": rnd,
-                "phase": "train",
+                "phase": protocol.Phase.TRAIN,
                 "sites": train,
                 "failed": failed,
                 "aggregate": {protocol.TRAIN_LOSS: loss},
@@ -85,7 +85,7 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
         log.write(
             {
                 "round": rnd,
-                "phase": "evaluate",
+                "phase": protocol.Phase.EVALUATE,
                 "sites": evaluate,
                 "failed": failed,
                 "aggregate": agg,
@@ -102,7 +102,7 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
         }
         for n in names
     }
-    log.write({"round": rounds, "phase": "finetune", "sites": tuned, "failed": []})
+    log.write({"round": rounds, "phase": protocol.Phase.FINETUNE, "sites": tuned, "failed": []})
     counts = {n: {"records": 250, **{lab: rng.randrange(60) for lab in LABELS}} for n in names}
     (path / "partition").mkdir()
     (path / "partition" / "partition.json").write_text(json.dumps(counts))

@@ -118,9 +118,9 @@ def simulate(cfg: SimulationConfig, workdir: Path, name: str) -> tuple[Path, flo
 def phases(run_dir: Path) -> dict[str, float]:
     """Where a run's federation time went, from metrics.jsonl time stamps."""
     entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [e for e in entries if e["phase"] == "train"]
-    evaluate = [e for e in entries if e["phase"] == "evaluate"]
-    finetune = next(e for e in entries if e["phase"] == "finetune")
+    train = [e for e in entries if e["phase"] == protocol.Phase.TRAIN]
+    evaluate = [e for e in entries if e["phase"] == protocol.Phase.EVALUATE]
+    finetune = next(e for e in entries if e["phase"] == protocol.Phase.FINETUNE)
     started = (run_dir / "run_config.toml").stat().st_mtime
     first = train[0]["time"] - train[0]["seconds"]
     eval_s = sum(ev["time"] - tr["time"] for tr, ev in zip(train, evaluate, strict=True))
@@ -204,8 +204,8 @@ def communication(workdir: Path) -> None:
         cfg = config(**{"experiment.federation.transport": transport})
         run_dir, _, _ = simulate(cfg, workdir, f"transport-{transport}")
         entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        last = [e for e in entries if e["phase"] == "evaluate"][-1]
-        train = [e for e in entries if e["phase"] == "train"][-1]
+        last = [e for e in entries if e["phase"] == protocol.Phase.EVALUATE][-1]
+        train = [e for e in entries if e["phase"] == protocol.Phase.TRAIN][-1]
         up = sum(s[protocol.BYTES_UP] for s in train["sites"].values()) / len(train["sites"])
         aucs[transport] = last["aggregate"][protocol.MACRO_AUC]
         print(

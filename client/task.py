@@ -45,21 +45,16 @@ def train_on_site(
     site: SiteData,
     arrays: ArrayRecord,
     out_dir: Path,
-    flip_labels: bool = False,
     site_budget: SiteBudget | None = None,
 ) -> tuple[dict, dict]:
     """Local epochs from the global weights; returns (new weights, metrics for the reply).
 
     With DP-SGD the site keeps its own privacy ledger in ``out_dir``, refuses a round that would
     take its epsilon past the run's budget or the hospital's own (``site_budget``, counted over
-    every run), and reports the epsilon
-    spent and what one more round would bring it to. ``flip_labels`` is the label-flipping attack
-    (simulated sites only).
+    every run), and reports the epsilon spent and what one more round would bring it to.
     """
     model = global_model(job, arrays)
     train_ds = site.dataset("train", job.space)
-    if flip_labels:
-        train_ds.y = train_ds.mask * (1 - train_ds.y)
     cfg = replace(
         job.experiment.local,
         proximal_mu=job.proximal_mu,

@@ -26,11 +26,11 @@ import pandas as pd
 
 from common import preprocess, sources
 from common.preprocess import PipelineConfig
-from common.record import RecordError
+from common.record import Record, RecordError
 from common.safefile import data_folder
 from common.sources import RecordRef, limits
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: codes as a JSON list, strat_fold always a column
 _MANIFEST = "manifest.json"
 _SIGNALS = "signals.f32"
 _INDEX = "index.csv"
@@ -67,19 +67,27 @@ def _prepare_one(ref: RecordRef, cfg: PipelineConfig) -> tuple[dict, np.ndarray]
         return RecordError.unexpected(ref.record_id, ref.path, exc)
     if not np.isfinite(x).all():
         return RecordError(ref.record_id, ref.path, "non-finite values after preprocessing")
+    return _index_row(rec), x
+
+
+def _index_row(rec: Record) -> dict:
+    """The record's row of the cache's index.csv; its codes one cell, a JSON list (exact
+    whatever characters a source's codes hold)."""
+    info = rec.info
     row = {
         "record_id": rec.record_id,
-        "patient_id": rec.patient_id,
-        "site": rec.site,
-        "device": rec.device,
-        "coding": rec.coding,
-        "codes": ";".join(rec.codes),
+        "patient_id": info.patient_id,
+        "site": info.site,
+        "device": info.device,
+        "coding": info.coding,
+        "codes": json.dumps(list(info.codes)),
+        "strat_fold": info.strat_fold,
         "fs_original": rec.fs,
         "duration_s": round(rec.duration_s, 3),
         "path": str(rec.path),
     }
-    row.update({k: v for k, v in rec.meta.items() if isinstance(v, _SCALAR) and k not in row})
-    return row, x
+    row.update({k: v for k, v in info.extra.items() if isinstance(v, _SCALAR) and k not in row})
+    return row
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,11 @@ class SiteCache:
             manifest = json.loads((path / _MANIFEST).read_text())
         except (OSError, ValueError) as exc:
             raise FileNotFoundError(f"{path}: no complete cache here ({exc})") from exc
+        if manifest.get("cache_version") != CACHE_VERSION:
+            raise FileNotFoundError(
+                f"{path}: cache version {manifest.get('cache_version')}, this ecgfl reads "
+                f"{CACHE_VERSION}; prepare the site again"
+            )
         n, leads, length = manifest["shape"]
         expected = n * leads * length * 4
         size = (path / _SIGNALS).stat().st_size
@@ -127,8 +140,9 @@ class SiteCache:
             if n
             else np.zeros((0, leads, length), np.float32)
         )
-        index = pd.read_csv(path / _INDEX, dtype={"record_id": str, "patient_id": str, "site": str})
-        index["codes"] = index["codes"].fillna("")
+        text = {"record_id": str, "patient_id": str, "site": str, "codes": str, "coding": str}
+        index = pd.read_csv(path / _INDEX, dtype=text)
+        index["codes"] = [tuple(json.loads(c)) for c in index["codes"]]
         return cls(path, manifest, index, signals)
 
     @classmethod

@@ -18,9 +18,7 @@ def encode_labels(
     """Targets and masks of ``rows`` of ``cache`` in ``space``."""
     codes = cache.index["codes"].to_numpy()
     coding = cache.index["coding"].to_numpy()
-    pairs = [
-        space.encode(codes[i].split(";") if codes[i] else [], coding[i], annotated) for i in rows
-    ]
+    pairs = [space.encode(codes[i], coding[i], annotated) for i in rows]
     k = len(space)
     y = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, k), np.float32)
     m = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, k), np.float32)

@@ -10,49 +10,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from common import config
+from common import config, dpsgd
 from common.config import Local, Range, SettingError, above, at_least
 from common.dpsgd import Delta, DPSGDSettings, Epsilon
 from common.labels import LabelSpace, label_space
-from common.models import MODELS, ModelConfig
-from common.models.base import NORMS
+from common.models import ModelConfig, ModelSettings
 from common.names import RULE, is_plain_name
 from common.preprocess import PipelineConfig
 from common.training import TrainConfig
 from common.transport import TRANSPORTS
 
-STRATEGIES = (
-    "fedavg",
-    "fedprox",
-    "fedadam",
-    "fedyogi",
-    "fedavgm",
-    "fedmedian",
-    "fedtrimmedavg",
-    "krum",
-    "multikrum",
-)
 FINETUNE_MODES = ("full", "head", "last_k", "discriminative")
 #: Resource caps (docs/formats.md#configuration-limits): a round is minutes, so 10,000 rounds
 #: is weeks; a round that waits longer than a week for replies has lost its sites.
 MAX_ROUNDS = 10_000
 MAX_SITES = 10_000
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600.0
-
-
-@dataclass
-class ModelSettings:
-    """A registered model by name; input length and rate come from the pipeline."""
-
-    name: str = "ribeiro_resnet"
-    norm: str = "batch"
-    kwargs: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.name not in MODELS:
-            raise ValueError(f"name={self.name!r}: expected one of {', '.join(MODELS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm={self.norm!r}: expected one of {', '.join(NORMS)}")
 
 
 @dataclass
@@ -90,7 +63,7 @@ class PrivacySettings:
 class FederationSettings:
     """How the coordinator runs the pretraining rounds."""
 
-    strategy: str = "fedavg"
+    strategy: str = "fedavg"  # a name in server/strategies.BUILDERS, checked where it is built
     rounds: Annotated[int, at_least(1, cap=MAX_ROUNDS)] = 3
     fraction_train: Annotated[float, above(0, 1)] = 1.0
     fraction_evaluate: Annotated[float, at_least(0, 1)] = 1.0
@@ -113,8 +86,6 @@ class FederationSettings:
     dp_sgd: DPSGDSettings = field(default_factory=DPSGDSettings)  # sample-level, at each site
 
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport={self.transport!r}: expected one of {TRANSPORTS}")
         if self.strategy == "fedprox" and self.proximal_mu == 0:
@@ -170,16 +141,17 @@ class ExperimentConfig:
     def validate(self) -> None:
         if not is_plain_name(self.name):  # it names the run's folder, here and at every site
             raise SettingError("name", f"{self.name!r}: a run folder's name needs {RULE}")
-        if self.federation.dp_sgd.enabled and (
-            self.model.norm == "batch"
-            or self.federation.proximal_mu > 0
-            or self.local.class_weights != "none"
-            or self.local.max_grad_norm is not None
-        ):
-            raise ValueError(
-                "federation.dp_sgd needs model.norm: group (BatchNorm mixes records within a "
-                "batch), no FedProx term, local.class_weights: none and no local.max_grad_norm"
+        if self.federation.dp_sgd.enabled:
+            found = dpsgd.conflicts(
+                self.federation.proximal_mu > 0, self.local.class_weights, self.local.max_grad_norm
             )
+            if self.model.norm == "batch":
+                found.insert(0, "BatchNorm, which mixes records within a batch (model.norm)")
+            if found:
+                raise ValueError(
+                    f"federation.dp_sgd cannot account for {', '.join(found)}: turn those off "
+                    "(model.norm: group, local.class_weights: none)"
+                )
         if self.federation.privacy.enabled and self.model.norm == "batch":
             raise ValueError(
                 "federation.privacy needs model.norm: group. BatchNorm's running statistics "
@@ -200,10 +172,4 @@ class ExperimentConfig:
 
     def model_config(self) -> ModelConfig:
         """The model at the pipeline's input length and rate."""
-        return ModelConfig(
-            self.model.name,
-            dict(self.model.kwargs),
-            self.model.norm,
-            self.pipeline.length,
-            self.pipeline.fs,
-        )
+        return self.model.at(self.pipeline.length, self.pipeline.fs)

@@ -6,17 +6,22 @@ FLWR_HOME of the caller's choosing, and a process group that is stopped as a who
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import select
 import signal
+import ssl
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+import httpx
 
 from common.config import ConfigError
 
@@ -35,6 +40,59 @@ def copy_plain(stream: IO[str], *outputs: IO[str]) -> None:
         for out in outputs:
             out.write(plain(line))
             out.flush()
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a process's output, on one line, without terminal colours."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return " | ".join(plain(text).strip().splitlines()[-lines:])
+
+
+def write_connection(flwr_home: Path, name: str, address: str, root_certificates: str | None):
+    """FLWR_HOME/config.toml: the ``flwr`` CLI's one connection, ``name``, to the SuperLink at
+    ``address``, verified with ``root_certificates`` (None: plain text, on loopback only)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    trust = (
+        "insecure = true"
+        if root_certificates is None
+        else f"root-certificates = {json.dumps(root_certificates)}"
+    )
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{trust}\n'
+    )
+
+
+def answers(url: str, ca: str | None = None, success: bool = True) -> bool:
+    """Whether ``url`` answers (over TLS verified with ``ca`` for https; any status unless
+    ``success``)."""
+    verify: ssl.SSLContext | bool = False
+    if ca:
+        verify = ssl.create_default_context(cafile=ca)
+        verify.check_hostname = False  # the chain is checked; the host may be any interface
+    try:
+        response = httpx.get(url, verify=verify, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.is_success or not success
+
+
+def wait_ready(
+    proc: subprocess.Popen,
+    ready: Callable[[], bool],
+    name: str,
+    log: Path,
+    limit_s: float = 60,
+    pause: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll ``ready`` until it holds; a ConfigError naming ``log`` at once if the process exits,
+    or after ``limit_s``. ``pause`` waits between polls (and may raise to give up)."""
+    deadline = time.monotonic() + limit_s
+    while not ready():
+        if proc.poll() is not None:
+            raise ConfigError(f"{name} exited ({proc.returncode}): {tail(log)} (see {log})")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{name} not ready after {limit_s:.0f} s; see {log}")
+        pause(0.3)
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:

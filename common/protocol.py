@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,17 @@ DP_EPSILON_NEXT = "dp-epsilon-next"  # ... and would have spent after one more r
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
 # Added by the coordinator in metrics.jsonl: what travelled (bytes of arrays) each way.
 BYTES_UP, BYTES_DOWN = "bytes-up", "bytes-down"
+
+
+class Phase(StrEnum):
+    """What one line of a run's metrics.jsonl records (its ``phase``); equal to its text, so
+    lines read back from JSON compare with these directly."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    FINETUNE = "finetune"
+    STOPPED = "stopped"  # the run stopped: sites failed past what it can go on without
+    PRIVACY_STOP = "privacy-stop"  # the next round would spend past the privacy budget
 
 
 @dataclass

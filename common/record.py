@@ -63,26 +63,70 @@ class RecordError(Exception):
         return cls(record_id, path, f"unexpected {type(exc).__name__} ({exc})")
 
 
+#: What an index may say of a record beyond the typed fields (age, sex, recording date...): plain
+#: scalars, kept as columns of the cache's index.
+Scalar = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """Everything known of a record besides its signal: its diagnosis and whose it is.
+
+    A format's index gives it before any signal is decoded, so partitioning and patient splits
+    never read a signal. ``codes`` are the raw diagnosis codes in ``coding`` ('scp', 'tis' or
+    'snomed'); ``common.labels`` turns them into targets. ``strat_fold`` is PTB-XL's
+    recommended fold, where the source has one.
+    """
+
+    codes: tuple[str, ...] = ()
+    coding: str = ""
+    patient_id: str | None = None
+    site: str | None = None
+    device: str | None = None
+    strat_fold: int | None = None
+    extra: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """Where one record lives, and what its folder's index says about it (None: read it from
+    the record's own file, as for a file named directly to ``predict``).
+
+    ``root`` is the data folder (symlinks resolved) that every file of the record must resolve
+    inside; None for a record file named directly.
+    """
+
+    record_id: str
+    path: Path
+    source: str
+    info: RecordInfo | None = field(default=None, hash=False, compare=False)
+    root: Path | None = field(default=None, compare=False)
+
+
+@dataclass
+class Scan:
+    """A folder's records, and those already rejected while listing them."""
+
+    source: str
+    root: Path
+    refs: list[RecordRef]
+    problems: list[RecordError] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Record:
     """One 12-lead ECG in canonical form.
 
     ``signal`` is float32 millivolts shaped (12, n_samples) in ``LEADS`` order, the layout
-    ``torch.nn.Conv1d`` takes. ``codes`` are the raw diagnosis codes in ``coding``
-    ('scp', 'tis' or 'snomed'); ``common.labels`` turns them into targets.
+    ``torch.nn.Conv1d`` takes.
     """
 
     record_id: str
     signal: np.ndarray
     fs: float
-    codes: tuple[str, ...]
-    coding: str
     source: str
     path: Path
-    patient_id: str | None = None
-    site: str | None = None
-    device: str | None = None
-    meta: dict = field(default_factory=dict)
+    info: RecordInfo = field(default_factory=RecordInfo)
 
     @property
     def duration_s(self) -> float:

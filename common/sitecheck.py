@@ -101,12 +101,13 @@ def check_site(
         except Exception as exc:  # one record never stops the check (MemoryError included)
             problems.append(RecordError.unexpected(ref.record_id, ref.path, exc))
             continue
-        y, mask = space.encode(rec.codes, rec.coding)
+        info = rec.info
+        y, mask = space.encode(info.codes, info.coding)
         positives += y
         annotated += mask
-        known = space.known_codes(rec.coding)
-        nested = rec.coding in space.hierarchical
-        unmapped.update(c for c in rec.codes if not _mapped(c, known, nested))
+        known = space.known_codes(info.coding)
+        nested = info.coding in space.hierarchical
+        unmapped.update(c for c in info.codes if not _mapped(c, known, nested))
         rates[f"{rec.fs:g}"] += 1
         durations.append(rec.duration_s)
         for lead, std in zip(LEADS, rec.signal.std(axis=1), strict=True):

@@ -318,13 +318,11 @@ class Trainer:
         if self.cfg.early_stopping_patience is not None and val_ds is None:
             raise ValueError("early stopping needs a validation set")
         cfg = self.cfg
-        if self.private and (
-            self.proximal_to is not None or cfg.class_weights != "none" or cfg.max_grad_norm
-        ):
-            raise ValueError(
-                "DP-SGD clips per-record gradients itself and cannot account for FedProx's term, "
-                "class weights computed from the data, or max_grad_norm: turn those off"
-            )
+        found = self.private and dpsgd.conflicts(
+            self.proximal_to is not None, cfg.class_weights, cfg.max_grad_norm
+        )
+        if found:
+            raise ValueError(f"DP-SGD cannot account for {', '.join(found)}: turn those off")
 
     def _loader(self, train_ds: Dataset, generator: torch.Generator) -> DataLoader:
         return DataLoader(

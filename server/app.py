@@ -147,7 +147,14 @@ def main(grid: Grid, context: Context) -> None:
         tracker.finish(run_dir, stopped=True)
         return
     per_site, failed = finetune_everywhere(grid, state, config, fed.round_timeout_s, run_dir)
-    metrics.write({"round": state.round, "phase": "finetune", "sites": per_site, "failed": failed})
+    metrics.write(
+        {
+            "round": state.round,
+            "phase": protocol.Phase.FINETUNE,
+            "sites": per_site,
+            "failed": failed,
+        }
+    )
     report.write(run_dir, metrics.read(), experiment)
     privacy.append_to_report(run_dir, metrics.read())
     tracker.finish(run_dir)

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -33,20 +32,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import yaml
 
 from common import config, flower_process
 from common.config import ConfigError
 from common.errors import RunFailed
 from common.flower_process import (
+    answers,
     copy_plain,
     flower_env,
     is_running,
-    plain,
     private_secret,
     signal_ready,
     stop_process_group,
+    tail,
+    wait_ready,
+    write_connection,
 )
 from common.preprocess import PipelineConfig
 from server import front_door, runs
@@ -190,18 +191,6 @@ def superlink_address(cfg: CoordinatorConfig, listen: str | None = None) -> str:
     return _dial(*superlink_bind(cfg, listen))
 
 
-def write_connection(cfg: CoordinatorConfig, insecure: bool, listen: str | None = None) -> None:
-    """The ``flwr`` CLI's connection to this SuperLink, in the coordinator's own FLWR_HOME."""
-    cfg.flwr_home.mkdir(parents=True, exist_ok=True)
-    trust = (
-        "insecure = true" if insecure else f"root-certificates = {json.dumps(cfg.ca_certificate)}"
-    )
-    (cfg.flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "{superlink_address(cfg, listen)}"\n{trust}\n'
-    )
-
-
 def tls_files(cfg: CoordinatorConfig) -> tuple[str, str, str]:
     """(CA, certificate, key), each checked to exist."""
     files = (cfg.ca_certificate, cfg.certificate, cfg.private_key)
@@ -287,12 +276,6 @@ def processes(cfg: CoordinatorConfig) -> dict[str, dict]:
     return {}
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    """The last lines of a process's output, on one line, without terminal colours."""
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return " | ".join(plain(text).strip().splitlines()[-lines:])
-
-
 @dataclass
 class StopRequest:
     """Set by SIGTERM/SIGINT in the supervisor and checked between steps, never raised into one,
@@ -330,7 +313,7 @@ class Child:
 
     def failed(self) -> ConfigError:
         return ConfigError(
-            f"{self.name} exited ({self.proc.returncode}): {_tail(self.out)} (see {self.log})"
+            f"{self.name} exited ({self.proc.returncode}): {tail(self.out)} (see {self.log})"
         )
 
 
@@ -366,34 +349,20 @@ def spawn(
     return children[-1]
 
 
+def _pause(seconds: float) -> None:
+    """Sleep between readiness polls; a stop request ends the start."""
+    if STOP.after(seconds):
+        raise Stopping
+
+
 def wait_until(child: Child, ready: Callable[[], bool], limit_s: float = 60) -> None:
     """Poll ``ready`` until it holds; fail at once if the process exits."""
-    deadline = time.monotonic() + limit_s
-    while not ready():
-        if child.proc.poll() is not None:
-            raise child.failed()
-        if time.monotonic() > deadline:
-            raise ConfigError(f"{child.name} not ready after {limit_s:.0f} s; see {child.log}")
-        if STOP.after(0.3):
-            raise Stopping
-
-
-def _answers(url: str, ca: str | None, success: bool) -> bool:
-    """Whether ``url`` answers over TLS verified with ``ca`` (any status unless ``success``)."""
-    verify: ssl.SSLContext | bool = False
-    if ca:
-        verify = ssl.create_default_context(cafile=ca)
-        verify.check_hostname = False  # the chain is checked; the host may be any interface
-    try:
-        response = httpx.get(url, verify=verify, timeout=2)
-    except httpx.HTTPError:
-        return False
-    return response.is_success or not success
+    wait_ready(child.proc, ready, child.name, child.log, limit_s, _pause)
 
 
 def _probe(cfg: CoordinatorConfig, insecure: bool, address: str, path: str, success: bool):
     scheme, ca = ("http", None) if insecure else ("https", cfg.ca_certificate)
-    return lambda: _answers(f"{scheme}://{address}{path}", ca, success)
+    return lambda: answers(f"{scheme}://{address}{path}", ca, success)
 
 
 def start_superlink(
@@ -439,7 +408,8 @@ def _start_all(
 ) -> None:
     """SuperLink, SuperExec, hospitals' keys, then the front door: it opens when all is ready."""
     ensure_secret(cfg)
-    write_connection(cfg, insecure, listen)
+    ca = None if insecure else cfg.ca_certificate
+    write_connection(cfg.flwr_home, CONNECTION, superlink_address(cfg, listen), ca)
     start_superlink(cfg, insecure, listen, children)
     start_superexec(cfg, insecure, listen, children)
     if not insecure:

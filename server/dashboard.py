@@ -75,7 +75,7 @@ def status(folder: RunFolder, entries: list[dict], flower: dict[int, str] | None
     Flower run id -> state), or, without one (simulations), when the run last wrote."""
     if (folder.path / "summary.json").exists():
         return folder.state({})
-    done = max((e["round"] for e in entries if e["phase"] == "train"), default=0)
+    done = max((e["round"] for e in entries if e["phase"] == protocol.Phase.TRAIN), default=0)
     progress = f"round {done} of {folder.rounds or '?'}"
     if flower:
         return f"{folder.state(flower)}: {progress}"
@@ -208,7 +208,7 @@ def curves(run_id: str, entries: list[dict], rows: list[dict]) -> html.Div:
 
 def privacy_section(run_id: str, entries: list[dict]) -> list:
     """Central DP epsilon and the sites' DP-SGD epsilon after each round, and budget stops."""
-    trains = [e for e in entries if e["phase"] == "train"]
+    trains = [e for e in entries if e["phase"] == protocol.Phase.TRAIN]
     central = [(e["round"], e["privacy"]) for e in trains if isinstance(e.get("privacy"), dict)]
     traces = []
     if central:
@@ -222,7 +222,7 @@ def privacy_section(run_id: str, entries: list[dict]) -> list:
     traces += site_traces(
         {s: v for s, v in dp_sgd.items() if any(y is not None for y in v[1])}, " DP-SGD"
     )
-    stops = [e for e in entries if e["phase"] == "privacy-stop"]
+    stops = [e for e in entries if e["phase"] == protocol.Phase.PRIVACY_STOP]
     if not traces and not stops:
         return []
     out: list = [html.H2("Privacy budget")]
@@ -287,12 +287,12 @@ def sites_section(entries: list[dict]) -> list:
     """One row per site: how many rounds it answered and failed, its latest scores."""
     seen: dict[str, dict] = {}
     for e in entries:
-        if e["phase"] not in ("train", "evaluate"):
+        if e["phase"] not in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE):
             continue
         for site, m in e["sites"].items():
             row = seen.setdefault(site, {"train": 0, "failed": set()})
             row["last"] = e["round"]
-            if e["phase"] == "train":
+            if e["phase"] == protocol.Phase.TRAIN:
                 row["train"] += 1
                 row["loss"] = value(m, protocol.TRAIN_LOSS)
                 row["up"] = m.get(protocol.BYTES_UP)
@@ -329,7 +329,7 @@ def sites_section(entries: list[dict]) -> list:
 
 def failures_section(entries: list[dict]) -> list:
     rows = [[e["round"], e["phase"], f["site"], f["reason"]] for e in entries for f in e["failed"]]
-    stopped = [e for e in entries if e["phase"] == "stopped"]
+    stopped = [e for e in entries if e["phase"] == protocol.Phase.STOPPED]
     if not rows and not stopped:
         return []
     out: list = [html.H2("Failed or refused sites")]
@@ -404,7 +404,7 @@ def list_page(
     for run_id, folder in runs.items():  # oldest first: where a site was seen last wins
         entries = entries_of(folder)
         note_seen(seen, run_id, entries)
-        trained = {s for e in entries for s in e["sites"] if e["phase"] == "train"}
+        trained = {s for e in entries for s in e["sites"] if e["phase"] == protocol.Phase.TRAIN}
         failures = sum(len(e["failed"]) for e in entries)
         rows.append(
             [

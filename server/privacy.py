@@ -215,7 +215,9 @@ def spent(strategy: Strategy) -> dict | None:
 def restore(strategy: Strategy, entries: list[dict]) -> None:
     """A resumed run continues the account: the releases recorded in the kept train entries."""
     accountant = _accountant(strategy)
-    recorded = [e["privacy"] for e in entries if e["phase"] == "train" and e.get("privacy")]
+    recorded = [
+        e["privacy"] for e in entries if e["phase"] == protocol.Phase.TRAIN and e.get("privacy")
+    ]
     if accountant is None or not recorded:
         return
     last = recorded[-1]
@@ -224,7 +226,7 @@ def restore(strategy: Strategy, entries: list[dict]) -> None:
 
 def stop_entry(rnd: int, strategy: Strategy, reason: PrivacyBudgetExhausted) -> dict:
     """The metrics.jsonl line of a run that refused to start round ``rnd``."""
-    entry = {"round": rnd, "phase": "privacy-stop", "reason": str(reason)}
+    entry = {"round": rnd, "phase": protocol.Phase.PRIVACY_STOP, "reason": str(reason)}
     entry["privacy"] = spent(strategy)
     log.warning(
         "privacy budget: round %d not started, it would take epsilon past %s (spent %.3f); "
@@ -244,7 +246,7 @@ def dp_sgd_stop(rnd: int, entries: list[dict], budget: float | None) -> dict | N
     Each site also refuses on its own (``client.task``); this stops the run cleanly instead of
     sending a round every site would refuse.
     """
-    trained = [e for e in entries if e["phase"] == "train" and e["round"] < rnd]
+    trained = [e for e in entries if e["phase"] == protocol.Phase.TRAIN and e["round"] < rnd]
     if budget is None or not trained:
         return None
     projected = {
@@ -263,13 +265,13 @@ def dp_sgd_stop(rnd: int, entries: list[dict], budget: float | None) -> dict | N
     log.warning(
         "privacy budget: %s; going on to fine-tuning with the model of round %d", reason, rnd - 1
     )
-    return {"round": rnd, "phase": "privacy-stop", "reason": reason}
+    return {"round": rnd, "phase": protocol.Phase.PRIVACY_STOP, "reason": reason}
 
 
 def dp_sgd_lines(entries: list[dict]) -> list[str]:
     """The DP-SGD part of report.md: the range of the sites' epsilon after each round."""
     rows = []
-    for e in (e for e in entries if e["phase"] == "train"):
+    for e in (e for e in entries if e["phase"] == protocol.Phase.TRAIN):
         dp_sites = [m for m in e["sites"].values() if protocol.DP_EPSILON in m]
         spent = [m[protocol.DP_EPSILON] for m in dp_sites]
         sigma = [m[protocol.DP_NOISE_MULTIPLIER] for m in dp_sites]
@@ -292,8 +294,8 @@ def dp_sgd_lines(entries: list[dict]) -> list[str]:
 
 def report_lines(entries: list[dict]) -> list[str]:
     """The privacy sections of report.md: epsilon after each round and any budget stop."""
-    rows = [e for e in entries if e["phase"] == "train" and e.get("privacy")]
-    stops = [e for e in entries if e["phase"] == "privacy-stop"]
+    rows = [e for e in entries if e["phase"] == protocol.Phase.TRAIN and e.get("privacy")]
+    stops = [e for e in entries if e["phase"] == protocol.Phase.PRIVACY_STOP]
     lines = dp_sgd_lines(entries)
     if not rows:
         return lines + [f"\n**Stopped before round {e['round']}**: {e['reason']}" for e in stops]

@@ -23,11 +23,11 @@ def rounds_table(entries: list[dict]) -> list[dict]:
     """One row per round: aggregated train loss and validation AUC, sites in and out."""
     rows: dict[int, dict] = {}
     for e in entries:
-        if e["phase"] not in ("train", "evaluate"):
+        if e["phase"] not in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE):
             continue
         row = rows.setdefault(e["round"], {"round": e["round"], "failed": []})
         agg = e.get("aggregate") or {}
-        if e["phase"] == "train":
+        if e["phase"] == protocol.Phase.TRAIN:
             row["sites"] = sorted(e["sites"])
             row["train_loss"] = agg.get(protocol.TRAIN_LOSS)
             row["seconds"] = e.get("seconds")
@@ -42,7 +42,7 @@ def rounds_table(entries: list[dict]) -> list[dict]:
 
 
 def finetune_table(entries: list[dict]) -> tuple[dict[str, dict], list[dict]]:
-    last = next((e for e in reversed(entries) if e["phase"] == "finetune"), None)
+    last = next((e for e in reversed(entries) if e["phase"] == protocol.Phase.FINETUNE), None)
     return (last["sites"], last["failed"]) if last else ({}, [])
 
 
@@ -88,7 +88,7 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
     sites, failed = finetune_table(entries)
     if rows:
         plot_rounds(rows, run_dir / "rounds.png")
-    stopped = next((e["reason"] for e in entries if e["phase"] == "stopped"), None)
+    stopped = next((e["reason"] for e in entries if e["phase"] == protocol.Phase.STOPPED), None)
     summary = {
         "experiment": experiment.to_dict(),
         "rounds": rows,

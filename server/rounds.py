@@ -120,7 +120,9 @@ class MetricsLog:
 
     def truncate_after(self, rnd: int) -> None:
         """Forget entries of rounds after ``rnd`` (a resumed run redoes them)."""
-        kept = [e for e in self.read() if e["round"] <= rnd and e["phase"] != "finetune"]
+        kept = [
+            e for e in self.read() if e["round"] <= rnd and e["phase"] != protocol.Phase.FINETUNE
+        ]
         self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
 
     def read(self) -> list[dict]:
@@ -222,7 +224,9 @@ def stop_reason(
             f"round {rnd}: {len(per_site)} site(s) trained, fewer than min_sites {min_sites} "
             f"(failed: {who})"
         )
-    trains = [e for e in history if e["phase"] == "train"] + [{"round": rnd, "failed": failed}]
+    trains = [e for e in history if e["phase"] == protocol.Phase.TRAIN] + [
+        {"round": rnd, "failed": failed}
+    ]
     if trains[0]["round"] != 1 or (len(trains) < 2 and total_rounds > 1):
         return None
     for f in failed:
@@ -301,7 +305,7 @@ class RoundLoop:
         self.metrics.write(
             {
                 "round": rnd,
-                "phase": "train",
+                "phase": protocol.Phase.TRAIN,
                 "sites": per_site,
                 "failed": failed,
                 "aggregate": dict(agg) if agg else None,
@@ -315,12 +319,14 @@ class RoundLoop:
     def _check(self, rnd: int, per_site: dict, failed: list[dict]) -> None:
         """Log new failures; stop the run (``RunStopped``) where ``stop_reason`` says so."""
         history = self.metrics.read()
-        trained_before = [e for e in history if e["phase"] == "train"]
+        trained_before = [e for e in history if e["phase"] == protocol.Phase.TRAIN]
         _report_failures(rnd, failed, trained_before[-1]["failed"] if trained_before else [])
         min_sites = self.federation.min_sites or 1
         halt = stop_reason(rnd, per_site, failed, min_sites, history, self.federation.rounds)
         if halt is not None:
-            self.metrics.write({"round": rnd, "phase": "stopped", "failed": failed, "reason": halt})
+            self.metrics.write(
+                {"round": rnd, "phase": protocol.Phase.STOPPED, "failed": failed, "reason": halt}
+            )
             log.error("the run stops: %s (full reasons: %s)", halt, self.run_dir / FAILURES_LOG)
             raise RunStopped(halt)
 
@@ -335,7 +341,7 @@ class RoundLoop:
         self.metrics.write(
             {
                 "round": rnd,
-                "phase": "evaluate",
+                "phase": protocol.Phase.EVALUATE,
                 "sites": per_site,
                 "failed": failed,
                 "aggregate": dict(agg) if agg else None,

@@ -67,7 +67,7 @@ def progress_line(entry: dict) -> str:
     """One metrics.jsonl entry as the console shows it: the phase and the sites by name."""
     failed = ", ".join(f"{f['site']} ({f['reason']})" for f in entry.get("failed", []))
     sites = ", ".join(sorted(entry.get("sites", {})))
-    if entry.get("phase") == "stopped":
+    if entry.get("phase") == protocol.Phase.STOPPED:
         return f"[ecgfl] round {entry['round']}: the run stopped: {entry.get('reason', '')}"
     return f"[ecgfl] round {entry['round']} {entry['phase']}: {sites or 'no site'}" + (
         f"; failed: {failed}" if failed else ""
@@ -105,7 +105,10 @@ class RunFolder:
 
     def done(self) -> int:
         """Completed pretraining rounds (their evaluation may be pending)."""
-        return max((e["round"] for e in entries(self.path) if e.get("phase") == "train"), default=0)
+        return max(
+            (e["round"] for e in entries(self.path) if e.get("phase") == protocol.Phase.TRAIN),
+            default=0,
+        )
 
     def progress(self) -> list[str]:
         """One line per round and phase so far: the sites that answered and those that failed."""

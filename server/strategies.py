@@ -8,6 +8,7 @@ strategy state across restarts, so the adaptive optimisers' moments (FedAdam/Fed
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
@@ -24,7 +25,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from common.config import ConfigError
+from common.config import ConfigError, SettingError
 from common.experiment import FederationSettings
 from server import privacy
 
@@ -68,36 +69,45 @@ def build_strategy(s: FederationSettings) -> Strategy:
         "train_metrics_aggr_fn": weighted_mean_metrics,
         "evaluate_metrics_aggr_fn": weighted_mean_metrics,
     }
-    return privacy.wrap(_strategy(s, common), s)
+    try:
+        check(s)
+    except SettingError as exc:
+        raise ConfigError(f"{exc.key}: {exc}") from exc
+    return privacy.wrap(BUILDERS[s.strategy](s, common), s)
 
 
-def _strategy(s: FederationSettings, common: dict) -> Strategy:
-    match s.strategy:
-        case "fedavg":
-            return FedAvg(**common)
-        case "fedprox":
-            return FedProx(**common, proximal_mu=s.proximal_mu)
-        case "fedadam":
-            return FedAdam(**common, eta=s.server_lr)
-        case "fedyogi":
-            return FedYogi(**common, eta=s.server_lr)
-        case "fedavgm":
-            return FedAvgM(
-                **common, server_learning_rate=s.server_lr, server_momentum=s.server_momentum
-            )
-        case "fedmedian":
-            return FedMedian(**common)
-        case "fedtrimmedavg":
-            return FedTrimmedAvg(**common, beta=s.trimmed_beta)
-        case "krum":
-            return Krum(**common, num_malicious_nodes=s.krum_malicious)
-        case "multikrum":  # average the n - f updates Krum trusts most (Blanchard et al. 2017)
-            return MultiKrum(
-                **common,
-                num_malicious_nodes=s.krum_malicious,
-                num_nodes_to_select=s.min_sites - s.krum_malicious,
-            )
-    raise AssertionError(s.strategy)
+def _multikrum(s: FederationSettings, common: dict) -> Strategy:
+    """Average the n - f updates Krum trusts most (Blanchard et al. 2017)."""
+    return MultiKrum(
+        **common,
+        num_malicious_nodes=s.krum_malicious,
+        num_nodes_to_select=s.min_sites - s.krum_malicious,
+    )
+
+
+#: Every strategy by its name in ``federation.strategy``: the settings and Flower's common
+#: arguments -> the configured Flower strategy.
+BUILDERS: dict[str, Callable[[FederationSettings, dict], Strategy]] = {
+    "fedavg": lambda s, common: FedAvg(**common),
+    "fedprox": lambda s, common: FedProx(**common, proximal_mu=s.proximal_mu),
+    "fedadam": lambda s, common: FedAdam(**common, eta=s.server_lr),
+    "fedyogi": lambda s, common: FedYogi(**common, eta=s.server_lr),
+    "fedavgm": lambda s, common: FedAvgM(
+        **common, server_learning_rate=s.server_lr, server_momentum=s.server_momentum
+    ),
+    "fedmedian": lambda s, common: FedMedian(**common),
+    "fedtrimmedavg": lambda s, common: FedTrimmedAvg(**common, beta=s.trimmed_beta),
+    "krum": lambda s, common: Krum(**common, num_malicious_nodes=s.krum_malicious),
+    "multikrum": _multikrum,
+}
+STRATEGIES = tuple(BUILDERS)
+
+
+def check(s: FederationSettings, key: str = "federation.strategy") -> None:
+    """Refuse an unknown strategy where the experiment is loaded, before any data is prepared;
+    ``key`` names the setting in that file."""
+    if s.strategy not in BUILDERS:
+        raise SettingError(key, f"{s.strategy!r}: expected one of {', '.join(STRATEGIES)}")
 
 
 def strategy_state(strategy: Strategy) -> dict:

@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+from common import protocol
 from common.experiment import ExperimentConfig
 
 log = logging.getLogger("ecgfl.server")
@@ -64,7 +65,7 @@ def scalars(entry: dict) -> dict[str, float]:
     privacy = entry.get("privacy")
     if isinstance(privacy, dict):
         out.update(numbers("privacy", {"epsilon": privacy.get("epsilon")}))
-    if phase in ("train", "evaluate"):
+    if phase in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE):
         out[f"{phase}/failed-sites"] = float(len(entry.get("failed") or []))
     return out
 

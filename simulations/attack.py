@@ -9,7 +9,7 @@ An attack YAML is a simulation YAML (``base:`` works as usual) plus an attack, o
     strategies: [fedavg, fedmedian, fedtrimmedavg, krum]
 
 The bad sites are chosen by partition id (the order of ``partition/sites.json``); the behaviour
-lives in ``client.attack`` and switches on only for virtual sites of a simulation.
+lives in ``simulations/attack_app.py``, a ClientApp only these runs use.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Annotated
 
 import numpy as np
 
-from client.attack import KINDS, Attack
 from common import config, protocol
 from common.config import Seed, at_least
-from common.experiment import MAX_SITES, STRATEGIES
+from common.experiment import MAX_SITES
+from server.strategies import STRATEGIES
 from simulations import run as sim
+from simulations.attack_app import ATTACK_APP, KINDS, Attack
 from simulations.config import SimulationConfig, _resolve
 
 DEFAULT_STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum"]
@@ -145,7 +146,7 @@ def _simulate(
     if attack is not None:
         Attack(attack.kind, tuple(attack.sites), attack.factor, attack.seed).write(run_dir)
     started = time.perf_counter()
-    sim.run(cfg, run_dir, progress=progress)
+    sim.run(cfg, run_dir, progress=progress, clientapp=ATTACK_APP)
     return run_dir, round(time.perf_counter() - started, 1)
 
 

@@ -17,14 +17,13 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
 
 import torch
 import yaml
 
 from common import config
 from common.cache import SiteCache
-from common.config import Local, Seed, Workers
+from common.config import Seed, SettingError, Workers
 from common.dataset import CachedDataset
 from common.evaluation import score
 from common.experiment import ExperimentConfig
@@ -34,9 +33,9 @@ from common.metrics import Metrics
 from common.models import ECGClassifier
 from common.site import SiteData
 from common.training import Trainer, TrainResult, default_device
+from simulations.config import DataSettings
 from simulations.report import over_seeds, spread_cell
 from simulations.run import synthetic_source
-from simulations.synth.network import PtbxlLikeSpec, TisNetworkSpec
 
 #: Arm key -> how the report names it.
 ARMS = {
@@ -49,22 +48,22 @@ HEADLINE = ("macro_auc", "micro_auc", "macro_f1")
 
 @dataclass
 class CentralizedConfig:
-    """Experiment settings (``local`` trains arms a and b, ``finetune`` arm c) and the data."""
+    """Experiment settings (``local`` trains arms a and b, ``finetune`` arm c) and the data: the
+    simulation's ``data:`` section, its TIS-like network pretrains and its PTB-XL(-like) data is
+    the target."""
 
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    tis: TisNetworkSpec = field(default_factory=TisNetworkSpec)
-    ptbxl_like: PtbxlLikeSpec = field(default_factory=PtbxlLikeSpec)
-    #: A real PTB-XL folder as the target instead of PTB-XL-like data.
-    ptbxl: Annotated[str, Local(config.existing_dir)] | None = None
-    ptbxl_rate: int = 500
+    data: DataSettings = field(default_factory=DataSettings)
     seeds: list[Seed] = field(default_factory=lambda: [0, 1, 2])
     workers: Workers = 2  # processes for data generation and cache preparation
 
     def validate(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: give at least one seed, without repeats")
-        if self.ptbxl_rate not in (100, 500):
-            raise ValueError("ptbxl_rate must be 100 or 500")
+        if self.data.tis is None:
+            raise SettingError("data.tis", "the pretraining network is needed (arms b and c)")
+        if self.data.ptbxl is None and self.data.ptbxl_like is None:
+            raise SettingError("data", "no target: give ptbxl_like or ptbxl")
         if self.experiment.finetune.labels is not None:
             raise ValueError(
                 "experiment.finetune.labels: the arms are compared on one label space; "
@@ -72,9 +71,15 @@ class CentralizedConfig:
             )
 
     @classmethod
-    def load(cls, path: str | Path, **overrides: object) -> CentralizedConfig:
-        """The YAML file with top-level keys replaced by ``overrides`` (command-line flags)."""
-        data = {**config.load_yaml(path), **overrides}
+    def load(
+        cls, path: str | Path, seeds: list[int] | None = None, ptbxl: Path | None = None
+    ) -> CentralizedConfig:
+        """The YAML file, with the command line's ``--seeds`` and ``--ptbxl`` over its own."""
+        data = config.load_yaml(path)
+        if seeds:
+            data["seeds"] = seeds
+        if ptbxl is not None:
+            data["data"] = {**(data.get("data") or {}), "ptbxl": str(ptbxl)}
         return config.from_dict(cls, data, str(path), local=True)
 
 
@@ -97,14 +102,15 @@ def load_sites(
     cfg: CentralizedConfig, store: Path, cache_dir: Path, progress: bool
 ) -> tuple[SiteData, SiteData]:
     """The TIS-like network and the target, generated once per spec and prepared once."""
-    tis_dir = synthetic_source("tis", cfg.tis, store, cfg.workers, progress)
+    d = cfg.data
+    tis_dir = synthetic_source("tis", d.tis, store, cfg.workers, progress)
     target_dir = (
-        Path(cfg.ptbxl)
-        if cfg.ptbxl
-        else synthetic_source("ptbxl", cfg.ptbxl_like, store, cfg.workers, progress)
+        Path(d.ptbxl)
+        if d.ptbxl
+        else synthetic_source("ptbxl", d.ptbxl_like, store, cfg.workers, progress)
     )
     pipeline = cfg.experiment.pipeline
-    sources = (("tis", tis_dir, {}), ("ptbxl", target_dir, {"rate": cfg.ptbxl_rate}))
+    sources = (("tis", tis_dir, {}), ("ptbxl", target_dir, {"rate": d.ptbxl_rate}))
     sites = []
     for fmt, data_dir, options in sources:
         SiteCache.prepare(

@@ -11,6 +11,7 @@ from common import config
 from common.config import Local, Seed, SettingError, Workers, above, at_least
 from common.experiment import MAX_SITES, ExperimentConfig
 from common.labels import LabelSpace
+from server import strategies
 from simulations.partition import SCHEMES
 from simulations.synth.network import PtbxlLikeSpec, TisNetworkSpec
 
@@ -71,7 +72,8 @@ class SimulationConfig:
     workers: Workers = 2  # processes for data generation and cache preparation
 
     def check_local(self) -> None:
-        """Every site fits this machine, and ``annotated`` names labels of the experiment's."""
+        """Every site fits this machine, the strategy is one the ServerApp builds, and
+        ``annotated`` names labels of the experiment's."""
         cpus = os.cpu_count() or 1
         if self.cpus_per_site > cpus:
             raise SettingError(
@@ -79,6 +81,7 @@ class SimulationConfig:
                 f"{self.cpus_per_site:g}: this machine has {cpus} CPUs, and a site that needs "
                 "more is never started",
             )
+        strategies.check(self.experiment.federation, "experiment.federation.strategy")
         labels = LabelSpace.load(self.experiment.labels).labels
         for source, names in self.partition.annotated.items():
             unknown = sorted(set(names) - set(labels))

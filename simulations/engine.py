@@ -12,13 +12,21 @@ import socket
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
+import tomli_w
 
-from common.config import ConfigError
-from common.flower_process import APP_DIR, copy_plain, flower_env, stop_process_group
+from common.flower_process import (
+    APP_DIR,
+    answers,
+    copy_plain,
+    flower_env,
+    stop_process_group,
+    wait_ready,
+    write_connection,
+)
 
 
 def _free_port() -> int:
@@ -30,12 +38,8 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def simulation_superlink(flwr_home: Path) -> Iterator[str]:
     """A SuperLink in simulation mode for one run; yields the connection name for ``flwr run``."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "sim"\n\n[superlink.sim]\naddress = "127.0.0.1:{port}"\n'
-        "insecure = true\n"
-    )
+    write_connection(flwr_home, "sim", f"127.0.0.1:{port}", None)
     log_path = flwr_home / "superlink.log"
     command = [
         "flower-superlink",
@@ -57,45 +61,45 @@ def simulation_superlink(flwr_home: Path) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        _wait_healthy(proc, port, log_path)
+        wait_ready(
+            proc, lambda: answers(f"http://127.0.0.1:{port}/health"), "flower-superlink", log_path
+        )
         yield "sim"
     finally:
         stop_process_group(proc)
 
 
-def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while True:
-        if proc.poll() is not None:
-            raise ConfigError(f"flower-superlink exited ({proc.returncode}); see {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
-                return
-        if time.monotonic() > deadline:
-            raise ConfigError(
-                f"flower-superlink did not start within {limit_s:.0f} s; see {log_path}"
-            )
-        time.sleep(0.3)
+def app_dir(flwr_home: Path, clientapp: str | None) -> Path:
+    """The Flower app to run: the project itself, or (``clientapp``: "module:attribute") the
+    same app with another ClientApp, as ``ecgfl-simulate attack`` runs. Its folder holds only
+    the project's pyproject.toml with that one component changed; the code is the installed."""
+    if clientapp is None:
+        return APP_DIR
+    project = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    project["tool"]["flwr"]["app"]["components"]["clientapp"] = clientapp
+    folder = flwr_home / "app"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return folder
 
 
 def flwr_run(
     flwr_home: Path,
     connection: str,
+    app: Path,
     run_config: Path,
-    num_sites: int,
-    cpus_per_site: float,
+    federation: str,
     log_path: Path,
     poll: Callable[[], None] | None = None,
 ) -> int:
-    """``flwr run`` the app and wait for it to end, calling ``poll`` four times a second."""
-    cpus = int(cpus_per_site) if float(cpus_per_site).is_integer() else cpus_per_site
-    federation = f"num-supernodes={num_sites} client-resources-num-cpus={cpus}"
+    """``flwr run`` the app and wait for it to end, calling ``poll`` four times a second.
+    ``federation`` is Flower's --federation-config (sites and their resources)."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [
                 "flwr",
                 "run",
-                str(APP_DIR),
+                str(app),
                 connection,
                 "--run-config",
                 str(run_config),

@@ -20,6 +20,7 @@ from common.config import ConfigError
 from common.errors import DataError
 from common.labels import LabelSpace
 from common.names import RULE, is_plain_name, plain_from
+from common.record import RecordInfo
 from common.splits import SPLITS, assign_splits
 
 SCHEMES = ("natural", "iid", "dirichlet", "quantity")
@@ -41,14 +42,14 @@ def record_table(scan: sources.Scan, space: LabelSpace) -> pd.DataFrame:
     """Per record: id, patient, natural site, split key and primary label, from the scan alone."""
     rows = []
     for ref in scan.refs:
-        meta = ref.meta
-        y, _ = space.encode(meta.get("codes", ()), meta.get("coding", ""))
+        info = ref.info or RecordInfo()
+        y, _ = space.encode(info.codes, info.coding)
         rows.append(
             {
                 "record_id": ref.record_id,
-                "patient_id": meta.get("patient_id") or ref.record_id,
-                "site": str(meta.get("site") if meta.get("site") is not None else "all"),
-                "strat_fold": meta.get("strat_fold"),
+                "patient_id": info.patient_id or ref.record_id,
+                "site": str(info.site if info.site is not None else "all"),
+                "strat_fold": info.strat_fold,
                 "primary": space.labels[int(np.argmax(y))] if y.any() else "none",
                 **{f"y_{lab}": int(v) for lab, v in zip(space.labels, y, strict=True)},
             }

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from common import protocol
 from common.cache import SiteCache
 from common.errors import RunFailed
 from common.labels import LabelSpace
@@ -97,30 +98,33 @@ def stage(name: str) -> None:
 
 
 def federate(
-    cfg: SimulationConfig, run_dir: Path, n_sites: int, resume: bool, progress: bool
+    cfg: SimulationConfig,
+    run_dir: Path,
+    n_sites: int,
+    resume: bool,
+    progress: bool,
+    clientapp: str | None = None,
 ) -> None:
-    """The ServerApp + one ClientApp per virtual site on the Simulation Engine."""
+    """The ServerApp + one ClientApp per virtual site on the Simulation Engine; ``clientapp``
+    replaces the production ClientApp (an attack run's)."""
     run_config = runs.write_run_config(run_dir, resume, run_dir / "partition" / "sites.json")
     rounds = cfg.experiment.federation.rounds
     bar = tqdm(total=rounds + 1, desc="federation", unit="round", disable=not progress)
 
     def poll() -> None:
         entries = runs.entries(run_dir)
-        done = len({e["round"] for e in entries if e["phase"] == "train"})
-        done += any(e["phase"] == "finetune" for e in entries)
+        done = len({e["round"] for e in entries if e["phase"] == protocol.Phase.TRAIN})
+        done += any(e["phase"] == protocol.Phase.FINETUNE for e in entries)
         if done > bar.n:
             bar.update(done - bar.n)
 
     flwr_home = run_dir / "flwr"
+    cpus = int(cfg.cpus_per_site) if cfg.cpus_per_site.is_integer() else cfg.cpus_per_site
+    federation = f"num-supernodes={n_sites} client-resources-num-cpus={cpus}"
+    app = engine.app_dir(flwr_home, clientapp)
     with engine.simulation_superlink(flwr_home) as connection:
         code = engine.flwr_run(
-            flwr_home,
-            connection,
-            run_config,
-            n_sites,
-            cfg.cpus_per_site,
-            run_dir / "flower.log",
-            poll,
+            flwr_home, connection, app, run_config, federation, run_dir / "flower.log", poll
         )
     bar.close()
     summary = run_dir / "summary.json"
@@ -131,8 +135,15 @@ def federate(
         raise RunFailed(f"the federation stopped: {stopped} (see {run_dir}/failures.log)")
 
 
-def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Run everything; returns the report's path."""
+def run(
+    cfg: SimulationConfig,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    clientapp: str | None = None,
+) -> Path:
+    """Run everything; returns the report's path. ``clientapp`` ("module:app") replaces the
+    production ClientApp in the federation (``ecgfl-simulate attack``)."""
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -165,7 +176,7 @@ def run(cfg: SimulationConfig, run_dir: Path, resume: bool = False, progress: bo
 
     stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
     started = time.perf_counter()
-    federate(cfg, run_dir, len(sites), resume, progress)
+    federate(cfg, run_dir, len(sites), resume, progress, clientapp)
     timings = {"federation_s": round(time.perf_counter() - started, 1)}
 
     local, central = {}, {}

@@ -1,18 +1,25 @@
 """Simulated bad sites: what each attack sends, that a hospital can never be one, and the grid."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, RecordDict
 from test_simulation import TINY
 
-from client.attack import Attack, active_attack, flips_labels, tamper
+from client import node
 from client.task import clip_update
+from common.cache import SiteCache
 from common.config import ConfigError
+from common.labels import LabelSpace
+from common.site import SiteData
 from simulations.attack import AttackExperiment, run_grid
+from simulations.attack_app import Attack, FlippedSite, active_attack, open_site, tamper
 from simulations.config import CONFIG_DIR, SimulationConfig
 
 
@@ -53,15 +60,51 @@ def test_only_a_listed_virtual_site_attacks(tmp_path):
     assert active_attack(_context(tmp_path, **{"partition-id": 0})) is None  # no attack.json
     Attack("label-flip", (0,), 1.0).write(tmp_path)
     assert active_attack(_context(tmp_path, **{"partition-id": 0})).kind == "label-flip"
-    assert flips_labels(_context(tmp_path, **{"partition-id": 0}))
     assert active_attack(_context(tmp_path, **{"partition-id": 1})) is None
+
+
+def _site() -> SiteData:
+    """Four records in a real (in-memory) cache: NORM, AFIB, none annotated, CRBBB."""
+    index = pd.DataFrame(
+        {
+            "record_id": ["a", "b", "c", "d"],
+            "codes": [("NORM",), ("AFIB",), (), ("CRBBB",)],
+            "coding": ["scp"] * 4,
+        }
+    )
+    cache = SiteCache(Path("mem"), {}, index, np.zeros((4, 12, 10), np.float32))
+    return SiteData(
+        "s0", cache, {"train": np.arange(3), "val": np.array([3]), "test": np.array([3])}
+    )
+
+
+def test_a_label_flipping_site_lies_about_its_training_labels_only(tmp_path, monkeypatch):
+    space = LabelSpace.load("seed6")
+    honest = _site()
+    monkeypatch.setattr(node, "open_site", lambda context, experiment: honest)
+    Attack("label-flip", (0,), 1.0).write(tmp_path)
+    liar = open_site(_context(tmp_path, **{"partition-id": 0}), None)
+    assert isinstance(liar, FlippedSite)
+    truth, lie = honest.dataset("train", space), liar.dataset("train", space)
+    assert torch.equal(lie.y, truth.mask * (1 - truth.y)) and not torch.equal(lie.y, truth.y)
+    assert torch.equal(liar.dataset("val", space).y, honest.dataset("val", space).y)
+    assert open_site(_context(tmp_path, **{"partition-id": 1}), None) is honest
+
+
+def test_the_production_client_app_carries_no_attack_code():
+    """A hospital installs and approves client.app:app: it imports nothing from simulations/."""
+    code = (
+        "import sys, client.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulations'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_hospital_never_attacks_whatever_its_node_config_or_the_run_config_says(tmp_path):
     Attack("sign-flip", (0,), 4.0).write(tmp_path)
     hospital = {"data-dir": "/data/ecg", "site": "H1", "partition-id": 0}
     assert active_attack(_context(tmp_path, **hospital)) is None
-    assert not flips_labels(_context(tmp_path, **hospital))
 
 
 def test_client_side_update_clipping_bounds_the_step_and_keeps_its_direction():

@@ -17,8 +17,10 @@ TINY = {
         "local": {"epochs": 2, "batch_size": 32, "early_stopping_patience": 1},
         "finetune": {"mode": "full", "train": {"epochs": 1, "batch_size": 16}},
     },
-    "tis": {"n_records": 80, "n_hospitals": 2, "size_skew": 0.0, "seed": 3},
-    "ptbxl_like": {"n_records": 60, "n_sites": 1, "seed": 4},
+    "data": {
+        "tis": {"n_records": 80, "n_hospitals": 2, "size_skew": 0.0, "seed": 3},
+        "ptbxl_like": {"n_records": 60, "n_sites": 1, "seed": 4},
+    },
     "seeds": [0, 1, 2],
     "workers": 1,
 }
@@ -83,6 +85,7 @@ def test_a_label_unscorable_in_one_seed_is_averaged_over_the_others():
         ({"seeds": [1, 1]}, "without repeats"),
         ({"experiment": {"finetune": {"labels": "superclasses"}}}, "one label space"),
         ({"epochs": 3}, "unknown key"),
+        ({"data": {"tis": None}}, "data.tis: the pretraining network is needed"),
     ],
 )
 def test_a_bad_config_is_refused_with_its_key(tmp_path, changes, message):

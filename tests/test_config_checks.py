@@ -48,7 +48,7 @@ CASES = {  # the 26 kinds of malformed config tried on the command
     ),
     "unknown strategy": Case(
         "experiment: {federation: {strategy: fedsgd}}\n",
-        ("experiment.federation", "strategy='fedsgd'"),
+        ("experiment.federation.strategy", "'fedsgd'", "fedavg"),
     ),
     "unknown model": Case(
         "experiment: {model: {name: resnet9000}}\n", ("experiment.model", "name='resnet9000'")

@@ -3,6 +3,7 @@ independent one, the site's ledger and budget hold, and unsuitable models are re
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -141,7 +142,7 @@ def dp_sgd_run(tmp_path_factory):
     """DP-SGD at 3 sites that each calibrate their noise to spend epsilon 4 over the 3 rounds;
     a per-site budget of 3.9 lets two rounds run and stops the third."""
     cfg = tiny_config()
-    cfg.experiment.model.norm = "group"
+    cfg.experiment.model = replace(cfg.experiment.model, norm="group")
     cfg.experiment.federation.dp_sgd = dpsgd.DPSGDSettings(target_epsilon=4.0, max_epsilon=3.9)
     cfg.baselines.local_only = cfg.baselines.centralized = False
     run_dir = tmp_path_factory.mktemp("dpsgd") / "run"
@@ -226,16 +227,15 @@ def test_a_hospitals_own_budget_binds_whatever_the_run_asks(dp_sgd_run, tmp_path
             site,
             arrays,
             tmp_path,
-            False,
             SiteBudget(0.05, own),
         )
     # a huge delta in the run cannot loosen it: the site holds its budget at delta 1e-5
     loose = _job(cfg.experiment, noise_multiplier=1.0, delta=0.5, max_epsilon=100.0)
     with pytest.raises(dpsgd.SiteBudgetExhausted, match="delta 1e-05"):
-        train_on_site(loose, site, arrays, tmp_path, False, SiteBudget(0.5, own))
+        train_on_site(loose, site, arrays, tmp_path, SiteBudget(0.5, own))
     # and a run without DP-SGD gets nothing from it
     with pytest.raises(dpsgd.SiteBudgetExhausted, match="only with DP-SGD"):
-        train_on_site(_job(cfg.experiment), site, arrays, tmp_path, False, SiteBudget(3.0, own))
+        train_on_site(_job(cfg.experiment), site, arrays, tmp_path, SiteBudget(3.0, own))
     assert dpsgd.Ledger(tmp_path).read() == [] and own.read() == []  # nothing trained or spent
 
 
@@ -250,14 +250,14 @@ def test_a_hospitals_ledger_counts_every_run_so_a_new_run_name_resets_nothing(dp
     job = _job(cfg.experiment, noise_multiplier=1.0)
     for run_name in ("first", "another-name"):
         (output / run_name).mkdir(parents=True)
-    train_on_site(job, site, arrays, output / "first", False, site_budget(context))
+    train_on_site(job, site, arrays, output / "first", site_budget(context))
     one_round = site_budget(context).ledger.read()
     spent = dpsgd.epsilon(one_round, 1e-5)
     assert spent > 0
     two_rounds = dpsgd.epsilon([*one_round, *one_round], 1e-5)
     budget = SiteBudget((spent + two_rounds) / 2, site_budget(context).ledger)  # < one more round
     with pytest.raises(dpsgd.SiteBudgetExhausted, match="budget of"):
-        train_on_site(job, site, arrays, output / "another-name", False, budget)
+        train_on_site(job, site, arrays, output / "another-name", budget)
     assert dpsgd.Ledger(output / "another-name").read() == []
 
 

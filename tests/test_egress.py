@@ -3,6 +3,7 @@ short numeric metrics and its name does not leave."""
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,19 +20,19 @@ from flwr.app import (
 from flwr.app.message.message import make_message
 from test_simulation import entries, tiny_config
 
-from client.attack import Attack
 from client.egress import EgressViolation, check_reply, egress_guard, label_limit
 from common.errors import RunFailed
 from common.models import ModelConfig
 from common.protocol import LABEL_SPACE
 from simulations import run as sim
+from simulations.attack_app import ATTACK_APP, Attack
 
 SECRET = "patient 4711, born 1950-01-01"
 
 
 @pytest.fixture(scope="module")
 def model() -> ArrayRecord:
-    net = ModelConfig("ribeiro_resnet", {"width": 0.125}, "batch", 500, 50.0).build(n_classes=7)
+    net = ModelConfig(kwargs={"width": 0.125}, input_length=500, fs=50.0).build(n_classes=7)
     return ArrayRecord(net.state_dict())
 
 
@@ -177,13 +178,13 @@ def test_the_mod_raises_so_the_reply_becomes_an_error(model):
 def exfiltrating_run(tmp_path_factory):
     """A tiny simulation in which virtual site 1 adds an extra array to every train reply."""
     cfg = tiny_config(rounds=2)
-    cfg.experiment.model.norm = "group"
+    cfg.experiment.model = replace(cfg.experiment.model, norm="group")
     cfg.baselines.local_only = cfg.baselines.centralized = False
     run_dir = tmp_path_factory.mktemp("egress") / "run"
     run_dir.mkdir()
     Attack("exfiltrate", (1,), 1.0).write(run_dir)
     with pytest.raises(RunFailed) as stopped:
-        sim.run(cfg, run_dir, progress=False)
+        sim.run(cfg, run_dir, progress=False, clientapp=ATTACK_APP)
     return run_dir, str(stopped.value)
 
 

@@ -19,7 +19,7 @@ from common import preprocess, sources
 from common.cache import SiteCache
 from common.preprocess import PipelineConfig
 from common.record import LEADS, Record, RecordError
-from common.sources import RecordRef
+from common.sources import RecordInfo, RecordRef
 
 FUZZ = settings(
     max_examples=40,
@@ -41,7 +41,7 @@ def outcome(ref: RecordRef) -> Record | RecordError:
     assert rec.signal.shape[0] == 12 and rec.signal.shape[1] > 0
     assert np.isfinite(rec.signal).all()
     assert np.isfinite(rec.fs) and rec.fs > 0
-    assert all(isinstance(c, str) and c for c in rec.codes)
+    assert all(isinstance(c, str) and c for c in rec.info.codes)
     return rec
 
 
@@ -72,7 +72,8 @@ def _record_at(
     signal = (wfdb_dir / f"{name}.{signal_ext}").read_bytes() if data is None else data
     (folder / f"{name}.{signal_ext}").write_bytes(signal)
     source = "cinc" if signal_ext == "mat" else "ptbxl"
-    return RecordRef(name, folder / name, source, {"codes": ("NORM",)} if source == "ptbxl" else {})
+    info = RecordInfo(("NORM",), "scp") if source == "ptbxl" else None
+    return RecordRef(name, folder / name, source, info)
 
 
 # --- WFDB headers ---------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def _tis_ref(folder: Path, content: str | bytes) -> RecordRef:
         path.write_bytes(content)
     else:
         path.write_text(content, newline="")
-    return RecordRef("r", path, "tis", {})
+    return RecordRef("r", path, "tis")
 
 
 @FUZZ

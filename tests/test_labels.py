@@ -31,6 +31,15 @@ def test_builtin_spaces_are_listed_and_load_by_name():
     assert list(LabelSpace.load("superclasses").labels) == ["NORM", "MI", "STTC", "CD", "HYP"]
 
 
+def test_a_space_file_is_parsed_once_per_version(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nlabels: [A]\ncodebooks: {scp: {A: [X]}}\n")
+    first = LabelSpace.load(path)
+    assert LabelSpace.load(path) is first and LabelSpace.load("seed6") is LabelSpace.load("seed6")
+    path.write_text("name: mine\nlabels: [A, B]\ncodebooks: {scp: {A: [X], B: [Y]}}\n")
+    assert LabelSpace.load(path).labels == ("A", "B")  # an edited file is read again
+
+
 def test_unknown_space_name_is_a_config_error_listing_the_builtins():
     with pytest.raises(ConfigError, match="unknown label space 'seed7'.*seed6"):
         LabelSpace.load("seed7")

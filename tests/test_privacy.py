@@ -2,6 +2,7 @@
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ def test_privacy_needs_an_unweighted_fedavg_and_no_batchnorm():
 def budget_run(tmp_path_factory):
     """Three rounds planned at sigma 1; the budget 8.5 allows two (eps 7.79, then 9.81)."""
     cfg = tiny_config()
-    cfg.experiment.model.norm = "group"
+    cfg.experiment.model = replace(cfg.experiment.model, norm="group")
     cfg.experiment.federation.privacy = from_dict(
         PrivacySettings,
         {"noise_multiplier": 1.0, "clipping_norm": 1.0, "max_epsilon": 8.5, "clipping": "client"},

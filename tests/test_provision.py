@@ -23,8 +23,10 @@ from client.audit import audit_mod
 from client.daemon import exit_reason, node_values, supernode_command
 from common.config import ConfigError
 from common.hospital import HospitalConfig, SitePolicy
+from common.models import MODELS
 from server.coordinator import CoordinatorConfig, superlink_command
 from server.provision import provision
+from server.strategies import STRATEGIES
 
 
 @pytest.fixture
@@ -341,6 +343,8 @@ def test_init_experiment_writes_every_key_with_the_federations_pipeline(tmp_path
     assert exp.name == "study-1" and exp.federation.rounds == 2
     assert exp.pipeline == CoordinatorConfig.load(coord).pipeline
     assert _all_keys(ExperimentConfig) == _yaml_keys(yaml.safe_load(text))
+    # the choices it lists are the registries' own
+    assert f"# one of: {', '.join(STRATEGIES)}" in text and f"# one of: {', '.join(MODELS)}" in text
     assert main([*argv, "--out", str(out)]) == 2  # never overwritten by accident
     assert main([*argv[:-3], "../x", "--out", str(tmp_path / "x.yaml")]) == 2
 
@@ -355,3 +359,7 @@ def test_run_says_to_start_the_coordinator_first(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not running: start it first (ecgfl-coordinator start --config" in err
     assert "Traceback" not in err and not (tmp_path / "coordinator" / "state" / "runs").exists()
+    (tmp_path / "e.yaml").write_text("name: e1\nfederation: {strategy: fedsgd}\n")
+    assert main(["run", "--coordinator", coord, "--config", str(tmp_path / "e.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "e.yaml: federation.strategy: 'fedsgd': expected one of fedavg" in err

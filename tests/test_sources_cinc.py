@@ -36,7 +36,7 @@ def test_all_six_records_read_as_12_by_5000_at_500_hz(cinc_sample):
     assert sorted(records) == IDS
     for rec in records.values():
         assert rec.signal.shape == (12, 5000) and rec.signal.dtype == np.float32
-        assert rec.fs == 500.0 and rec.coding == "snomed" and rec.source == "cinc"
+        assert rec.fs == 500.0 and rec.info.coding == "snomed" and rec.source == "cinc"
 
 
 @pytest.mark.parametrize("record_id", ["E07500", "HR06000", "JS20001"])
@@ -54,7 +54,7 @@ def test_samples_equal_wfdb_physical_signal(cinc_sample, record_id):
 
 def test_site_is_the_record_name_prefix(cinc_sample):
     records, _ = read_all(cinc_sample)
-    assert {rid: rec.site for rid, rec in records.items()} == {
+    assert {rid: rec.info.site for rid, rec in records.items()} == {
         "E07500": "E",
         "E07501": "E",
         "HR06000": "HR",
@@ -67,16 +67,16 @@ def test_site_is_the_record_name_prefix(cinc_sample):
 def test_age_sex_and_dx_come_from_header_comments(cinc_sample):
     records, _ = read_all(cinc_sample)
     e = records["E07500"]
-    assert e.meta == {"age": 78.0, "sex": "M"}
-    assert e.codes == ("67741000119109", "426177001")
-    assert e.patient_id == "E07500"  # no patient ids in CinC: each record is its own patient
-    assert records["HR06000"].meta["sex"] == "F"
+    assert e.info.extra == {"age": 78.0, "sex": "M"}
+    assert e.info.codes == ("67741000119109", "426177001")
+    assert e.info.patient_id == "E07500"  # no patient ids in CinC: each record is its own patient
+    assert records["HR06000"].info.extra["sex"] == "F"
 
 
 def test_snomed_sinus_bradycardia_is_sbrad_and_norm_is_masked(cinc_sample):
     records, _ = read_all(cinc_sample)
     space = LabelSpace.load("seed6")
-    y, mask = space.encode(records["E07500"].codes, "snomed")
+    y, mask = space.encode(records["E07500"].info.codes, "snomed")
     assert y[space.index("SBRAD")] == 1.0
     assert mask[space.index("NORM")] == 0.0  # SNOMED cannot say "normal ECG": unknown, not absent
     assert mask.sum() == len(space) - 1
@@ -86,7 +86,7 @@ def test_snomed_sinus_bradycardia_is_sbrad_and_norm_is_masked(cinc_sample):
 def test_snomed_sinus_tachycardia_is_stach(cinc_sample):
     records, _ = read_all(cinc_sample)
     space = LabelSpace.load("seed6")
-    y, _ = space.encode(records["E07501"].codes, "snomed")
+    y, _ = space.encode(records["E07501"].info.codes, "snomed")
     assert [lab for lab, v in zip(space.labels, y, strict=True) if v] == ["STACH"]
 
 
@@ -131,8 +131,8 @@ def test_unknown_and_odd_comment_values_are_kept_or_none(site):
     records, problems = read_all(site)
     assert not problems
     rec = records["E07500"]
-    assert rec.meta == {"age": None, "sex": None}
-    assert rec.codes == ("67741000119109", "426177001", "999999999")
+    assert rec.info.extra == {"age": None, "sex": None}
+    assert rec.info.codes == ("67741000119109", "426177001", "999999999")
 
 
 def test_institution_subfolders_are_scanned(site):

@@ -75,7 +75,7 @@ def test_both_rates_read_as_12_by_n_float32_millivolts(ptbxl_sample, rate, n_sam
         assert rec.fs == rate
         assert rec.duration_s == pytest.approx(10.0)
         assert rec.path.name.endswith(f"_{suffix}")
-        assert rec.coding == "scp" and rec.source == "ptbxl"
+        assert rec.info.coding == "scp" and rec.source == "ptbxl"
 
 
 def test_default_rate_is_500_hz(ptbxl_sample):
@@ -119,31 +119,31 @@ def test_lead_names_avr_avl_avf_map_to_canonical_spelling(ptbxl_sample):
 def test_metadata_comes_from_the_database_row(ptbxl_sample, database):
     records, _ = read_all(ptbxl_sample, rate=100)
     rec = records["1"]
-    assert rec.patient_id == "15709"  # the CSV says 15709.0
-    assert rec.site == "0"  # the CSV says 0.0
-    assert rec.device == "CS-12   E"
-    assert rec.meta["strat_fold"] == 3 and isinstance(rec.meta["strat_fold"], int)
-    assert rec.meta["age"] == 56.0 and rec.meta["sex"] == "F"
+    assert rec.info.patient_id == "15709"  # the CSV says 15709.0
+    assert rec.info.site == "0"  # the CSV says 0.0
+    assert rec.info.device == "CS-12   E"
+    assert rec.info.strat_fold == 3 and isinstance(rec.info.strat_fold, int)
+    assert rec.info.extra["age"] == 56.0 and rec.info.extra["sex"] == "F"
     for ecg_id, rec in records.items():
         row = database.loc[int(ecg_id)]
-        assert rec.patient_id == str(int(row.patient_id))
-        assert rec.site == str(int(row.site))
-        assert rec.meta["strat_fold"] == int(row.strat_fold)
-        assert rec.meta["sex"] == ("F" if row.sex == 1 else "M")
+        assert rec.info.patient_id == str(int(row.patient_id))
+        assert rec.info.site == str(int(row.site))
+        assert rec.info.strat_fold == int(row.strat_fold)
+        assert rec.info.extra["sex"] == ("F" if row.sex == 1 else "M")
 
 
 def test_every_scp_code_is_kept_including_likelihood_zero(ptbxl_sample, database):
     records, _ = read_all(ptbxl_sample, rate=100)
-    assert records["1"].codes == ("NORM", "LVOLT", "SR")
-    assert records["2"].codes == ("NORM", "SBRAD")  # SBRAD has likelihood 0
-    assert records["17"].codes == ("AFLT", "ABQRS", "AFIB")
+    assert records["1"].info.codes == ("NORM", "LVOLT", "SR")
+    assert records["2"].info.codes == ("NORM", "SBRAD")  # SBRAD has likelihood 0
+    assert records["17"].info.codes == ("AFLT", "ABQRS", "AFIB")
     for ecg_id, rec in records.items():
-        assert rec.codes == tuple(ast.literal_eval(database.loc[int(ecg_id)].scp_codes))
+        assert rec.info.codes == tuple(ast.literal_eval(database.loc[int(ecg_id)].scp_codes))
 
 
 def test_sites_of_the_sample_are_the_four_recording_sites(ptbxl_sample):
     records, _ = read_all(ptbxl_sample, rate=100)
-    assert {r.site for r in records.values()} == {"0", "1", "2", "3"}
+    assert {r.info.site for r in records.values()} == {"0", "1", "2", "3"}
 
 
 def test_reading_and_checking_leave_the_source_files_byte_identical(ptbxl_sample, tmp_path):
@@ -275,7 +275,7 @@ def test_junk_in_an_optional_column_keeps_the_record_without_that_field(site, da
     db.to_csv(site / "ptbxl_database.csv", index=False)
     scan = sources.scan(site)
     assert not scan.problems and len(scan.refs) == 20
-    ages = {ref.record_id: ref.meta["age"] for ref in scan.refs}
+    ages = {ref.record_id: ref.info.extra["age"] for ref in scan.refs}
     assert ages["1"] is None and ages["2"] is None
     for record_id, age in ages.items():
         if record_id not in ("1", "2"):
@@ -289,7 +289,7 @@ def test_unknown_scp_code_is_kept_not_an_error(site):
     db.to_csv(site / "ptbxl_database.csv", index=False)
     records, problems = read_all(site)
     assert not problems
-    assert records["1"].codes == ("NORM", "XYZ42")
+    assert records["1"].info.codes == ("NORM", "XYZ42")
 
 
 @pytest.mark.parametrize("column", ["scp_codes", "strat_fold", "filename_hr", "patient_id"])

@@ -93,7 +93,7 @@ def test_hospital_may_be_the_last_index_column(tmp_path):
     index.write_text("\n".join(",".join(c[:1] + c[2:] + c[1:2]) for c in lines) + "\n")
     assert sources.detect_format(tmp_path) == "tis"
     records, problems = read_all(tmp_path)
-    assert not problems and records["r1"].meta["hospital"] == "H02"
+    assert not problems and records["r1"].info.extra["hospital"] == "H02"
 
 
 def test_shuffled_lead_columns_and_upper_case_names_map_to_canonical_order(tmp_path):
@@ -141,24 +141,24 @@ def test_record_carries_header_and_index_metadata(tmp_path):
     records, _ = read_all(tmp_path)
     rec = records["r1"]
     assert rec.fs == 500.0 and rec.duration_s == pytest.approx(2.0)
-    assert rec.codes == ("2.4", "3.2.1") and rec.coding == "tis" and rec.source == "tis"
-    assert rec.patient_id == "P1" and rec.site == "H01" and rec.device == "MAC-5500"
-    assert rec.meta["ward"] == "ICU" and rec.meta["date"] == "2019-03-14T10:22:00"
-    assert rec.meta["age"] == "63" and rec.meta["sex"] == "F"
+    assert rec.info.codes == ("2.4", "3.2.1") and rec.info.coding == "tis" and rec.source == "tis"
+    assert rec.info.patient_id == "P1" and rec.info.site == "H01" and rec.info.device == "MAC-5500"
+    assert rec.info.extra["ward"] == "ICU" and rec.info.extra["date"] == "2019-03-14T10:22:00"
+    assert rec.info.extra["age"] == "63" and rec.info.extra["sex"] == "F"
 
 
 def test_empty_diagnosis_is_a_record_without_codes(tmp_path):
     write_site(tmp_path, {"r1": record_text(diagnosis="")})
     records, problems = read_all(tmp_path)
-    assert not problems and records["r1"].codes == ()
+    assert not problems and records["r1"].info.codes == ()
 
 
 def test_unknown_codes_are_kept_and_ignored_by_labels(tmp_path):
     write_site(tmp_path, {"r1": record_text(diagnosis="9.9.9;2.2")})
     records, problems = read_all(tmp_path)
-    assert not problems and records["r1"].codes == ("9.9.9", "2.2")
+    assert not problems and records["r1"].info.codes == ("9.9.9", "2.2")
     space = LabelSpace.load("seed6")
-    y, _ = space.encode(records["r1"].codes, "tis")
+    y, _ = space.encode(records["r1"].info.codes, "tis")
     assert [lab for lab, v in zip(space.labels, y, strict=True) if v] == ["SBRAD"]
 
 

@@ -5,11 +5,13 @@ import pytest
 import torch
 from flwr.app import MetricRecord, RecordDict
 
-from common.config import ConfigError, from_dict
-from common.experiment import STRATEGIES, FederationSettings
+from common.config import ConfigError, SettingError, from_dict
+from common.experiment import FederationSettings
 from server.rounds import MetricsLog, RoundState
 from server.strategies import (
+    STRATEGIES,
     build_strategy,
+    check,
     restore_strategy_state,
     strategy_state,
     weighted_mean_metrics,
@@ -25,8 +27,13 @@ def test_every_strategy_builds_from_its_name(name):
 
 
 def test_unknown_strategy_and_fedprox_without_mu_are_config_errors():
-    with pytest.raises(ConfigError, match="strategy='fedsgd'"):
-        from_dict(FederationSettings, {"strategy": "fedsgd"}, "exp.yaml")
+    """The names come from the registry of builders; the ServerApp refuses an unknown one too."""
+    unknown = from_dict(FederationSettings, {"strategy": "fedsgd", "min_sites": 2}, "exp.yaml")
+    with pytest.raises(SettingError, match="'fedsgd': expected one of fedavg, fedprox") as err:
+        check(unknown)
+    assert err.value.key == "federation.strategy"
+    with pytest.raises(ConfigError, match="federation.strategy: 'fedsgd'"):
+        build_strategy(unknown)
     with pytest.raises(ConfigError, match="proximal_mu > 0"):
         from_dict(FederationSettings, {"strategy": "fedprox"}, "exp.yaml")
 

@@ -167,28 +167,26 @@ def test_patients_come_back_and_true_labels_stay_consistent():
 
 
 def test_written_tis_network_reads_back_through_the_project_reader(tis_dir):
-    pytest.importorskip("common.sources.tis")
     from common import sources
 
     scan = sources.scan(tis_dir, "tis")
     assert len(scan.refs) == TIS.n_records and not scan.problems
     ref = scan.refs[0]
     rec = sources.read_record(ref)
-    assert rec.signal.shape[0] == 12 and rec.coding == "tis"
+    assert rec.signal.shape[0] == 12 and rec.info.coding == "tis"
     raw = pd.read_csv(tis_dir / "index.csv", dtype=str, keep_default_na=False)
     row = raw.set_index("record_id").loc[rec.record_id]
-    assert set(rec.codes) == set(row.diagnosis.split(";"))
+    assert set(rec.info.codes) == set(row.diagnosis.split(";"))
 
 
 def test_written_ptbxl_like_reads_back_through_the_project_reader(ptbxl_dir):
-    pytest.importorskip("common.sources.ptbxl")
     from common import sources
 
     scan = sources.scan(ptbxl_dir, "ptbxl")
     assert len(scan.refs) == PTBXL.n_records and not scan.problems
     rec = sources.read_record(scan.refs[0])
-    assert rec.signal.shape == (12, 10 * int(rec.fs)) and rec.coding == "scp"
-    assert set(rec.codes) == set(
+    assert rec.signal.shape == (12, 10 * int(rec.fs)) and rec.info.coding == "scp"
+    assert set(rec.info.codes) == set(
         ast.literal_eval(
             pd.read_csv(ptbxl_dir / "ptbxl_database.csv").set_index("ecg_id").scp_codes.iloc[0]
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,13 @@ def label_space(name_or_path: str) -> str:
     (made absolute: the Flower apps run in other working directories)."""
     LabelSpace.load(name_or_path)
     return name_or_path if not Path(name_or_path).suffix else str(Path(name_or_path).absolute())
+
+
+@lru_cache(maxsize=32)
+def _parsed(cls: type[LabelSpace], path: str, mtime_ns: int, size: int) -> LabelSpace:
+    """A label space file parsed once per version (its modification time and size) in this
+    process: every config that names it, every message's job and every dataset load it again."""
+    return cls.from_dict(load_yaml(path, what="label space"), origin=path)
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,11 @@ class LabelSpace:
                     f"unknown label space {name_or_path!r}; built-in: {', '.join(builtin_spaces())}"
                     " (or give a path to a YAML file)"
                 )
-        return cls.from_dict(load_yaml(path, what="label space"), origin=str(path))
+        try:
+            st = path.stat()
+        except OSError:  # load_yaml names the problem
+            return cls.from_dict(load_yaml(path, what="label space"), origin=str(path))
+        return _parsed(cls, str(path), st.st_mtime_ns, st.st_size)
 
     @classmethod
     def from_dict(cls, data: dict, origin: str = "<label space>") -> LabelSpace:

@@ -10,15 +10,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.config import CAPS_DOC
-from common.models.base import NORMS, ECGClassifier
+from common.models.base import NORMS, ECGClassifier, Inputs
 from common.models.inception1d import Inception1d
 from common.models.ribeiro import RibeiroResNet
 from common.models.xresnet1d import VARIANTS, XResNet1d
 
+#: Every network by name: (Inputs, **model.kwargs) -> the model.
 MODELS: dict[str, Callable[..., ECGClassifier]] = {
-    "ribeiro_resnet": RibeiroResNet,
-    **{f"xresnet1d{depth}": partial(XResNet1d, depth=depth) for depth in VARIANTS},
-    "inception1d": Inception1d,
+    "ribeiro_resnet": RibeiroResNet.from_kwargs,
+    **{f"xresnet1d{d}": partial(XResNet1d.from_kwargs, depth=d) for d in VARIANTS},
+    "inception1d": Inception1d.from_kwargs,
 }
 
 
@@ -42,31 +43,43 @@ def build_model(
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r}: expected one of {NORMS}")
-    return MODELS[name](
-        n_leads=n_leads, n_classes=n_classes, input_length=input_length, norm=norm, **kwargs
-    )
+    return MODELS[name](Inputs(n_leads, n_classes, input_length, norm), **kwargs)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelSettings:
+    """A registered network by name, as an experiment's ``model:`` section gives it; the input
+    geometry comes from the preprocessing pipeline (``at``)."""
+
+    name: str = "ribeiro_resnet"
+    norm: str = "batch"
+    kwargs: dict = field(default_factory=dict)  # the constructor's own: width, depth...
+
+    def validate(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"name={self.name!r}: expected one of {', '.join(MODELS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r}: expected one of {', '.join(NORMS)}")
+
+    def at(self, input_length: int, fs: float) -> ModelConfig:
+        """These settings for inputs of ``input_length`` samples at ``fs`` Hz."""
+        return ModelConfig(self.name, self.norm, dict(self.kwargs), input_length, fs)
+
+
+@dataclass(frozen=True)
+class ModelConfig(ModelSettings):
     """What a checkpoint needs to rebuild a network; the class count comes from the label space.
 
     ``fs`` is the rate the input is expected at: with ``input_length`` it fixes the window in
     seconds that sliding-window evaluation uses.
     """
 
-    name: str = "ribeiro_resnet"
-    kwargs: dict = field(default_factory=dict)
-    norm: str = "batch"
     input_length: int = 1000
     fs: float = 100.0
     n_leads: int = 12
 
     def validate(self) -> None:
-        if self.name not in MODELS:
-            raise ValueError(f"name={self.name!r}: expected one of {', '.join(MODELS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm={self.norm!r}: expected one of {NORMS}")
+        super().validate()
         if self.input_length <= 0 or self.fs <= 0 or self.n_leads <= 0:
             raise ValueError("input_length, fs and n_leads must be positive")
 
@@ -116,4 +129,12 @@ def describe(model: torch.nn.Module, input_length: int, n_leads: int = 12) -> tu
     return n_params, counter.get_total_flops()
 
 
-__all__ = ["MAX_PARAMETERS", "MODELS", "ECGClassifier", "ModelConfig", "build_model", "describe"]
+__all__ = [
+    "MAX_PARAMETERS",
+    "MODELS",
+    "ECGClassifier",
+    "ModelConfig",
+    "ModelSettings",
+    "build_model",
+    "describe",
+]

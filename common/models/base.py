@@ -6,10 +6,24 @@ architecture, so each model builds from them and nothing else.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
 NORMS = ("batch", "group")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a network is built for, whatever its architecture: leads in, classes out, samples per
+    input window, and the normalisation (BatchNorm, or GroupNorm where DP needs it)."""
+
+    n_leads: int
+    n_classes: int
+    length: int
+    norm: str = "batch"
 
 
 def norm1d(kind: str, channels: int) -> nn.Module:
@@ -73,6 +87,10 @@ class ECGClassifier(nn.Module):
     (training) or scored by sliding windows (evaluation).
     """
 
+    #: The architecture's own hyperparameters (a frozen dataclass): an experiment's
+    #: ``model.kwargs`` are its fields.
+    Shape: ClassVar[type]
+
     blocks: nn.ModuleList
     neck: nn.Module
     head: nn.Linear
@@ -80,6 +98,11 @@ class ECGClassifier(nn.Module):
     def __init__(self, input_length: int) -> None:
         super().__init__()
         self.input_length = input_length
+
+    @classmethod
+    def from_kwargs(cls, inputs: Inputs, **kwargs: Any) -> ECGClassifier:
+        """Built from ``model.kwargs``; an unknown keyword is a TypeError naming it."""
+        return cls(inputs, cls.Shape(**kwargs))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

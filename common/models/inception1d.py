@@ -7,10 +7,12 @@ blocks; the concat-pooling head follows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from common.models.base import ECGClassifier, norm1d, pooling_neck, scaled
+from common.models.base import ECGClassifier, Inputs, norm1d, pooling_neck, scaled
 
 #: 20 stages: Strodthoff's benchmark uses 2; building hundreds takes seconds even on the meta
 #: device, before the parameter cap could refuse them.
@@ -57,37 +59,44 @@ class InceptionStage(nn.Module):
         return torch.relu(self.inception(x) + self.shortcut(x))
 
 
+@dataclass(frozen=True)
+class InceptionShape:
+    """Strodthoff et al.'s defaults: depth 6 (two stages), kernels 39/19/9, 32 filters."""
+
+    depth: int = 6
+    width: float = 1.0
+    kernel_size: int = 40
+    filters: int = 32
+    bottleneck: int = 32
+    head_hidden: int | None = 128
+    head_dropout: float = 0.5
+
+
 class Inception1d(ECGClassifier):
     """``blocks`` = the residual stages (depth / 3 of them)."""
 
-    def __init__(
-        self,
-        n_leads: int,
-        n_classes: int,
-        input_length: int,
-        norm: str = "batch",
-        depth: int = 6,
-        width: float = 1.0,
-        kernel_size: int = 40,
-        filters: int = 32,
-        bottleneck: int = 32,
-        head_hidden: int | None = 128,
-        head_dropout: float = 0.5,
-    ) -> None:
-        super().__init__(input_length)
-        if depth % 3 or not 0 < depth <= MAX_DEPTH:
+    Shape = InceptionShape
+
+    def __init__(self, inputs: Inputs, shape: InceptionShape = InceptionShape()) -> None:
+        super().__init__(inputs.length)
+        if shape.depth % 3 or not 0 < shape.depth <= MAX_DEPTH:
             raise ValueError(
-                f"depth={depth}: must be a positive multiple of 3, at most {MAX_DEPTH}"
+                f"depth={shape.depth}: must be a positive multiple of 3, at most {MAX_DEPTH}"
             )
         # Strodthoff's rule: kernel_size, /2, /4, each made odd so 'same' padding is symmetric.
-        kernel_sizes = tuple(
-            k - 1 if k % 2 == 0 else k for k in (kernel_size, kernel_size // 2, kernel_size // 4)
+        k = shape.kernel_size
+        kernel_sizes = tuple(k - 1 if k % 2 == 0 else k for k in (k, k // 2, k // 4))
+        filters, bottleneck = (
+            scaled(shape.filters, shape.width),
+            scaled(shape.bottleneck, shape.width),
         )
-        filters, bottleneck = scaled(filters, width), scaled(bottleneck, width)
         c_out = filters * (len(kernel_sizes) + 1)
+        norm = inputs.norm
         self.blocks = nn.ModuleList(
-            InceptionStage(n_leads if i == 0 else c_out, filters, kernel_sizes, bottleneck, norm)
-            for i in range(depth // 3)
+            InceptionStage(
+                inputs.n_leads if i == 0 else c_out, filters, kernel_sizes, bottleneck, norm
+            )
+            for i in range(shape.depth // 3)
         )
-        self.neck, features = pooling_neck(c_out, head_hidden, head_dropout, norm)
-        self.head = nn.Linear(features, n_classes)
+        self.neck, features = pooling_neck(c_out, shape.head_hidden, shape.head_dropout, norm)
+        self.head = nn.Linear(features, inputs.n_classes)

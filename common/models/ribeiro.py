@@ -12,11 +12,12 @@ stage at exactly ceil(L / 4) samples and gives the published ~6.8 M parameters a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from common.models.base import ECGClassifier, norm1d, scaled
+from common.models.base import ECGClassifier, Inputs, norm1d, scaled
 
 FILTERS = (128, 196, 256, 320)
 DOWNSAMPLE = 4
@@ -64,32 +65,35 @@ class ResidualUnit(nn.Module):
         return x, y
 
 
+@dataclass(frozen=True)
+class RibeiroShape:
+    """Ribeiro et al.'s defaults: kernel 17, dropout 0.2, filters 64-320 at width 1."""
+
+    width: float = 1.0
+    kernel_size: int = 17
+    dropout: float = 0.2
+
+
 class RibeiroResNet(ECGClassifier):
-    def __init__(
-        self,
-        n_leads: int,
-        n_classes: int,
-        input_length: int,
-        norm: str = "batch",
-        width: float = 1.0,
-        kernel_size: int = 17,
-        dropout: float = 0.2,
-    ) -> None:
-        super().__init__(input_length)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={kernel_size}: must be odd (see module docstring)")
-        stem = scaled(64, width)
-        widths = [scaled(f, width) for f in FILTERS]
+    Shape = RibeiroShape
+
+    def __init__(self, inputs: Inputs, shape: RibeiroShape = RibeiroShape()) -> None:
+        super().__init__(inputs.length)
+        k, norm = shape.kernel_size, inputs.norm
+        if k % 2 == 0:
+            raise ValueError(f"kernel_size={k}: must be odd (see module docstring)")
+        stem = scaled(64, shape.width)
+        widths = [scaled(f, shape.width) for f in FILTERS]
         units = [
-            ResidualUnit(c_in, c_out, kernel_size, norm, dropout)
+            ResidualUnit(c_in, c_out, k, norm, shape.dropout)
             for c_in, c_out in zip([stem, *widths[:-1]], widths, strict=True)
         ]
-        self.blocks = nn.ModuleList([_Stem(n_leads, stem, kernel_size, norm), *units])
-        length = input_length
+        self.blocks = nn.ModuleList([_Stem(inputs.n_leads, stem, k, norm), *units])
+        length = inputs.length
         for _ in FILTERS:
             length = math.ceil(length / DOWNSAMPLE)
         self.neck = nn.Flatten()
-        self.head = nn.Linear(widths[-1] * length, n_classes)
+        self.head = nn.Linear(widths[-1] * length, inputs.n_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         xy = self.blocks[0](x)

@@ -6,10 +6,12 @@ the last norm of every residual branch initialised to zero, and the concat-pooli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from common.models.base import ECGClassifier, norm1d, pooling_neck, scaled
+from common.models.base import ECGClassifier, Inputs, norm1d, pooling_neck, scaled
 
 #: depth -> (expansion, residual blocks per stage); the names torchvision/fastai use.
 VARIANTS: dict[int, tuple[int, tuple[int, ...]]] = {
@@ -76,52 +78,57 @@ class ResBlock(nn.Module):
         return torch.relu(self.convs(x) + self.shortcut(x))
 
 
+def _stem(n_leads: int, shape: XResNetShape, norm: str) -> nn.Sequential:
+    """Three convolutions (the first with stride 2), then a stride-2 max pool."""
+    widths = [scaled(c, shape.width) for c in STEM_WIDTHS]
+    return nn.Sequential(
+        *[
+            _conv_norm(c_in, c_out, shape.kernel_size_stem, norm, stride=2 if i == 0 else 1)
+            for i, (c_in, c_out) in enumerate(zip([n_leads, *widths[:-1]], widths, strict=True))
+        ],
+        nn.MaxPool1d(3, stride=2, padding=1),
+    )
+
+
+@dataclass(frozen=True)
+class XResNetShape:
+    """fastai's xresnet, 1-D: ``depth`` picks the variant (the registry fixes it by name)."""
+
+    depth: int = 101
+    width: float = 1.0
+    kernel_size: int = 5
+    kernel_size_stem: int = 5
+    head_hidden: int | None = 128
+    head_dropout: float = 0.5
+
+
 class XResNet1d(ECGClassifier):
     """``blocks`` = [stem (+ maxpool), stage 1, ..., stage 4]."""
 
-    def __init__(
-        self,
-        n_leads: int,
-        n_classes: int,
-        input_length: int,
-        norm: str = "batch",
-        depth: int = 101,
-        width: float = 1.0,
-        kernel_size: int = 5,
-        kernel_size_stem: int = 5,
-        head_hidden: int | None = 128,
-        head_dropout: float = 0.5,
-    ) -> None:
-        super().__init__(input_length)
-        if depth not in VARIANTS:
-            raise ValueError(f"depth={depth}: expected one of {sorted(VARIANTS)}")
-        expansion, counts = VARIANTS[depth]
-        stem_widths = [scaled(c, width) for c in STEM_WIDTHS]
-        stem = nn.Sequential(
-            *[
-                _conv_norm(c_in, c_out, kernel_size_stem, norm, stride=2 if i == 0 else 1)
-                for i, (c_in, c_out) in enumerate(
-                    zip([n_leads, *stem_widths[:-1]], stem_widths, strict=True)
-                )
-            ],
-            nn.MaxPool1d(3, stride=2, padding=1),
-        )
-        stages: list[nn.Module] = [stem]
-        c_in = stem_widths[-1]
+    Shape = XResNetShape
+
+    def __init__(self, inputs: Inputs, shape: XResNetShape = XResNetShape()) -> None:
+        super().__init__(inputs.length)
+        if shape.depth not in VARIANTS:
+            raise ValueError(f"depth={shape.depth}: expected one of {sorted(VARIANTS)}")
+        norm = inputs.norm
+        stages: list[nn.Module] = [_stem(inputs.n_leads, shape, norm)]
+        expansion, counts = VARIANTS[shape.depth]
+        c_in = scaled(STEM_WIDTHS[-1], shape.width)
         for i, (base, count) in enumerate(zip(STAGE_WIDTHS, counts, strict=True)):
-            c_mid = scaled(base, width)
+            c_mid = scaled(base, shape.width)
             c_out = c_mid * expansion
             blocks = []
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1
                 blocks.append(
-                    ResBlock(c_in, c_mid, c_out, stride, kernel_size, norm, expansion > 1)
+                    ResBlock(c_in, c_mid, c_out, stride, shape.kernel_size, norm, expansion > 1)
                 )
                 c_in = c_out
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.ModuleList(stages)
-        self.neck, features = pooling_neck(c_in, head_hidden, head_dropout, norm)
-        self.head = nn.Linear(features, n_classes)
+        self.neck, features = pooling_neck(c_in, shape.head_hidden, shape.head_dropout, norm)
+        self.head = nn.Linear(features, inputs.n_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv1d | nn.Linear):
                 nn.init.kaiming_normal_(module.weight)

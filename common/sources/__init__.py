@@ -1,57 +1,41 @@
-"""Source readers: one small module per on-disk format, each with the same two functions.
+"""Source readers: one small module per on-disk format, each a ``Reader``.
 
-``scan(root) -> Scan`` lists the records of a folder (cheap: no signal decoding) and
-``read_record(ref) -> Record`` decodes one of them, raising ``RecordError`` for a bad record.
+``looks_like(root)`` recognises a folder, ``scan(root) -> Scan`` lists its records with what
+the index says of them (cheap: no signal decoding), and ``read_record(ref) -> Record`` decodes
+one of them, raising ``RecordError`` for a bad record.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from typing import Protocol
 
 from common.config import ConfigError
-from common.record import RecordError
+from common.record import Record, RecordError, RecordInfo, RecordRef, Scan
 from common.safefile import data_folder
+from common.sources import cinc, ptbxl, tis
 
 
-@dataclass(frozen=True)
-class RecordRef:
-    """Where one record lives plus what the folder's index says about it.
+class Reader(Protocol):
+    """What a format module provides; a new format is one module listed in ``READERS``."""
 
-    ``root`` is the data folder (symlinks resolved) that every file of the record must resolve
-    inside; None for a record file named directly (``predict``).
-    """
+    FORMAT: str
 
-    record_id: str
-    path: Path
-    source: str
-    meta: dict = field(default_factory=dict, hash=False, compare=False)
-    root: Path | None = field(default=None, compare=False)
+    def looks_like(self, root: Path) -> bool: ...
+
+    def scan(self, root: Path, **options) -> Scan: ...
+
+    def read_record(self, ref: RecordRef) -> Record: ...
 
 
-@dataclass
-class Scan:
-    """A folder's records, and those already rejected while listing them."""
-
-    source: str
-    root: Path
-    refs: list[RecordRef]
-    problems: list[RecordError] = field(default_factory=list)
+#: Readers by format name, in the order ``detect_format`` tries them.
+READERS: dict[str, Reader] = {r.FORMAT: r for r in (ptbxl, tis, cinc)}
+FORMATS = tuple(READERS)
 
 
-def _readers() -> dict[str, ModuleType]:
-    from common.sources import cinc, ptbxl, tis
-
-    return {"ptbxl": ptbxl, "tis": tis, "cinc": cinc}
-
-
-FORMATS = ("ptbxl", "tis", "cinc")
-
-
-def reader(fmt: str) -> ModuleType:
+def reader(fmt: str) -> Reader:
     try:
-        return _readers()[fmt]
+        return READERS[fmt]
     except KeyError:
         raise ConfigError(
             f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}"
@@ -61,7 +45,7 @@ def reader(fmt: str) -> ModuleType:
 def detect_format(root: Path) -> str:
     """Guess a folder's format from its marker files."""
     real = data_folder(Path(root))
-    for fmt, module in _readers().items():
+    for fmt, module in READERS.items():
         if module.looks_like(real):
             return fmt
     raise ConfigError(
@@ -76,8 +60,19 @@ def scan(root: Path, fmt: str | None = None, **options) -> Scan:
     return reader(fmt or detect_format(real)).scan(real, **options)
 
 
-def read_record(ref: RecordRef):
+def read_record(ref: RecordRef) -> Record:
     return reader(ref.source).read_record(ref)
 
 
-__all__ = ["FORMATS", "RecordError", "RecordRef", "Scan", "detect_format", "read_record", "scan"]
+__all__ = [
+    "FORMATS",
+    "READERS",
+    "Reader",
+    "RecordError",
+    "RecordInfo",
+    "RecordRef",
+    "Scan",
+    "detect_format",
+    "read_record",
+    "scan",
+]

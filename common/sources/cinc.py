@@ -10,10 +10,11 @@ import os
 import re
 from pathlib import Path
 
-from common.record import Record, RecordError
+from common.record import Record, RecordError, RecordInfo, RecordRef, Scan
 from common.safefile import walk_files
-from common.sources import RecordRef, Scan
 from common.sources.wfdb_signal import read_header, read_signal
+
+FORMAT = "cinc"
 
 
 def looks_like(root: Path) -> bool:
@@ -29,18 +30,20 @@ def _comments(lines: list[str]) -> dict[str, str]:
     return out
 
 
-def _meta(record_id: str, comments: dict[str, str]) -> dict:
+def _info(record_id: str, comments: dict[str, str]) -> RecordInfo:
     dx = comments.get("dx", "")
     age = comments.get("age", "")
     sex = comments.get("sex", "").lower()
-    return {
-        "patient_id": record_id,
-        "site": re.match(r"[A-Za-z]*", record_id).group(0) or None,
-        "codes": tuple(c.strip() for c in dx.split(",") if c.strip()),
-        "coding": "snomed",
-        "age": float(age) if re.fullmatch(r"\d+(\.\d+)?", age) else None,
-        "sex": {"male": "M", "female": "F"}.get(sex),
-    }
+    return RecordInfo(
+        codes=tuple(c.strip() for c in dx.split(",") if c.strip()),
+        coding="snomed",
+        patient_id=record_id,
+        site=re.match(r"[A-Za-z]*", record_id).group(0) or None,
+        extra={
+            "age": float(age) if re.fullmatch(r"\d+(\.\d+)?", age) else None,
+            "sex": {"male": "M", "female": "F"}.get(sex),
+        },
+    )
 
 
 def scan(root: Path) -> Scan:
@@ -59,22 +62,11 @@ def scan(root: Path) -> Scan:
         if "dx" not in comments:
             problems.append(RecordError(record_id, hea, "no '# Dx:' line in the header"))
             continue
-        refs.append(RecordRef(record_id, base, "cinc", _meta(record_id, comments), root))
-    return Scan("cinc", root, refs, problems)
+        refs.append(RecordRef(record_id, base, FORMAT, _info(record_id, comments), root))
+    return Scan(FORMAT, root, refs, problems)
 
 
 def read_record(ref: RecordRef) -> Record:
     signal, fs, header = read_signal(ref.record_id, Path(ref.path), ref.root)
-    meta = ref.meta or _meta(ref.record_id, _comments(header.comments or []))
-    return Record(
-        record_id=ref.record_id,
-        signal=signal,
-        fs=fs,
-        codes=tuple(meta["codes"]),
-        coding="snomed",
-        source="cinc",
-        path=Path(ref.path),
-        patient_id=meta["patient_id"],
-        site=meta["site"],
-        meta={"age": meta["age"], "sex": meta["sex"]},
-    )
+    info = ref.info or _info(ref.record_id, _comments(header.comments or []))
+    return Record(ref.record_id, signal, fs, FORMAT, Path(ref.path), info)

@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 from common.config import ConfigError
-from common.record import Record, RecordError, clip
+from common.record import Record, RecordError, RecordInfo, RecordRef, Scan, clip
 from common.safefile import CsvRow, read_csv
-from common.sources import RecordRef, Scan, limits
+from common.sources import limits
 from common.sources.wfdb_signal import read_signal
 
+FORMAT = "ptbxl"
 DATABASE = "ptbxl_database.csv"
 REQUIRED = ("ecg_id", "patient_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr")
 #: One ``'CODE': likelihood`` item of the scp_codes dict literal.
@@ -80,18 +81,20 @@ def _ref(root: Path, row: CsvRow, record_id: str, column: str) -> RecordRef:
     except ValueError as exc:
         raise ValueError(f"row {row.number}: bad scp_codes or strat_fold ({exc})") from None
     sex = _id(fields.get("sex"))
-    meta = {
-        "patient_id": _id(fields["patient_id"]),
-        "site": _id(fields.get("site")),
-        "device": _text(fields.get("device")),
-        "codes": codes,
-        "coding": "scp",
-        "strat_fold": fold,
-        "age": _number(fields.get("age")),
-        "sex": None if sex is None else ("F" if sex == "1" else "M"),
-        "date": _text(fields.get("recording_date")),
-    }
-    return RecordRef(record_id, root / fields[column].strip(), "ptbxl", meta, root)
+    info = RecordInfo(
+        codes=codes,
+        coding="scp",
+        patient_id=_id(fields["patient_id"]),
+        site=_id(fields.get("site")),
+        device=_text(fields.get("device")),
+        strat_fold=fold,
+        extra={
+            "age": _number(fields.get("age")),
+            "sex": None if sex is None else ("F" if sex == "1" else "M"),
+            "date": _text(fields.get("recording_date")),
+        },
+    )
+    return RecordRef(record_id, root / fields[column].strip(), FORMAT, info, root)
 
 
 def scan(root: Path, rate: int = 500) -> Scan:
@@ -122,26 +125,12 @@ def scan(root: Path, rate: int = 500) -> Scan:
             refs.append(_ref(root, row, record_id, column))
         except ValueError as exc:
             problems.append(RecordError(record_id, path, str(exc)))
-    return Scan("ptbxl", root, refs, problems)
+    return Scan(FORMAT, root, refs, problems)
 
 
 def read_record(ref: RecordRef) -> Record:
+    """The record's signal; what is known of it comes from the database row (a record file
+    named on its own has no codes)."""
     signal, fs, _ = read_signal(ref.record_id, Path(ref.path), ref.root)
-    meta = {
-        k: v
-        for k, v in ref.meta.items()
-        if k not in ("codes", "coding", "patient_id", "site", "device")
-    }
-    return Record(
-        record_id=ref.record_id,
-        signal=signal,
-        fs=fs,
-        codes=tuple(ref.meta.get("codes", ())),
-        coding="scp",
-        source="ptbxl",
-        path=Path(ref.path),
-        patient_id=ref.meta.get("patient_id"),
-        site=ref.meta.get("site"),
-        device=ref.meta.get("device"),
-        meta=meta,
-    )
+    info = ref.info or RecordInfo(coding="scp")
+    return Record(ref.record_id, signal, fs, FORMAT, Path(ref.path), info)

@@ -11,15 +11,18 @@ import numpy as np
 import pandas as pd
 
 from common.config import ConfigError
-from common.record import Record, RecordError, clip
+from common.record import Record, RecordError, RecordInfo, RecordRef, Scan, clip
 from common.safefile import CsvRow, bounded_lines, open_regular, read_csv
-from common.sources import RecordRef, Scan, limits
+from common.sources import limits
 from common.sources.wfdb_signal import lead_order
 
+FORMAT = "tis"
 INDEX = "index.csv"
 REQUIRED = ("record_id", "hospital", "patient_id", "file", "diagnosis")
 HEADER_KEYS = ("sampling_rate", "diagnosis", "units")
 _UNITS = {"uv": 1e-3, "mv": 1.0}
+#: Header keys read into the record's typed fields rather than kept as extras.
+_TYPED = (*HEADER_KEYS, "patient_id", "device")
 
 
 def looks_like(root: Path) -> bool:
@@ -60,21 +63,23 @@ def scan(root: Path) -> Scan:
         else:
             first_row[record_id] = row.number
             refs.append(
-                RecordRef(record_id, root / row.fields["file"].strip(), "tis", _meta(row), root)
+                RecordRef(record_id, root / row.fields["file"].strip(), FORMAT, _info(row), root)
             )
-    return Scan("tis", root, refs, problems)
+    return Scan(FORMAT, root, refs, problems)
 
 
-def _meta(row: CsvRow) -> dict:
+def _info(row: CsvRow) -> RecordInfo:
     hospital = row.fields["hospital"].strip() or None
-    return {
-        "patient_id": row.fields["patient_id"].strip() or None,
-        "site": hospital,
-        "hospital": hospital,
-        "codes": _codes(row.fields["diagnosis"]),
-        "coding": "tis",
-        **{k: v for k, v in row.fields.items() if k not in REQUIRED and v != ""},
-    }
+    return RecordInfo(
+        codes=_codes(row.fields["diagnosis"]),
+        coding="tis",
+        patient_id=row.fields["patient_id"].strip() or None,
+        site=hospital,
+        extra={
+            "hospital": hospital,
+            **{k: v for k, v in row.fields.items() if k not in REQUIRED and v != ""},
+        },
+    )
 
 
 def _split_header(
@@ -186,19 +191,20 @@ def read_record(ref: RecordRef) -> Record:
         fh.seek(start)
         samples = _samples(rid, path, fh, names)
     signal = samples[:, order].T * scale
-    codes = _codes(header["diagnosis"])
-    meta = {k: v for k, v in ref.meta.items() if k not in ("codes", "coding", "patient_id", "site")}
-    meta.update({k: v for k, v in header.items() if k not in HEADER_KEYS and k not in meta})
-    return Record(
-        record_id=rid,
-        signal=np.ascontiguousarray(signal, np.float32),
-        fs=fs,
-        codes=codes,
+    signal = np.ascontiguousarray(signal, np.float32)
+    return Record(rid, signal, fs, FORMAT, path, _merge(ref, header))
+
+
+def _merge(ref: RecordRef, header: dict[str, str]) -> RecordInfo:
+    """The record file's header over the index's row: the file is what was recorded."""
+    index = ref.info or RecordInfo()
+    extra = dict(index.extra)
+    extra.update({k: v for k, v in header.items() if k not in _TYPED and k not in extra})
+    return RecordInfo(
+        codes=_codes(header["diagnosis"]),
         coding="tis",
-        source="tis",
-        path=path,
-        patient_id=header.get("patient_id") or ref.meta.get("patient_id"),
-        site=header.get("hospital") or ref.meta.get("site"),
+        patient_id=header.get("patient_id") or index.patient_id,
+        site=header.get("hospital") or index.site,
         device=header.get("device"),
-        meta=meta,
+        extra=extra,
     )

@@ -11,8 +11,10 @@ from pathlib import Path
 import yaml
 
 from common.config import ConfigError
+from common.models import MODELS
 from common.names import RULE, is_plain_name
 from server import coordinator
+from server.strategies import STRATEGIES
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -27,7 +29,15 @@ def render(name: str, rounds: int, cfg: coordinator.CoordinatorConfig, coord: Pa
     """The template with this federation's pipeline and the run's name filled in."""
     template = string.Template(files("server").joinpath("experiment_template.yaml").read_text())
     flow = yaml.safe_dump(asdict(cfg.pipeline), default_flow_style=True, width=1000).strip()
-    return template.substitute(name=name, rounds=rounds, pipeline=flow, coordinator=coord, file=out)
+    return template.substitute(
+        name=name,
+        rounds=rounds,
+        pipeline=flow,
+        coordinator=coord,
+        file=out,
+        models=", ".join(MODELS),
+        strategies=", ".join(STRATEGIES),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

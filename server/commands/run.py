@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common.config import ConfigError, load_yaml
+from common.config import ConfigError, SettingError, load_yaml
 from common.errors import RunFailed
 from common.flower_process import APP_DIR, plain
 from common.names import RULE, is_plain_name
@@ -43,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from common.experiment import ExperimentConfig  # torch: only for this command
 
     experiment = None if args.resume else ExperimentConfig.load(args.config)
+    if experiment is not None:
+        from server import strategies  # Flower's server strategies: only for this command
+
+        try:
+            strategies.check(experiment.federation)
+        except SettingError as exc:
+            raise ConfigError(f"{args.config}: {exc.key}: {exc}") from exc
     if args.resume:
         run_dir = args.resume
     elif args.run_dir:

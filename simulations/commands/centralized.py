@@ -27,8 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {"seeds": args.seeds, "ptbxl": args.ptbxl and str(args.ptbxl.resolve())}
-    cfg = CentralizedConfig.load(args.config, **{k: v for k, v in overrides.items() if v})
+    cfg = CentralizedConfig.load(args.config, args.seeds, args.ptbxl and args.ptbxl.resolve())
     name = f"{cfg.experiment.name}-centralized-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.perf_counter()
     path = run_experiment(cfg, args.out or Path("runs") / name, progress=not args.quiet)

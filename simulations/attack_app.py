@@ -1,10 +1,11 @@
-"""A bad site, for robustness experiments: in simulation only.
+"""A bad site, for robustness experiments: a ClientApp that only ``ecgfl-simulate attack`` runs.
 
-A site turns attacker only when all of these hold: its node config has a ``partition-id`` and no
-``data-dir`` (a virtual site of the Simulation Engine; every hospital's SuperNode has a
-``data-dir``), the run's own directory holds ``attack.json`` (written by ``ecgfl-simulate attack``),
-and that file names its partition. Nothing a coordinator sends and nothing in a hospital's node
-config can switch it on at a hospital: the check on ``data-dir`` comes first.
+The production ClientApp (``client.app:app``, the one a hospital installs and approves) has no
+attack code. ``ecgfl-simulate attack`` runs this app instead (``app`` below: the same handlers
+and mods, plus ``attack_mod`` inside the egress guard and a site opener that can lie about
+labels). Even here a site turns attacker only when its node config has a ``partition-id`` and no
+``data-dir`` (a virtual site of the Simulation Engine), the run's own directory holds
+``attack.json`` (written by ``ecgfl-simulate attack``), and that file names its partition.
 
 Behaviours, on the reply to a ``train`` message (u = w_local - w_global):
 - ``scale``: w_global + factor * u (a boosted update, "model replacement");
@@ -24,9 +25,16 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from client import node
+from client.app import make_app
 from common import protocol
+from common.dataset import CachedDataset
+from common.experiment import ExperimentConfig
+from common.labels import LabelSpace
+from common.site import SiteData
 
 ATTACK_FILE = "attack.json"
+ATTACK_APP = "simulations.attack_app:app"  # this module's ClientApp, as Flower names it
 KINDS = ("scale", "sign-flip", "noise", "label-flip", "exfiltrate")
 
 
@@ -79,9 +87,23 @@ def active_attack(context: Context) -> Attack | None:
     return attack if int(node["partition-id"]) in attack.partitions else None
 
 
-def flips_labels(context: Context) -> bool:
+class FlippedSite(SiteData):
+    """A site whose training labels lie: 0 <-> 1 wherever a label is annotated."""
+
+    def dataset(self, split: str, space: LabelSpace) -> CachedDataset:
+        ds = super().dataset(split, space)
+        if split == "train":
+            ds.y = ds.mask * (1 - ds.y)
+        return ds
+
+
+def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
+    """The node's site, lying about its labels if it is a label-flipping attacker."""
+    site = node.open_site(context, experiment)
     attack = active_attack(context)
-    return attack is not None and attack.kind == "label-flip"
+    if attack is None or attack.kind != "label-flip":
+        return site
+    return FlippedSite(site.name, site.cache, site.rows, site.annotated)
 
 
 def tamper(sent: ArrayRecord, reply: ArrayRecord, attack: Attack, rnd: int) -> ArrayRecord:
@@ -125,3 +147,7 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     rnd = int(config.get(protocol.SERVER_ROUND, 0))
     reply.content[key] = tamper(sent, arrays, attack, rnd)
     return reply
+
+
+#: What ``ecgfl-simulate attack`` runs as its ClientApp (simulations/engine.py: app_dir).
+app = make_app(open_site, inner_mods=(attack_mod,))
