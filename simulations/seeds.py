@@ -30,7 +30,8 @@ def with_seed(cfg: SimulationConfig, seed: int) -> SimulationConfig:
 
 
 def run_seeds(cfg: SimulationConfig, parent: Path, seeds: list[int], progress: bool = True) -> Path:
-    """Every seed's whole simulation in ``parent/seed-<n>``; returns the combined report."""
+    """Every seed's whole simulation in ``parent/seed-<n>``; returns the combined report, which
+    is rewritten as each seed finishes."""
     parent = parent.resolve()
     parent.mkdir(parents=True, exist_ok=True)
     per_seed, timings = {}, {}
@@ -40,7 +41,9 @@ def run_seeds(cfg: SimulationConfig, parent: Path, seeds: list[int], progress: b
         run(with_seed(cfg, seed), parent / f"seed-{seed}", progress=progress)
         per_seed[seed] = json.loads((parent / f"seed-{seed}" / "results.json").read_text())
         timings[f"seed_{seed}_s"] = round(time.perf_counter() - started, 1)
-    return write_combined(parent, per_seed, timings)
+        # After every seed: a long run stopped part-way still leaves the seeds it finished.
+        path = write_combined(parent, per_seed, timings)
+    return path
 
 
 def combine(per_seed: dict[int, dict]) -> dict:
