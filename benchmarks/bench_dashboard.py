@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from common import protocol
+from server import runs
 from server.rounds import MetricsLog
 
 BIN = Path(sys.executable).parent
@@ -40,8 +41,8 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     names = [f"site-{i:02d}" for i in range(sites)]
     path.mkdir(parents=True)
-    (path / "experiment.yaml").write_text(yaml.safe_dump({"federation": {"rounds": rounds}}))
-    log = MetricsLog(path / "metrics.jsonl")
+    (path / runs.EXPERIMENT).write_text(yaml.safe_dump({"federation": {"rounds": rounds}}))
+    log = MetricsLog(path / runs.METRICS)
     for rnd in range(1, rounds + 1):
         down = {names[rng.randrange(sites)]} if rnd % 7 == 0 else set()
         up = [n for n in names if n not in down]
@@ -104,10 +105,10 @@ def write_run(path: Path, rounds: int, sites: int, seed: int = 0) -> None:
     }
     log.write({"round": rounds, "phase": protocol.Phase.FINETUNE, "sites": tuned, "failed": []})
     counts = {n: {"records": 250, **{lab: rng.randrange(60) for lab in LABELS}} for n in names}
-    (path / "partition").mkdir()
-    (path / "partition" / "partition.json").write_text(json.dumps(counts))
-    (path / "summary.json").write_text(json.dumps({"stopped": None}))
-    (path / "report.md").write_text(f"# Federated run {path.name}\n")
+    (path / runs.PARTITION).mkdir()
+    (path / runs.PARTITION / "partition.json").write_text(json.dumps(counts))
+    (path / runs.SUMMARY).write_text(json.dumps({"stopped": None}))
+    (path / runs.REPORT).write_text(f"# Federated run {path.name}\n")
 
 
 def free_port() -> int:
@@ -223,7 +224,7 @@ def main() -> None:
     try:
         for i, name in enumerate(("bench", "bench2")):
             write_run(root / name, args.rounds, args.sites, seed=i)
-        size = (root / "bench" / "metrics.jsonl").stat().st_size
+        size = (root / "bench" / runs.METRICS).stat().st_size
         print(f"run folder: {args.rounds} rounds x {args.sites} sites, metrics.jsonl {size:,} B")
         federation = root.parent / "federation"
         subprocess.run(

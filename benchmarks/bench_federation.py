@@ -32,6 +32,7 @@ from common.labels import LabelSpace
 from common.models import build_model
 from common.site import SiteData
 from common.training import Trainer
+from server import runs
 from simulations import run as sim
 from simulations.config import SimulationConfig
 
@@ -117,11 +118,11 @@ def simulate(cfg: SimulationConfig, workdir: Path, name: str) -> tuple[Path, flo
 
 def phases(run_dir: Path) -> dict[str, float]:
     """Where a run's federation time went, from metrics.jsonl time stamps."""
-    entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    entries = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
     train = [e for e in entries if e["phase"] == protocol.Phase.TRAIN]
     evaluate = [e for e in entries if e["phase"] == protocol.Phase.EVALUATE]
     finetune = next(e for e in entries if e["phase"] == protocol.Phase.FINETUNE)
-    started = (run_dir / "run_config.toml").stat().st_mtime
+    started = (run_dir / runs.RUN_CONFIG).stat().st_mtime
     first = train[0]["time"] - train[0]["seconds"]
     eval_s = sum(ev["time"] - tr["time"] for tr, ev in zip(train, evaluate, strict=True))
     return {
@@ -136,7 +137,7 @@ def overhead(workdir: Path, rounds: int, epochs: int) -> None:
     cfg = config(**{"experiment.federation.rounds": rounds, "experiment.local.epochs": epochs})
     run_dir, _, _ = simulate(cfg, workdir, "overhead")
     fed_s = json.loads((run_dir / "results.json").read_text())["timings"]["federation_s"]
-    manifest = run_dir / "partition" / "sites.json"
+    manifest = run_dir / runs.PARTITION / runs.SITES
     experiment = cfg.experiment
     space = LabelSpace.load(experiment.labels)
     sites = [SiteData.from_manifest(manifest, i, experiment.pipeline) for i in range(4)]
@@ -203,7 +204,7 @@ def communication(workdir: Path) -> None:
     for transport in ("float32", "float16"):
         cfg = config(**{"experiment.federation.transport": transport})
         run_dir, _, _ = simulate(cfg, workdir, f"transport-{transport}")
-        entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        entries = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
         last = [e for e in entries if e["phase"] == protocol.Phase.EVALUATE][-1]
         train = [e for e in entries if e["phase"] == protocol.Phase.TRAIN][-1]
         up = sum(s[protocol.BYTES_UP] for s in train["sites"].values()) / len(train["sites"])

@@ -31,22 +31,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def timed(fn, repeats: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA runs asynchronously: wait for the work before the clock
+        torch.cuda.synchronize(device)
+
+
+CPU = torch.device("cpu")
+
+
+def timed(fn, repeats: int, device: torch.device = CPU) -> float:
     """Seconds per call after one warm-up call."""
     fn()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    _sync(device)
     return (time.perf_counter() - start) / repeats
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / timed(lambda: a @ b, repeats) / 1e9
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(lambda: a @ b, repeats, device) / 1e9
 
 
 def train_step_fn(model: torch.nn.Module, x: torch.Tensor):
-    y = torch.randint(0, 2, (len(x), N_CLASSES)).float()
+    y = torch.randint(0, 2, (len(x), N_CLASSES), device=x.device).float()
     mask = torch.ones_like(y)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -58,10 +68,12 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor):
     return step
 
 
-def bench(name: str, length: int, batch: int, steps: int, width: float) -> dict:
-    model = build_model(name, n_classes=N_CLASSES, input_length=length, width=width)
+def bench(args: argparse.Namespace, name: str, device: torch.device) -> dict:
+    length, batch, steps = args.length, args.batch_size, args.steps
+    model = build_model(name, n_classes=N_CLASSES, input_length=length, width=args.width)
+    model.to(device)
     n_params, fwd_flops = describe(model, length)
-    x = torch.randn(batch, 12, length)
+    x = torch.randn(batch, 12, length, device=device)
 
     model.train()
     step = train_step_fn(model, x)
@@ -69,11 +81,11 @@ def bench(name: str, length: int, batch: int, steps: int, width: float) -> dict:
     with counter:
         step()
     train_flops = counter.get_total_flops() / batch
-    train_s = timed(step, steps)
+    train_s = timed(step, steps, device)
 
     model.eval()
     with torch.inference_mode():
-        infer_s = timed(lambda: model(x), steps)
+        infer_s = timed(lambda: model(x), steps, device)
     return {
         "params": n_params,
         "fwd_mflops": fwd_flops / 1e6,
@@ -92,15 +104,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
+    device = torch.device(args.device)
+    on = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"CPU: {cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; on {on}"
     )
-    peak = matmul_gflops()
+    peak = matmul_gflops(device)
     print(f"reference: 2048x2048 float32 matmul {peak:.1f} GFLOP/s")
     print(f"input 12 x {args.length}, batch {args.batch_size}, width {args.width}\n")
     header = (
@@ -110,7 +124,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name in args.models:
-        r = bench(name, args.length, args.batch_size, args.steps, args.width)
+        r = bench(args, name, device)
         print(
             f"{name:<16}{r['params']:>12,}{r['fwd_mflops']:>11.1f}{r['train_sps']:>9.1f}"
             f"{r['train_gflops']:>11.1f}{100 * r['train_gflops'] / peak:>6.0f}%"

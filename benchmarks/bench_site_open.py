@@ -18,6 +18,7 @@ from pathlib import Path
 from common.labels import LabelSpace
 from common.preprocess import PipelineConfig
 from common.site import SiteData
+from server import runs
 from simulations.partition import SourcePlan, partition, write_report
 from simulations.run import prepare_caches
 from simulations.synth.build import write_tis_network
@@ -42,8 +43,8 @@ def main() -> None:
         if args.walk:
             for source in manifest["sources"].values():
                 source.pop("caches")
-        write_report(manifest, counts, root / "partition")
-        path = root / "partition" / "sites.json"
+        write_report(manifest, counts, root / runs.PARTITION)
+        path = root / runs.PARTITION / runs.SITES
         n = len(manifest["sites"])
         started = time.perf_counter()
         for i in range(n):

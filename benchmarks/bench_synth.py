@@ -10,6 +10,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from simulations.synth import (
     write_ptbxl_like,
     write_tis_network,
 )
+from simulations.synth.device import IDEAL
 from simulations.synth.pathology import ABNORMAL, is_consistent
 
 
@@ -49,7 +51,12 @@ def main() -> None:
           f"{os.cpu_count()} cores, numpy {np.__version__}")  # fmt: skip
     mix = label_mix(n)
     for fs in (500, 1000):
-        r = rate(lambda fs=fs: [generate_record(i, mix[i], fs=fs) for i in range(n)], n)
+        r = rate(
+            lambda fs=fs: [
+                generate_record(i, mix[i], device=replace(IDEAL, fs=fs)) for i in range(n)
+            ],
+            n,
+        )
         print(f"in memory, {fs} Hz, 1 core: {r:7.1f} records/s")
     with tempfile.TemporaryDirectory() as tmp:
         tis = TisNetworkSpec(n_records=n // 2, n_hospitals=4)

@@ -76,11 +76,17 @@ def identify(msg: Message, context: Context, open_site: SiteOpener) -> Message:
     return _reply(msg, open_site(context, job.experiment).name, {})
 
 
-def make_app(open_site: SiteOpener = node.open_site, inner_mods: Sequence[Mod] = ()) -> ClientApp:
+def make_app(
+    open_site: SiteOpener = node.open_site,
+    inner_mods: Sequence[Mod] = (),
+    outer_mods: Sequence[Mod] = (),
+) -> ClientApp:
     """The ClientApp over the data ``open_site`` finds. The first mod sees the reply last: the
     egress guard checks what really leaves and the audit log records it, so ``inner_mods`` (a
-    simulation's bad sites: simulations/attack_app.py) sit inside both."""
-    client_app = ClientApp(mods=[audit.audit_mod, egress_guard, *inner_mods, dp_clipping])
+    simulation's bad sites: simulations/attack_app.py) sit inside both; ``outer_mods`` (a
+    simulation's own bookkeeping: simulations/site_app.py) see the reply after them."""
+    mods = [*outer_mods, audit.audit_mod, egress_guard, *inner_mods, dp_clipping]
+    client_app = ClientApp(mods=mods)
     client_app.train()(partial(train, open_site=open_site))
     client_app.evaluate()(partial(evaluate, open_site=open_site))
     client_app.train(protocol.FINETUNE_ACTION)(partial(finetune, open_site=open_site))

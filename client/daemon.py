@@ -30,7 +30,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from client.audit import AUDIT_LOG_KEY
 from client.node import PIPELINE_KEY
 from client.policy import POLICY_KEY
-from common import flower_process
+from common import cpu, flower_process
 from common.config import ConfigError
 from common.errors import DataError
 from common.flower_process import (
@@ -123,7 +123,7 @@ def prepare(cfg: HospitalConfig) -> None:
         Path(cfg.cache_dir),
         cfg.pipeline or PipelineConfig(),
         cfg.format,
-        workers=os.cpu_count() or 1,
+        workers=cpu.available_cores(),
         progress=False,
     )
     log.info("cache ready: %s (%d records)", cache.path, len(cache))

@@ -66,9 +66,11 @@ def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
     return _virtual_site(Path(str(manifest)), int(node["partition-id"]), experiment.pipeline)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)
 def _virtual_site(manifest: Path, partition: int, pipeline: PipelineConfig) -> SiteData:
-    """The Simulation Engine reuses ClientApp processes across messages: open each site once."""
+    """The Simulation Engine reuses ClientApp processes across messages: open each site once,
+    and keep its datasets (in memory) for the 32 sites this process served last: bounded
+    memory however many sites a run has."""
     return SiteData.from_manifest(manifest, partition, pipeline)
 
 

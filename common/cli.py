@@ -11,12 +11,14 @@ import importlib
 import logging
 import sys
 
+from common import cpu
 from common.errors import EcgflError
 
 
 def main(prog: str, description: str, commands: dict[str, tuple[str, str]], argv=None) -> int:
     """Parse ``argv`` and run the chosen subcommand; an ``EcgflError`` ends it with its one-line
     message and its kind's exit code."""
+    cpu.apply()  # before a command imports torch: its thread pool follows the policy
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -23,6 +23,7 @@ from typing import IO
 
 import httpx
 
+from common import cpu
 from common.config import ConfigError
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the project root: the Flower app's pyproject
@@ -97,12 +98,13 @@ def wait_ready(
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
+    if cpu.threads_from_policy:  # Ray gives each simulated site OMP_NUM_THREADS from its
+        env.pop("OMP_NUM_THREADS", None)  # num_cpus where unset; ours would oversubscribe them
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
-        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
         PYTHONWARNINGS="ignore::FutureWarning",
     )
     bindir = str(Path(sys.executable).parent)  # flower-superlink & co. of this environment

@@ -38,6 +38,9 @@ RESUME = "resume"  # continue from the last complete round in RUN_DIR
 # Records of a message or a reply.
 CONFIG_RECORD, ARRAYS_RECORD, METRICS_RECORD = "config", "arrays", "metrics"
 SITE_RECORD, SITE_NAME = "site", "name"  # every reply names its site: {"site": {"name": ...}}
+# Simulation only (simulations/site_app.py; a hospital's egress guard lets nothing else out):
+# where a virtual site ran (its Ray node, the GPUs Ray gave it), added to its reply after the guard.
+PLACEMENT_RECORD, RAY_NODE, GPUS = "placement", "ray-node", "gpus"
 
 # Keys of the coordinator's config record.
 EXPERIMENT = "experiment"  # the experiment as JSON

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,13 +39,21 @@ class SiteData:
     cache: SiteCache
     rows: dict[str, np.ndarray]
     annotated: Sequence[str] | None = None
+    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def dataset(self, split: str, space: LabelSpace) -> CachedDataset:
-        """One split's records, or every record of the site (``"all"``) in cache order."""
-        rows = (
-            np.sort(np.concatenate(list(self.rows.values()))) if split == ALL else self.rows[split]
-        )
-        return CachedDataset(self.cache, space, rows, self.annotated)
+        """The split in ``space`` (or every record of the site, ``"all"``, in cache order), built
+        once: a ClientApp process serves the same site many messages (signals copied into memory,
+        targets encoded: not per message). Read-only."""
+        key = (split, space.name, space.labels)
+        if key not in self._datasets:
+            rows = (
+                np.sort(np.concatenate(list(self.rows.values())))
+                if split == ALL
+                else self.rows[split]
+            )
+            self._datasets[key] = CachedDataset(self.cache, space, rows, self.annotated)
+        return self._datasets[key]
 
     def counts(self) -> dict[str, int]:
         return {split: len(rows) for split, rows in self.rows.items()}

@@ -21,9 +21,8 @@ from common.experiment import ExperimentConfig
 from common.finetune import adapt_head
 from common.labels import LabelSpace
 from common.protocol import Job
-from server import privacy, report, tracking
+from server import privacy, report, runs, tracking
 from server.rounds import (
-    FAILURES_LOG,
     MetricsLog,
     RoundLoop,
     RoundState,
@@ -83,7 +82,7 @@ def start_state(context: Context, run_dir: Path, experiment, space, metrics) -> 
         state = initial_state(experiment, space)
         state.save(checkpoint_path(run_dir, 0))
     metrics.truncate_after(state.round)
-    provisioned = run_dir / "sites.json"
+    provisioned = run_dir / runs.SITES
     if provisioned.exists():
         state.sites.update({int(k): v for k, v in json.loads(provisioned.read_text()).items()})
     return state
@@ -96,7 +95,7 @@ def global_model_saver(run_dir: Path, experiment: ExperimentConfig, space: Label
         model = experiment.model_config().build(n_classes=len(space))
         model.load_state_dict(arrays)
         save_checkpoint(
-            run_dir / "global_model.pt",
+            run_dir / runs.GLOBAL_MODEL,
             model,
             experiment.model_config(),
             space,
@@ -119,7 +118,7 @@ def finetune_everywhere(grid: Grid, state: RoundState, config, timeout: float, r
         Message(content=content, dst_node_id=node, message_type=protocol.FINETUNE)
         for node in grid.get_node_ids()
     ]
-    _, per_site, failed = exchange(grid, messages, timeout, state.sites, run_dir / FAILURES_LOG)
+    _, per_site, failed = exchange(grid, messages, timeout, state.sites, run_dir / runs.FAILURES)
     return per_site, failed
 
 
@@ -130,10 +129,10 @@ def main(grid: Grid, context: Context) -> None:
     pinned = str(context.run_config.get(protocol.EXPERIMENT_FILE, ""))
     experiment = ExperimentConfig.load(pinned or None)
     space = LabelSpace.load(experiment.labels)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     record_flower_run(run_dir, context.run_id)
     tracker = tracking.Tracker(experiment, run_dir)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", tracker.entry)
+    metrics = MetricsLog(run_dir / runs.METRICS, tracker.entry)
     state = start_state(context, run_dir, experiment, space, metrics)
     config = Job.for_run(experiment, run_dir.name).to_record()
     fed = experiment.federation

@@ -32,8 +32,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from common import config, flower_process
 from common.config import ConfigError
 from common.errors import RunFailed
@@ -600,7 +598,7 @@ def prepare_run(cfg: CoordinatorConfig, exp: ExperimentConfig | None, run_dir: P
     to every provisioned hospital); a resumed one (``exp`` None) continues with exactly the
     settings pinned there.
     """
-    pinned = run_dir / "experiment.yaml"
+    pinned = run_dir / runs.EXPERIMENT
     resume = exp is None
     if resume:
         if not pinned.is_file():
@@ -616,9 +614,8 @@ def prepare_run(cfg: CoordinatorConfig, exp: ExperimentConfig | None, run_dir: P
                 "(coordinator.yaml pipeline): each hospital builds a cache for it during round 1, "
                 "within its own limits (policy max_fs, max_length_s)"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pinned.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
-    (run_dir / "sites.json").write_text(json.dumps(node_names(cfg), indent=1))
+        runs.pin_experiment(run_dir, exp)
+    (run_dir / runs.SITES).write_text(json.dumps(node_names(cfg), indent=1))
     runs.write_run_config(run_dir, resume)
 
 
@@ -640,13 +637,13 @@ def submit(cfg: CoordinatorConfig, app: Path, run_dir: Path) -> int:
         str(app),
         CONNECTION,
         "--run-config",
-        str(run_dir / "run_config.toml"),
+        str(run_dir / runs.RUN_CONFIG),
         "--stream",
     ]
     done = threading.Event()
     follower = threading.Thread(target=_follow, args=(run_dir, done))
     follower.start()
-    with open(run_dir / "flower.log", "a") as out:
+    with open(run_dir / runs.FLOWER_LOG, "a") as out:
         proc = subprocess.Popen(
             command,
             cwd=cfg.flwr_home,  # see flwr(): never where a folder named like the connection is

@@ -20,6 +20,7 @@ from flask import Response, abort
 from common import protocol
 from common.dashboard import Link, create_app, file_signature, table
 from common.errors import EcgflError
+from server import runs
 from server.report import finetune_table, rounds_table
 from server.runs import (
     RunFolder,
@@ -34,7 +35,7 @@ from server.runs import entries as run_entries  # pages name their entries `entr
 if TYPE_CHECKING:  # the simulations' dashboard starts without the coordinator's modules
     from server.coordinator import CoordinatorConfig
 
-FILES = ("report.md", "simulation.md", "experiment.yaml", "config.yaml", "failures.log")
+FILES = (runs.REPORT, "simulation.md", runs.EXPERIMENT, "config.yaml", runs.FAILURES)
 MAX_COMPARE = 4
 MAX_SITE_LINES = 12
 POLL_S = 15.0  # how often the coordinator's dashboard asks its SuperLink
@@ -52,7 +53,7 @@ class Catalog:
     def runs(self) -> dict[str, RunFolder]:
         found: dict[str, RunFolder] = {}
         for root in self.paths:
-            own = (root / "experiment.yaml").is_file()
+            own = (root / runs.EXPERIMENT).is_file()
             for folder in [RunFolder(root)] if own else run_folders(root):
                 key = folder.name if folder.name not in found else f"{folder.name}@{root.name}"
                 found.setdefault(key, folder)
@@ -73,7 +74,7 @@ def value(metrics: dict, key: str) -> float | None:
 def status(folder: RunFolder, entries: list[dict], flower: dict[int, str] | None = None) -> str:
     """finished or stopped; else what the coordinator's SuperLink says of the run (``flower``:
     Flower run id -> state), or, without one (simulations), when the run last wrote."""
-    if (folder.path / "summary.json").exists():
+    if (folder.path / runs.SUMMARY).exists():
         return folder.state({})
     done = max((e["round"] for e in entries if e["phase"] == protocol.Phase.TRAIN), default=0)
     progress = f"round {done} of {folder.rounds or '?'}"
@@ -483,11 +484,11 @@ def _entries(path: Path, stamp: tuple[int, int] | None) -> list[dict]:
 def entries_of(folder: RunFolder) -> list[dict]:
     """A run's entries, read again only when metrics.jsonl changed (pages share them: read
     only)."""
-    return _entries(folder.path, file_signature(folder.path / "metrics.jsonl"))
+    return _entries(folder.path, file_signature(folder.path / runs.METRICS))
 
 
 def _run_signature(folder: RunFolder) -> tuple:
-    names = ("metrics.jsonl", "summary.json", "partition/partition.json")
+    names = (runs.METRICS, runs.SUMMARY, f"{runs.PARTITION}/partition.json")
     return tuple(file_signature(folder.path / n) for n in names)
 
 

@@ -31,6 +31,7 @@ from flwr.supercore.privacy_accounting import (
 
 from common import protocol
 from common.experiment import FederationSettings, PrivacySettings
+from server import runs
 
 log = logging.getLogger("ecgfl.server")
 __all__ = ["PrivacyBudgetExhausted", "GaussianRdpAccountant", "wrap", "spent", "restore"]
@@ -322,5 +323,5 @@ def report_lines(entries: list[dict]) -> list[str]:
 def append_to_report(run_dir: Path, entries: list[dict]) -> None:
     lines = report_lines(entries)
     if lines:
-        with open(run_dir / "report.md", "a") as fh:
+        with open(run_dir / runs.REPORT, "a") as fh:
             fh.write("\n".join(lines) + "\n")

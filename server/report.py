@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import protocol
+from server import runs
 
 if TYPE_CHECKING:  # the dashboard reads tables from here without loading torch
     from common.experiment import ExperimentConfig
@@ -87,7 +88,7 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
     rows = rounds_table(entries)
     sites, failed = finetune_table(entries)
     if rows:
-        plot_rounds(rows, run_dir / "rounds.png")
+        plot_rounds(rows, run_dir / runs.ROUNDS_PLOT)
     stopped = next((e["reason"] for e in entries if e["phase"] == protocol.Phase.STOPPED), None)
     summary = {
         "experiment": experiment.to_dict(),
@@ -96,7 +97,7 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
         "finetune_failed": failed,
         "stopped": stopped,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / runs.SUMMARY).write_text(json.dumps(summary, indent=1))
     lines = [
         f"# Federated run {run_dir.name}",
         "",
@@ -131,6 +132,6 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
         lines.append(f"| {f['site']} | failed: {f['reason']} | | | | | |")
     if rows:
         lines += ["", "![metrics per round](rounds.png)"]
-    path = run_dir / "report.md"
+    path = run_dir / runs.REPORT
     path.write_text("\n".join(lines) + "\n")
     return path

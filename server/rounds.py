@@ -26,11 +26,10 @@ from common import protocol
 from common.experiment import FederationSettings
 from common.flower_process import plain
 from common.transport import from_wire, nbytes, to_wire
-from server import privacy
+from server import privacy, runs
 from server.strategies import restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
-FAILURES_LOG = "failures.log"  # in the run folder: each failure's full reason
 # The site itself answered with an error (its code raised, or could not load), as opposed to
 # Flower reporting it gone.
 SITE_ERRORS = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
@@ -96,11 +95,11 @@ def _to_numpy(value):
 
 
 def checkpoint_path(run_dir: Path, rnd: int) -> Path:
-    return run_dir / "checkpoints" / f"round-{rnd:04d}.pt"
+    return run_dir / runs.CHECKPOINTS / f"round-{rnd:04d}.pt"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("round-*.pt"))
+    found = sorted((run_dir / runs.CHECKPOINTS).glob("round-*.pt"))
     return found[-1] if found else None
 
 
@@ -180,6 +179,20 @@ def exchange(
                 }
             )
     return replies, per_site, failed
+
+
+def placements(replies: list[Message]) -> dict[str, dict[str, str]]:
+    """Where each site ran, from the replies that say so: a simulation's sites on Ray
+    (simulations/site_app.py): its Ray node and GPUs, short text each."""
+    out = {}
+    for reply in replies:
+        records = {} if reply.has_error() else reply.content.config_records
+        if protocol.PLACEMENT_RECORD in records and protocol.SITE_RECORD in records:
+            where = records[protocol.PLACEMENT_RECORD]
+            out[str(records[protocol.SITE_RECORD][protocol.SITE_NAME])] = {
+                key: str(where.get(key, ""))[:64] for key in (protocol.RAY_NODE, protocol.GPUS)
+            }
+    return out
 
 
 def same_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
@@ -282,7 +295,7 @@ class RoundLoop:
 
     def _exchange(self, messages: list[Message], sites: dict[int, str]):
         timeout = self.federation.round_timeout_s
-        return exchange(self.grid, messages, timeout, sites, self.run_dir / FAILURES_LOG)
+        return exchange(self.grid, messages, timeout, sites, self.run_dir / runs.FAILURES)
 
     def train(
         self, rnd: int, arrays: ArrayRecord, sites: dict[int, str], started: float
@@ -312,6 +325,7 @@ class RoundLoop:
                 "privacy": privacy.spent(self.strategy),
                 protocol.BYTES_DOWN: nbytes(sent),
                 "seconds": round(time.perf_counter() - started, 2),
+                **({"placement": where} if (where := placements(replies)) else {}),
             }
         )
         return arrays
@@ -327,7 +341,7 @@ class RoundLoop:
             self.metrics.write(
                 {"round": rnd, "phase": protocol.Phase.STOPPED, "failed": failed, "reason": halt}
             )
-            log.error("the run stops: %s (full reasons: %s)", halt, self.run_dir / FAILURES_LOG)
+            log.error("the run stops: %s (full reasons: %s)", halt, self.run_dir / runs.FAILURES)
             raise RunStopped(halt)
 
     def evaluate(self, rnd: int, arrays: ArrayRecord, sites: dict[int, str]) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 import yaml
@@ -18,8 +19,32 @@ import yaml
 from common import protocol
 from common.config import ConfigError
 
-FLOWER_RUNS = "flower_runs.json"
-RUN_CONFIG = "run_config.toml"
+if TYPE_CHECKING:  # torch: only where an experiment is run
+    from common.experiment import ExperimentConfig
+
+# The files of a run folder (docs/architecture.md#the-run-folder), named here only.
+EXPERIMENT = "experiment.yaml"  # the pinned experiment the ServerApp runs
+RUN_CONFIG = "run_config.toml"  # what ``flwr run --run-config`` hands the apps
+SITES = "sites.json"  # deployment: Flower node id -> hospital; simulation: PARTITION/SITES
+PARTITION = "partition"  # simulation: the virtual sites' manifest and partition report
+METRICS = "metrics.jsonl"  # one line per phase of a round (server.rounds.MetricsLog)
+SUMMARY = "summary.json"  # written when the run ends
+REPORT = "report.md"
+ROUNDS_PLOT = "rounds.png"
+FAILURES = "failures.log"  # each failure's full reason
+CHECKPOINTS = "checkpoints"  # one per round: resume
+GLOBAL_MODEL = "global_model.pt"  # the latest global model as a checkpoint any tool opens
+FLOWER_RUNS = "flower_runs.json"  # the Flower run ids this folder ran under
+FLOWER_LOG = "flower.log"  # flwr run's output
+
+
+def pin_experiment(run_dir: Path, experiment: ExperimentConfig) -> Path:
+    """``experiment.yaml``: the settings the run runs with, pinned in its folder (a resumed run
+    reads them back, whatever its original file says now). One writer for both paths."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / EXPERIMENT
+    path.write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
+    return path
 
 
 def write_run_config(run_dir: Path, resume: bool, site_manifest: Path | None = None) -> Path:
@@ -27,7 +52,7 @@ def write_run_config(run_dir: Path, resume: bool, site_manifest: Path | None = N
     (one writer for simulations and deployments; TOML escaping by tomli_w)."""
     values = {
         protocol.RUN_DIR: str(run_dir),
-        protocol.EXPERIMENT_FILE: str(run_dir / "experiment.yaml"),
+        protocol.EXPERIMENT_FILE: str(run_dir / EXPERIMENT),
         protocol.RESUME: resume,
     }
     if site_manifest is not None:
@@ -53,7 +78,7 @@ def flower_run_ids(run_dir: Path) -> list[int]:
 def entries(run_dir: Path) -> list[dict]:
     """metrics.jsonl's entries of the shape MetricsLog writes: a line being written, or one that
     is malformed, is left out, so nothing built from them fails on it."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.exists():
         return []
     found = []
@@ -87,13 +112,13 @@ class RunFolder:
     @property
     def rounds(self) -> int | None:
         with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
-            data = yaml.safe_load((self.path / "experiment.yaml").read_text())
+            data = yaml.safe_load((self.path / EXPERIMENT).read_text())
             return int(data["federation"]["rounds"])
         return None
 
     def state(self, flower_status: dict[int, str]) -> str:
         """finished / stopped / what the SuperLink says of its latest Flower run / interrupted."""
-        summary = self.path / "summary.json"
+        summary = self.path / SUMMARY
         if summary.exists():
             with contextlib.suppress(OSError, ValueError):
                 return "stopped" if json.loads(summary.read_text()).get("stopped") else "finished"
@@ -117,9 +142,9 @@ class RunFolder:
     def ending(self) -> list[str]:
         """Where the report and the full failure reasons are, once they exist."""
         out = []
-        if (self.path / "summary.json").exists():
+        if (self.path / SUMMARY).exists():
             out.append(f"report: {self.path / 'report.md'}")
-        if (self.path / "failures.log").exists():
+        if (self.path / FAILURES).exists():
             out.append(f"full failure reasons: {self.path / 'failures.log'}")
         return out
 
@@ -128,14 +153,14 @@ def run_folders(runs_dir: Path) -> list[RunFolder]:
     """Every run folder under ``runs_dir``, oldest first."""
     if not runs_dir.is_dir():
         return []
-    found = [p for p in runs_dir.iterdir() if (p / "experiment.yaml").is_file()]
+    found = [p for p in runs_dir.iterdir() if (p / EXPERIMENT).is_file()]
     return [RunFolder(p) for p in sorted(found, key=lambda p: p.stat().st_mtime)]
 
 
 def find_run(runs_dir: Path, run: str) -> RunFolder:
     """A run by folder name (under ``runs_dir``), by path, or by a Flower run id."""
     for candidate in (runs_dir / run, Path(run)):
-        if (candidate / "experiment.yaml").is_file():
+        if (candidate / EXPERIMENT).is_file():
             return RunFolder(candidate)
     if run.isdigit():
         for folder in run_folders(runs_dir):
@@ -189,7 +214,7 @@ def _entry_shape(e: object) -> dict | None:
 def partition_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     """A simulation's sites -> label -> records (``partition/partition.json``); {} when absent."""
     with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: no dicts
-        data = json.loads((run_dir / "partition" / "partition.json").read_text())
+        data = json.loads((run_dir / PARTITION / "partition.json").read_text())
         counts = [n for v in data.values() for n in v.values()]
         if all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
             return data
@@ -199,8 +224,6 @@ def partition_counts(run_dir: Path) -> dict[str, dict[str, int]]:
 def last_update(run_dir: Path) -> float | None:
     """When the run last wrote its metrics or summary (a Unix time), None before either."""
     times = [
-        (run_dir / name).stat().st_mtime
-        for name in ("metrics.jsonl", "summary.json")
-        if (run_dir / name).exists()
+        (run_dir / name).stat().st_mtime for name in (METRICS, SUMMARY) if (run_dir / name).exists()
     ]
     return max(times, default=None)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common import protocol
 from common.experiment import ExperimentConfig
+from server import runs
 
 log = logging.getLogger("ecgfl.server")
 MLFLOW_BATCH = 1000  # metrics per log_batch call (MLflow's limit)
@@ -122,7 +123,7 @@ class MlflowSink:
             self.client.log_batch(self.run_id, metrics=metrics[i : i + MLFLOW_BATCH])
 
     def finish(self, run_dir: Path, status: str) -> None:
-        for name, folder in (("report.md", None), ("global_model.pt", "model")):
+        for name, folder in ((runs.REPORT, None), (runs.GLOBAL_MODEL, "model")):
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name), folder)
         self.client.set_terminated(self.run_id, status)
@@ -148,8 +149,8 @@ class TensorBoardSink:
         self.writer.flush()
 
     def finish(self, run_dir: Path, status: str) -> None:
-        if (run_dir / "report.md").is_file():
-            self.writer.add_text("report", (run_dir / "report.md").read_text())
+        if (run_dir / runs.REPORT).is_file():
+            self.writer.add_text("report", (run_dir / runs.REPORT).read_text())
         self.writer.close()
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from common import config, protocol
 from common.config import Seed, at_least
 from common.experiment import MAX_SITES
+from server import runs
 from server.strategies import STRATEGIES
 from simulations import run as sim
 from simulations.attack_app import ATTACK_APP, KINDS, Attack
@@ -103,21 +104,21 @@ def failed_replies(run_dir: Path, bad: list[int]) -> int:
     names = _site_names(run_dir)
     bad_names = {names[i] for i in bad if i < len(names)}
     count = 0
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (run_dir / runs.METRICS).read_text().splitlines():
         entry = json.loads(line)
         count += sum(1 for f in entry.get("failed", []) if f["site"] not in bad_names)
     return count
 
 
 def _site_names(run_dir: Path) -> list[str]:
-    manifest = json.loads((run_dir / "partition" / "sites.json").read_text())
+    manifest = json.loads((run_dir / runs.PARTITION / runs.SITES).read_text())
     return [s["name"] for s in manifest["sites"]]
 
 
 def honest_means(run_dir: Path, bad: list[int]) -> dict[str, float | None]:
     """Mean over the honest sites of the global model's and the fine-tuned models' test AUC."""
     honest = {n for i, n in enumerate(_site_names(run_dir)) if i not in bad}
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
     out = {}
     for key, auc in (("before", protocol.BEFORE_MACRO_AUC), ("after", protocol.AFTER_MACRO_AUC)):
         values = [

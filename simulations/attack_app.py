@@ -17,6 +17,7 @@ Behaviours, on the reply to a ``train`` message (u = w_local - w_global):
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from common.dataset import CachedDataset
 from common.experiment import ExperimentConfig
 from common.labels import LabelSpace
 from common.site import SiteData
+from simulations.site_app import placement_mod
 
 ATTACK_FILE = "attack.json"
 ATTACK_APP = "simulations.attack_app:app"  # this module's ClientApp, as Flower names it
@@ -92,7 +94,8 @@ class FlippedSite(SiteData):
 
     def dataset(self, split: str, space: LabelSpace) -> CachedDataset:
         ds = super().dataset(split, space)
-        if split == "train":
+        if split == "train":  # a copy: the honest dataset stays as it is
+            ds = copy.copy(ds)
             ds.y = ds.mask * (1 - ds.y)
         return ds
 
@@ -150,4 +153,4 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 
 
 #: What ``ecgfl-simulate attack`` runs as its ClientApp (simulations/engine.py: app_dir).
-app = make_app(open_site, inner_mods=(attack_mod,))
+app = make_app(open_site, inner_mods=(attack_mod,), outer_mods=(placement_mod,))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from common import config
+from common import config, cpu
 from common.config import Local, Seed, SettingError, Workers, above, at_least
 from common.experiment import MAX_SITES, ExperimentConfig
 from common.labels import LabelSpace
@@ -19,6 +19,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 #: Resource cap (docs/formats.md#configuration-limits): Ray cannot place a site that needs more.
 MAX_CPUS_PER_SITE = 1024.0
+MAX_GPUS_PER_SITE = 64.0
+_RAY_ADDRESS = re.compile(r"[A-Za-z0-9.-]{1,253}:\d{1,5}")
 
 
 @dataclass
@@ -69,13 +71,25 @@ class SimulationConfig:
     partition: PartitionSettings = field(default_factory=PartitionSettings)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
     cpus_per_site: Annotated[float, above(0, cap=MAX_CPUS_PER_SITE)] = 1.0
+    #: A fraction of a GPU per site (0.25: four sites share one); 0 = CPU only. A site trains
+    #: on CUDA when Ray gives it a GPU.
+    gpus_per_site: Annotated[float, at_least(0, cap=MAX_GPUS_PER_SITE)] = 0.0
+    #: A running Ray cluster for the sites ("HOST:6379", or "auto": the one started on this
+    #: host with ``ray start --head``); None = a private one on this machine for the run.
+    #: Every node must see this run's folder and its data at the same paths.
+    ray_address: str | None = None
     workers: Workers = 2  # processes for data generation and cache preparation
+
+    def validate(self) -> None:
+        address = self.ray_address
+        if address is not None and not (address == "auto" or _RAY_ADDRESS.fullmatch(address)):
+            raise SettingError("ray_address", f"{address!r}: expected HOST:PORT or auto")
 
     def check_local(self) -> None:
         """Every site fits this machine, the strategy is one the ServerApp builds, and
         ``annotated`` names labels of the experiment's."""
-        cpus = os.cpu_count() or 1
-        if self.cpus_per_site > cpus:
+        cpus = cpu.available_cores()
+        if self.ray_address is None and self.cpus_per_site > cpus:
             raise SettingError(
                 "cpus_per_site",
                 f"{self.cpus_per_site:g}: this machine has {cpus} CPUs, and a site that needs "

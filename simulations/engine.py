@@ -28,6 +28,9 @@ from common.flower_process import (
     write_connection,
 )
 
+#: The ClientApp a simulation's sites run (the production one plus where each ran).
+SITE_APP = "simulations.site_app:app"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -36,8 +39,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def simulation_superlink(flwr_home: Path) -> Iterator[str]:
-    """A SuperLink in simulation mode for one run; yields the connection name for ``flwr run``."""
+def simulation_superlink(flwr_home: Path, ray_address: str | None = None) -> Iterator[str]:
+    """A SuperLink in simulation mode for one run; yields the connection name for ``flwr run``.
+    ``ray_address``: the simulation runs its sites on that Ray cluster (Ray reads RAY_ADDRESS
+    where Flower starts it) instead of a private one."""
     port = _free_port()
     write_connection(flwr_home, "sim", f"127.0.0.1:{port}", None)
     log_path = flwr_home / "superlink.log"
@@ -51,10 +56,17 @@ def simulation_superlink(flwr_home: Path) -> Iterator[str]:
         str(port),
         "--disable-runtime-dependency-installation",
     ]
+    env = flower_env(flwr_home)
+    # A site given no GPU must not see one: Ray hides them from it only with this set (a
+    # CPU-only run stays CPU-only, and numerically the same, on a GPU machine).
+    env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "1"
+    env.pop("RAY_ADDRESS", None)  # a cluster only when asked for, never by accident
+    if ray_address is not None:
+        env["RAY_ADDRESS"] = ray_address
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             command,
-            env=flower_env(flwr_home),
+            env=env,
             cwd=flwr_home,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -69,12 +81,10 @@ def simulation_superlink(flwr_home: Path) -> Iterator[str]:
         stop_process_group(proc)
 
 
-def app_dir(flwr_home: Path, clientapp: str | None) -> Path:
-    """The Flower app to run: the project itself, or (``clientapp``: "module:attribute") the
-    same app with another ClientApp, as ``ecgfl-simulate attack`` runs. Its folder holds only
-    the project's pyproject.toml with that one component changed; the code is the installed."""
-    if clientapp is None:
-        return APP_DIR
+def app_dir(flwr_home: Path, clientapp: str) -> Path:
+    """The Flower app to run: the project with another ClientApp ("module:attribute"). Its
+    folder holds only the project's pyproject.toml with that one component changed; the code
+    is the installed project's."""
     project = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
     project["tool"]["flwr"]["app"]["components"]["clientapp"] = clientapp
     folder = flwr_home / "app"

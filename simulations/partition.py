@@ -22,6 +22,7 @@ from common.labels import LabelSpace
 from common.names import RULE, is_plain_name, plain_from
 from common.record import RecordInfo
 from common.splits import SPLITS, assign_splits
+from server import runs
 
 SCHEMES = ("natural", "iid", "dirichlet", "quantity")
 
@@ -199,7 +200,7 @@ def write_report(manifest: dict, counts: pd.DataFrame, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sites.json").write_text(json.dumps(manifest, indent=1))
+    (out_dir / runs.SITES).write_text(json.dumps(manifest, indent=1))
     counts.to_csv(out_dir / "partition.csv", index=False)
     totals = counts.drop(columns="split").groupby("site", sort=False).sum()
     (out_dir / "partition.json").write_text(json.dumps(totals.to_dict(orient="index"), indent=1))

@@ -14,6 +14,7 @@ from common import protocol
 from common.labels import LabelSpace
 from common.metrics import CONFIDENCE, MIN_CASES, Metrics, too_few_cases, unscored_labels
 from common.site import SiteData
+from server import runs
 
 COLUMNS = (
     ("local-only", "local"),
@@ -239,7 +240,7 @@ def write(
     central: dict[str, Metrics],
     timings: dict,
 ) -> Path:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
     rows = site_rows(sites, summary, local, central)
     (run_dir / "results.json").write_text(
         json.dumps(

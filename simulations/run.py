@@ -21,7 +21,7 @@ from common.labels import LabelSpace
 from common.preprocess import PipelineConfig
 from common.site import SiteData
 from server import runs
-from simulations import baselines, engine, report
+from simulations import baselines, cluster, engine, report
 from simulations.config import SimulationConfig
 from simulations.partition import SourcePlan, partition, write_report
 from simulations.synth import GENERATOR_FINGERPRINT
@@ -97,6 +97,23 @@ def stage(name: str) -> None:
     tqdm.write(f"[{time.strftime('%H:%M:%S')}] {name}")
 
 
+def _resources(cfg: SimulationConfig, n_sites: int) -> str:
+    """Flower's --federation-config: how many sites, and each one's CPUs and GPU share."""
+    cpus = int(cfg.cpus_per_site) if cfg.cpus_per_site.is_integer() else cfg.cpus_per_site
+    out = f"num-supernodes={n_sites} client-resources-num-cpus={cpus}"
+    return out + (f" client-resources-num-gpus={cfg.gpus_per_site:g}" if cfg.gpus_per_site else "")
+
+
+def prepared_caches(run_dir: Path) -> list[Path]:
+    """The site caches the run's partition manifest names (every node must read them)."""
+    manifest = json.loads((run_dir / runs.PARTITION / runs.SITES).read_text())
+    return [
+        Path(path)
+        for source in manifest["sources"].values()
+        for path in source.get("caches", {}).values()
+    ]
+
+
 def federate(
     cfg: SimulationConfig,
     run_dir: Path,
@@ -105,9 +122,9 @@ def federate(
     progress: bool,
     clientapp: str | None = None,
 ) -> None:
-    """The ServerApp + one ClientApp per virtual site on the Simulation Engine; ``clientapp``
-    replaces the production ClientApp (an attack run's)."""
-    run_config = runs.write_run_config(run_dir, resume, run_dir / "partition" / "sites.json")
+    """The ServerApp + one ClientApp per virtual site on the Simulation Engine (the sites'
+    ClientApp: simulations/site_app.py, or ``clientapp``: an attack run's)."""
+    run_config = runs.write_run_config(run_dir, resume, run_dir / runs.PARTITION / runs.SITES)
     rounds = cfg.experiment.federation.rounds
     bar = tqdm(total=rounds + 1, desc="federation", unit="round", disable=not progress)
 
@@ -119,15 +136,21 @@ def federate(
             bar.update(done - bar.n)
 
     flwr_home = run_dir / "flwr"
-    cpus = int(cfg.cpus_per_site) if cfg.cpus_per_site.is_integer() else cfg.cpus_per_site
-    federation = f"num-supernodes={n_sites} client-resources-num-cpus={cpus}"
-    app = engine.app_dir(flwr_home, clientapp)
-    with engine.simulation_superlink(flwr_home) as connection:
+    if cfg.ray_address is not None:
+        cluster.require_shared(cfg.ray_address, [run_dir, *prepared_caches(run_dir)])
+    app = engine.app_dir(flwr_home, clientapp or engine.SITE_APP)
+    with engine.simulation_superlink(flwr_home, cfg.ray_address) as connection:
         code = engine.flwr_run(
-            flwr_home, connection, app, run_config, federation, run_dir / "flower.log", poll
+            flwr_home,
+            connection,
+            app,
+            run_config,
+            _resources(cfg, n_sites),
+            run_dir / runs.FLOWER_LOG,
+            poll,
         )
     bar.close()
-    summary = run_dir / "summary.json"
+    summary = run_dir / runs.SUMMARY
     if code != 0 or not summary.exists():
         raise RunFailed(f"the federated run failed (flwr exit {code}); see {run_dir}/flower.log")
     stopped = json.loads(summary.read_text()).get("stopped")
@@ -165,14 +188,14 @@ def run(
     )
     stage(f"{len(manifest['sites'])} sites; preparing caches")
     prepare_caches(manifest, plans, experiment.pipeline, cfg.workers, progress)
-    write_report(manifest, counts, run_dir / "partition")
+    write_report(manifest, counts, run_dir / runs.PARTITION)
     sites = [
-        SiteData.from_manifest(run_dir / "partition" / "sites.json", i, experiment.pipeline)
+        SiteData.from_manifest(run_dir / runs.PARTITION / runs.SITES, i, experiment.pipeline)
         for i in range(len(manifest["sites"]))
     ]
     if experiment.federation.min_sites is None:  # every virtual site takes part
         experiment.federation.min_sites = len(sites)
-    (run_dir / "experiment.yaml").write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
+    runs.pin_experiment(run_dir, experiment)
 
     stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
     started = time.perf_counter()
@@ -183,12 +206,12 @@ def run(
     if cfg.baselines.local_only:
         stage("baseline: local-only training per site")
         started = time.perf_counter()
-        for site in tqdm(sites, desc="local-only", disable=not progress):
-            local[site.name] = baselines.local_only(experiment, site)
+        manifest = run_dir / runs.PARTITION / runs.SITES
+        local = baselines.local_only_all(experiment, manifest, sites, progress)
         timings["local_only_s"] = round(time.perf_counter() - started, 1)
     if cfg.baselines.centralized:
         stage("baseline: centralized pooled training + fine-tuning")
         started = time.perf_counter()
-        _, central = baselines.centralized(experiment, sites)
+        _, central = baselines.centralized(experiment, sites, progress)
         timings["centralized_s"] = round(time.perf_counter() - started, 1)
     return report.write(run_dir, sites, local, central, timings)

@@ -91,6 +91,7 @@ def test_a_label_flipping_site_lies_about_its_training_labels_only(tmp_path, mon
     assert open_site(_context(tmp_path, **{"partition-id": 1}), None) is honest
 
 
+@pytest.mark.e2e  # a fresh interpreter: a real process
 def test_the_production_client_app_carries_no_attack_code():
     """A hospital installs and approves client.app:app: it imports nothing from simulations/."""
     code = (

@@ -17,7 +17,7 @@ from common.experiment import ExperimentConfig
 from common.protocol import Job
 from common.site import SiteData
 from server.rounds import RoundState, checkpoint_path
-from simulations import cli, engine
+from simulations import baselines, cli, engine
 from simulations import run as sim
 from simulations.config import SimulationConfig
 
@@ -204,6 +204,26 @@ def test_a_natural_partition_that_merges_sites_federates_every_site(tmp_path):
     (ft,) = [e for e in entries(run_dir) if e["phase"] == "finetune"]
     assert set(train["sites"]) == set(ft["sites"]) == names
     assert train["failed"] == [] and ft["failed"] == []
+
+
+@pytest.mark.e2e
+def test_local_only_baselines_in_worker_processes_equal_the_sequential_ones(finished):
+    """Each site's baseline in its own one-thread process gives what one thread here gives."""
+    experiment = ExperimentConfig.load(finished / "experiment.yaml")
+    manifest = finished / "partition" / "sites.json"
+    sites = [SiteData.from_manifest(manifest, i, experiment.pipeline) for i in range(2)]
+    parallel = baselines.local_only_all(experiment, manifest, sites, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = {s.name: baselines.local_only(experiment, s) for s in sites}
+    finally:
+        torch.set_num_threads(threads)
+    assert list(parallel) == [s.name for s in sites]
+    for name, metrics in sequential.items():
+        same = json.dumps(parallel[name].per_class, sort_keys=True)  # NaN where undefined
+        assert same == json.dumps(metrics.per_class, sort_keys=True)
+        assert parallel[name].macro_auc == metrics.macro_auc
 
 
 @pytest.mark.e2e

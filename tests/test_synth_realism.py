@@ -15,7 +15,7 @@ LEAD_II, LEAD_V6 = 1, 11
 def _record(i: int, labels: list[str], **kw) -> tuple[np.ndarray, dict]:
     person = np.random.default_rng(10_000 + i)
     subject = random_subject(person, person.uniform(20, 85), "MF"[i % 2])
-    return generate_record(i, labels, fs=FS, subject=subject, **kw)
+    return generate_record(i, labels, subject=subject, **kw)
 
 
 def _r_peaks(lead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +233,7 @@ def _measured(labels: list[str], count: int, stage: str = "") -> list[tuple[dict
     out, i = [], 0
     while len(out) < count:
         subject = _subject(i)
-        signal, info = generate_record(i, labels, fs=FS, subject=subject, acquisition=_QUIET)
+        signal, info = generate_record(i, labels, subject=subject, acquisition=_QUIET)
         i += 1
         if not stage or info["infarct_stage"] == stage:
             out.append((_measure(signal), subject))

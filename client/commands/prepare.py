@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from common import config
+from common import config, cpu
 from common.cache import SiteCache
 from common.preprocess import PipelineConfig
 from common.sources import FORMATS
@@ -19,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, help="data format (detected when omitted)")
     p.add_argument("--pipeline", type=Path, help="YAML pipeline config (default: built-in)")
     p.add_argument("--rate", type=int, choices=(100, 500), help="PTB-XL: which files to read")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=cpu.available_cores())
     p.add_argument("--json", action="store_true", help="print the cache manifest as JSON")
 
 

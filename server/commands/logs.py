@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         return subprocess.call(command, cwd=cfg.flwr_home, env=flower_env(cfg.flwr_home))
     printed, asked = 0, time.monotonic()
     while True:
-        ended = (folder.path / "summary.json").exists()  # before reading: no line is missed
+        ended = (folder.path / runs.SUMMARY).exists()  # before reading: no line is missed
         lines = folder.progress()
         for line in lines[printed:]:
             print(line, flush=True)

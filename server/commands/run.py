@@ -10,7 +10,7 @@ from common.config import ConfigError, SettingError, load_yaml
 from common.errors import RunFailed
 from common.flower_process import APP_DIR, plain
 from common.names import RULE, is_plain_name
-from server import coordinator
+from server import coordinator, runs
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         run_dir = cfg.state / "runs" / run_name(args.config)
     run_dir = run_dir.resolve()
-    if not args.resume and (run_dir / "experiment.yaml").exists():
+    if not args.resume and (run_dir / runs.EXPERIMENT).exists():
         raise ConfigError(
             f"run {run_dir.name} exists ({run_dir}): give the experiment a new name: (it names "
             f"the run's folder here and at every hospital), or continue it with --resume {run_dir}"
@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         )
     coordinator.prepare_run(cfg, experiment, run_dir)
     code = coordinator.submit(cfg, args.app.resolve(), run_dir)
-    summary = run_dir / "summary.json"
+    summary = run_dir / runs.SUMMARY
     if code != 0 or not summary.exists():
-        log_tail = plain((run_dir / "flower.log").read_text(errors="replace")[-4000:])
+        log_tail = plain((run_dir / runs.FLOWER_LOG).read_text(errors="replace")[-4000:])
         if (what_to_do := coordinator.advice(cfg, log_tail)) is not None:
             print(what_to_do)
         print(f"the run did not finish (flwr exit {code}); resume with --resume {run_dir}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 import numpy as np
 
@@ -54,33 +53,11 @@ def _st_vector(feats: Features) -> np.ndarray:
     return out
 
 
-def generate_record(
-    rng_or_seed: np.random.Generator | np.random.SeedSequence | int,
-    labels: Iterable[str] = ("NORM",),
-    fs: int | None = None,
-    duration_s: float = 10.0,
-    difficulty: float | str = "default",
-    subject: Subject | None = None,
-    device: Device | None = None,
-    acquisition: Acquisition | None = None,
-) -> tuple[np.ndarray, dict]:
-    """A (12, n) float32 mV ECG showing ``labels`` and a dict of what was generated.
-
-    ``fs`` defaults to the device's rate; ``device=None`` is an ideal recorder and
-    ``acquisition=None`` the typical noise of ``difficulty`` (pass ``device.CLEAN`` for none).
-    The info dict holds the true labels, features, mean heart rate and QRS onset samples.
-    """
-    rng = _rng(rng_or_seed)
-    level = difficulty_value(difficulty)
-    labels = normalise(labels)
-    subject = subject or textbook_subject()
-    device = device or IDEAL
-    if fs is not None and fs != device.fs:
-        device = replace(device, fs=fs)
-    acquisition = acquisition if acquisition is not None else Acquisition.typical(level)
-    feats = sample_features(rng, labels, level, subject.sex, subject.age)
-    n = int(round(duration_s * device.fs))
-
+def _waves(
+    rng: np.random.Generator, feats: Features, subject: Subject, duration_s: float
+) -> tuple[list, np.ndarray, np.ndarray]:
+    """Every beat's waves as dipole lobes (QRS, P, T, ST plateau), the beat onsets and the RR
+    intervals, for ``duration_s`` seconds of the rhythm ``feats`` describe."""
     if feats.rhythm == "afib":
         rr = rhythm.afib_rr(rng, feats.rate_bpm, duration_s, feats.rr_cv)
     else:
@@ -108,6 +85,33 @@ def generate_record(
     j_s = feats.qrs_ms / 1000
     st_vector = _st_vector(feats)
     parts.append(beats.st_plateau(onsets, j_s - 0.02, beats.t_peak(qt), st_vector, breathing))
+    return parts, onsets, rr
+
+
+def generate_record(
+    rng_or_seed: np.random.Generator | np.random.SeedSequence | int,
+    labels: Iterable[str] = ("NORM",),
+    duration_s: float = 10.0,
+    difficulty: float | str = "default",
+    subject: Subject | None = None,
+    device: Device = IDEAL,
+    acquisition: Acquisition | None = None,
+) -> tuple[np.ndarray, dict]:
+    """A (12, n) float32 mV ECG showing ``labels`` and a dict of what was generated.
+
+    ``device`` sets the rate (the default is an ideal 500 Hz recorder) and ``acquisition=None``
+    the typical noise of ``difficulty`` (pass ``device.CLEAN`` for none). The info dict holds the
+    true labels, features, mean heart rate and QRS onset samples.
+    """
+    rng = _rng(rng_or_seed)
+    level = difficulty_value(difficulty)
+    labels = normalise(labels)
+    subject = subject or textbook_subject()
+    acquisition = acquisition if acquisition is not None else Acquisition.typical(level)
+    feats = sample_features(rng, labels, level, subject.sex, subject.age)
+    n = int(round(duration_s * device.fs))
+
+    parts, onsets, rr = _waves(rng, feats, subject, duration_s)
     centers, widths, vectors = (np.concatenate(x) for x in zip(*parts, strict=True))
     dipole = render(centers, widths, vectors, device.fs, n)
     if feats.rhythm == "afib":
