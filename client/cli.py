@@ -15,6 +15,10 @@ COMMANDS = {
     "stop": ("client.commands.stop", "stop this site's running daemon"),
     "finetune": ("client.commands.finetune", "fine-tune a model on this site's data and keep it"),
     "predict": ("client.commands.predict", "per-label probabilities for ECG record files"),
+    "evaluate": (
+        "client.commands.evaluate",
+        "score a model on this site's labelled records: AUC with CI, F1, calibration",
+    ),
     "export": ("client.commands.export", "export a model to ONNX, verified with onnxruntime"),
     "dashboard": ("client.commands.dashboard", "a read-only web page of audit log, data, models"),
 }

@@ -21,7 +21,7 @@ from client.budget import SiteBudget, dp_limits, dp_metrics, refuse_past_budget
 from common import dpsgd, personalise, protocol, training
 from common.checkpoint import save_checkpoint
 from common.evaluation import score
-from common.metrics import compute_metrics
+from common.metrics import Metrics, compute_metrics
 from common.models import ECGClassifier
 from common.protocol import Job
 from common.site import SiteData
@@ -33,6 +33,11 @@ def _nan(value: float | None) -> float:
 
 
 PERSONAL = "personal.pt"  # in the site's output folder: what a method keeps between rounds
+
+
+def _interval(metrics: Metrics) -> list[float]:
+    """A bootstrap interval as it travels: ``[low, high]``, NaN where undefined."""
+    return list(metrics.macro_auc_ci) if metrics.macro_auc_ci else [math.nan, math.nan]
 
 
 def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
@@ -174,7 +179,8 @@ def finetune_on_site(
     job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path
 ) -> tuple[dict, Path]:
     """Personalise the global model locally (``finetune.mode``) and keep it; report test
-    scores before and after (and what ``auto`` tried and picked)."""
+    scores before and after, with bootstrap intervals and per-label counts of the test split
+    computed here, at the site (and what ``auto`` tried and picked)."""
     ft = job.experiment.finetune
     model = global_model(job, arrays)
     target = job.finetune_space
@@ -205,6 +211,16 @@ def finetune_on_site(
         protocol.BEFORE_MACRO_F1: _nan(before.macro_f1),
         protocol.AFTER_MACRO_AUC: _nan(done.after.macro_auc),
         protocol.AFTER_MACRO_F1: _nan(done.after.macro_f1),
+        protocol.BEFORE_MACRO_AUC_CI: _interval(before),
+        protocol.AFTER_MACRO_AUC_CI: _interval(done.after),
+        protocol.BEFORE_MACRO_AUC_SE: _nan(before.macro_auc_se),
+        protocol.AFTER_MACRO_AUC_SE: _nan(done.after.macro_auc_se),
+        protocol.TEST_POSITIVES: [
+            float(done.after.per_class[k]["positives"]) for k in target.labels
+        ],
+        protocol.TEST_ANNOTATED: [
+            float(done.after.per_class[k]["annotated"]) for k in target.labels
+        ],
         **done.metrics,
     }
     return metrics, path

@@ -58,6 +58,11 @@ POSITIVES, ANNOTATED = "positives", "annotated"  # per label, of the training sp
 TRAIN_EXAMPLES = "train-examples"
 BEFORE_MACRO_AUC, BEFORE_MACRO_F1 = "before-macro-auc", "before-macro-f1"  # fine-tuning
 AFTER_MACRO_AUC, AFTER_MACRO_F1 = "after-macro-auc", "after-macro-f1"
+# ... the macro AUCs' 95 % bootstrap intervals ([low, high]) and bootstrap standard errors, computed
+# at the site over its test split, and the test split's per-label counts (fine-tuning's labels).
+BEFORE_MACRO_AUC_CI, AFTER_MACRO_AUC_CI = "before-macro-auc-ci", "after-macro-auc-ci"
+BEFORE_MACRO_AUC_SE, AFTER_MACRO_AUC_SE = "before-macro-auc-se", "after-macro-auc-se"
+TEST_POSITIVES, TEST_ANNOTATED = "test-positives", "test-annotated"
 # finetune.mode auto: per candidate method, candidate_metric(method, one of these).
 CANDIDATE_VAL_AUC, CANDIDATE_TEST_AUC, CANDIDATE_PICKED = "val-auc", "test-auc", "picked"
 DP_EPSILON = "dp-epsilon"  # DP-SGD: what the site has spent in this run so far

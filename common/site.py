@@ -22,6 +22,8 @@ from common.labels import LabelSpace
 from common.preprocess import PipelineConfig
 from common.splits import SPLITS, assign_splits
 
+ALL = "all"  # every record of a site, whatever its split (a hospital scoring a model)
+
 
 @lru_cache(maxsize=16)
 def _open_cache(path: str) -> tuple[SiteCache, dict[str, int]]:
@@ -40,11 +42,17 @@ class SiteData:
     _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def dataset(self, split: str, space: LabelSpace) -> CachedDataset:
-        """The split in ``space``, built once: a ClientApp process serves the same site many
-        messages (signals copied into memory, targets encoded: not per message). Read-only."""
+        """The split in ``space`` (or every record of the site, ``"all"``, in cache order), built
+        once: a ClientApp process serves the same site many messages (signals copied into memory,
+        targets encoded: not per message). Read-only."""
         key = (split, space.name, space.labels)
         if key not in self._datasets:
-            self._datasets[key] = CachedDataset(self.cache, space, self.rows[split], self.annotated)
+            rows = (
+                np.sort(np.concatenate(list(self.rows.values())))
+                if split == ALL
+                else self.rows[split]
+            )
+            self._datasets[key] = CachedDataset(self.cache, space, rows, self.annotated)
         return self._datasets[key]
 
     def counts(self) -> dict[str, int]:

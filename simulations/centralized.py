@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -35,6 +34,7 @@ from common.models import ECGClassifier
 from common.site import SiteData
 from common.training import Trainer, TrainResult, default_device
 from simulations.config import DataSettings
+from simulations.report import over_seeds, spread_cell
 from simulations.run import synthetic_source
 
 #: Arm key -> how the report names it.
@@ -171,37 +171,20 @@ def run_seed(
     return out
 
 
-def _stat(values: list[float | None]) -> dict:
-    """Mean and sample std (n - 1) over the seeds where a value is defined."""
-    defined = [v for v in values if v is not None]
-    return {
-        "mean": float(np.mean(defined)) if defined else None,
-        "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else None,
-        "n": len(defined),
-    }
-
-
 def summarise(per_seed: dict[int, dict[str, dict]], labels: tuple[str, ...]) -> dict:
     """Arm -> metric (headline metrics and ``auc_<label>``) -> mean, std, n over seeds."""
     summary = {}
     for arm in ARMS:
         runs = [per_seed[s][arm]["metrics"] for s in per_seed]
-        stats = {name: _stat([m[name] for m in runs]) for name in HEADLINE}
+        stats = {name: over_seeds([m[name] for m in runs]) for name in HEADLINE}
         for label in labels:
-            stats[f"auc_{label}"] = _stat([m["per_class"][label]["auc"] for m in runs])
+            stats[f"auc_{label}"] = over_seeds([m["per_class"][label]["auc"] for m in runs])
         summary[arm] = stats
     return summary
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def _cell(stat: dict) -> str:
-    if stat["mean"] is None:
-        return "-"
-    spread = "" if stat["std"] is None else f" ± {stat['std']:.3f}"
-    return f"{stat['mean']:.3f}{spread}"
 
 
 def _epochs(arm: dict) -> str:
@@ -233,13 +216,13 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|",
     ]
     for arm, title in ARMS.items():
-        cells = " | ".join(_cell(summary[arm][name]) for name in HEADLINE)
+        cells = " | ".join(spread_cell(summary[arm][name]) for name in HEADLINE)
         lines.append(f"| {title} | {cells} |")
     lines += ["", "Per-class AUC:", ""]
     lines.append("| arm | " + " | ".join(labels) + " |")
     lines.append("|---" * (len(labels) + 1) + "|")
     for arm, title in ARMS.items():
-        cells = " | ".join(_cell(summary[arm][f"auc_{label}"]) for label in labels)
+        cells = " | ".join(spread_cell(summary[arm][f"auc_{label}"]) for label in labels)
         lines.append(f"| {title} | {cells} |")
     positives = counts["target_test_positives"]
     lines += [

@@ -1,5 +1,6 @@
 """The simulation report: per site, local-only vs global vs the site's personalised model vs
-centralized, each method's mean and worst site; ``compare`` sums up several runs (seeds)."""
+centralized, each macro AUC with its 95 % bootstrap interval over the site's test split, that
+split's support, each method's mean and worst site; ``compare`` sums up several runs."""
 
 from __future__ import annotations
 
@@ -8,19 +9,49 @@ import math
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 from common import protocol
 from common.experiment import ExperimentConfig
-from common.metrics import Metrics
+from common.labels import LabelSpace
+from common.metrics import CONFIDENCE, MIN_CASES, Metrics, too_few_cases, unscored_labels
 from common.site import SiteData
 from server import runs
 
 LOCAL, CENTRAL = "local-only", "centralized + fine-tune"
 RESULTS = "results.json"  # in the run folder: every number of the report, per method and site
+#: (title, row key) of the compared columns; ``columns`` names them for one experiment.
+COLUMNS = (
+    (LOCAL, "local"),
+    ("global", "before"),
+    ("global + fine-tune", "after"),
+    (CENTRAL, "central"),
+)
+FED_METRICS = {
+    "before": (
+        protocol.BEFORE_MACRO_AUC,
+        protocol.BEFORE_MACRO_AUC_CI,
+        protocol.BEFORE_MACRO_AUC_SE,
+        protocol.BEFORE_MACRO_F1,
+    ),
+    "after": (
+        protocol.AFTER_MACRO_AUC,
+        protocol.AFTER_MACRO_AUC_CI,
+        protocol.AFTER_MACRO_AUC_SE,
+        protocol.AFTER_MACRO_F1,
+    ),
+}
 
 
 def _num(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _interval(value) -> list[float] | None:
+    """A reply's ``[low, high]`` (NaN where the site could not compute one) as a list or None."""
+    if not isinstance(value, list) or len(value) != 2 or any(_num(v) is None for v in value):
+        return None
+    return [float(v) for v in value]
 
 
 def _fmt(value) -> str:
@@ -32,12 +63,7 @@ def columns(experiment: ExperimentConfig) -> list[tuple[str, str]]:
     is another model than FedAvg's, so it is named with its rounds."""
     ft = experiment.finetune
     own = "global" if ft.method.sends_head else f"global ({ft.mode} rounds)"
-    return [
-        (LOCAL, "local"),
-        (own, "before"),
-        (f"global + {ft.mode}", "after"),
-        (CENTRAL, "central"),
-    ]
+    return [COLUMNS[0], (own, "before"), (f"global + {ft.mode}", "after"), COLUMNS[3]]
 
 
 def _candidates(fed: dict) -> dict[str, dict]:
@@ -54,13 +80,61 @@ def _candidates(fed: dict) -> dict[str, dict]:
     }
 
 
+def over_seeds(values: list[float | None]) -> dict:
+    """Mean and sample std (n - 1) over the seeds where a value is defined."""
+    defined = [v for v in values if v is not None]
+    return {
+        "mean": float(np.mean(defined)) if defined else None,
+        "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else None,
+        "n": len(defined),
+    }
+
+
+def spread_cell(stat: dict) -> str:
+    """'0.912 ± 0.014' (no ± with one seed, '-' with none)."""
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.3f}" + ("" if stat["std"] is None else f" ± {stat['std']:.3f}")
+
+
+def auc_cell(auc: float | None, ci: list[float] | None) -> str:
+    """'0.912 [0.861, 0.957]': a macro AUC and its 95 % interval."""
+    return _fmt(auc) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if auc is not None and ci else "")
+
+
+def report_labels(experiment: dict) -> tuple[str, ...]:
+    """The labels sites are finally scored on: fine-tuning's space, else pretraining's."""
+    return LabelSpace.load(experiment["finetune"]["labels"] or experiment["labels"]).labels
+
+
+def _support(fed: dict, labels: tuple[str, ...]) -> tuple[dict[str, int], dict[str, str]]:
+    """Test positives per label, and the labels the site could not score or scored on fewer
+    than ``MIN_CASES`` positives or negatives, from its reply."""
+    positives, annotated = fed.get(protocol.TEST_POSITIVES), fed.get(protocol.TEST_ANNOTATED)
+    if not positives or not annotated or len(positives) != len(labels):
+        return {}, {}
+    counts = {label: int(p) for label, p in zip(labels, positives, strict=True)}
+    unscored, named = unscored_labels(labels, positives, annotated), {}
+    for label, pos, ann in zip(labels, positives, annotated, strict=True):
+        if label in unscored:
+            named[label] = unscored[label]
+        elif too_few_cases(pos, ann):
+            named[label] = f"scored, too few cases: {int(pos)} of {int(ann)}"
+    return counts, named
+
+
 def site_rows(
-    sites: list[SiteData], summary: dict, local: dict[str, Metrics], central: dict[str, Metrics]
+    sites: list[SiteData],
+    summary: dict,
+    local: dict[str, Metrics],
+    central: dict[str, Metrics],
 ) -> list[dict]:
     rows = []
     failed = {f["site"]: f["reason"] for f in summary.get("finetune_failed", [])}
+    labels = report_labels(summary["experiment"])
     for site in sites:
         fed = summary["finetune"].get(site.name, {})
+        positives, unscored = _support(fed, labels)
         row = {
             "site": site.name,
             **{f"n_{k}": int(v) for k, v in site.counts().items()},
@@ -70,16 +144,19 @@ def site_rows(
                 r["round"] for r in summary["rounds"] if site.name not in r.get("sites", [])
             ],
             "candidates": _candidates(fed),
+            "test_positives": positives,
+            "unscored": unscored,
         }
-        for key, auc, f1 in (
-            ("before", protocol.BEFORE_MACRO_AUC, protocol.BEFORE_MACRO_F1),
-            ("after", protocol.AFTER_MACRO_AUC, protocol.AFTER_MACRO_F1),
-        ):
+        for key, (auc, ci, se, f1) in FED_METRICS.items():
             row[f"{key}_auc"] = _num(fed.get(auc))
+            row[f"{key}_auc_ci"] = _interval(fed.get(ci))
+            row[f"{key}_auc_se"] = _num(fed.get(se))
             row[f"{key}_f1"] = _num(fed.get(f1))
         for key, source in (("local", local), ("central", central)):
             m = source.get(site.name)
             row[f"{key}_auc"] = m.macro_auc if m else None
+            row[f"{key}_auc_ci"] = m.macro_auc_ci if m else None
+            row[f"{key}_auc_se"] = m.macro_auc_se if m else None
             row[f"{key}_f1"] = m.macro_f1 if m else None
         rows.append(row)
     return rows
@@ -120,27 +197,6 @@ def methods(rows: list[dict], experiment: ExperimentConfig) -> dict[str, dict]:
     return out
 
 
-def _site_table(rows: list[dict], cols: list[tuple[str, str]]) -> list[str]:
-    head = " | ".join(f"{name} AUC | {name} F1" for name, _ in cols)
-    lines = [f"| site | train | test | {head} |", "|---" * (3 + 2 * len(cols)) + "|"]
-    for r in rows:
-        cells = " | ".join(f"{_fmt(r[f'{k}_auc'])} | {_fmt(r[f'{k}_f1'])}" for _, k in cols)
-        note = f" (failed: {r['failed']})" if r["failed"] else ""
-        if r["missed_rounds"]:
-            note += (
-                f" (not in the federation in round(s) {', '.join(map(str, r['missed_rounds']))})"
-            )
-        lines.append(f"| {r['site']}{note} | {r['n_train']} | {r['n_test']} | {cells} |")
-    means = " | ".join(
-        f"{_fmt(_mean(rows, f'{k}_auc'))} | {_fmt(_mean(rows, f'{k}_f1'))}" for _, k in cols
-    )
-    lines.append(f"| **mean** | | | {means} |")
-    worst = [_worst(rows, f"{k}_auc") for _, k in cols]
-    cells = " | ".join("- | " if w is None else f"{w[1]:.3f} ({w[0]}) | " for w in worst)
-    lines.append(f"| **worst site** (AUC) | | | {cells}|")
-    return lines
-
-
 def _auto_table(rows: list[dict]) -> list[str]:
     """What each site tried under ``auto``: validation / test macro AUC, and its pick."""
     names = list(dict.fromkeys(n for r in rows for n in r["candidates"]))
@@ -167,6 +223,102 @@ def _auto_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def mean_interval(rows: list[dict], key: str) -> list[float] | None:
+    """95 % interval of the mean over sites of ``<key>_auc``: the sites' test splits are
+    independent, so the mean's standard error is sqrt(sum of the sites' bootstrap SE^2) / sites
+    (normal approximation); None unless every scored site has a standard error."""
+    scored = [r for r in rows if r[f"{key}_auc"] is not None]
+    errors = [r[f"{key}_auc_se"] for r in scored]
+    if not scored or any(e is None for e in errors):
+        return None
+    mean = float(np.mean([r[f"{key}_auc"] for r in scored]))
+    half = norm.ppf(0.5 + CONFIDENCE / 2) * math.sqrt(sum(e * e for e in errors)) / len(scored)
+    return [mean - half, mean + half]
+
+
+def means(rows: list[dict]) -> dict[str, dict]:
+    """Per column: the mean over sites of macro AUC (with its interval) and of macro F1."""
+    return {
+        key: {
+            "auc": _mean(rows, f"{key}_auc"),
+            "auc_ci": mean_interval(rows, key),
+            "f1": _mean(rows, f"{key}_f1"),
+        }
+        for _, key in COLUMNS
+    }
+
+
+def plot_sites(rows: list[dict], path: Path, title: str) -> None:
+    """Per site, each column's macro AUC with its 95 % interval as an error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 3.8))
+    width = 0.8 / len(COLUMNS)
+    for i, (name, key) in enumerate(COLUMNS):
+        xs, ys, lows, highs = [], [], [], []
+        for j, r in enumerate(rows):
+            if r[f"{key}_auc"] is None:
+                continue
+            ci = r[f"{key}_auc_ci"] or [r[f"{key}_auc"]] * 2
+            xs.append(j + (i - (len(COLUMNS) - 1) / 2) * width)
+            ys.append(r[f"{key}_auc"])
+            lows.append(r[f"{key}_auc"] - ci[0])
+            highs.append(ci[1] - r[f"{key}_auc"])
+        ax.errorbar(xs, ys, yerr=[lows, highs], fmt="o", ms=4, capsize=2, label=name)
+    ax.set_xticks(range(len(rows)), [r["site"] for r in rows], rotation=30, fontsize=8)
+    ax.set_ylabel("test macro AUC (95 % bootstrap CI)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _site_line(r: dict, cols: list[tuple[str, str]] | tuple) -> str:
+    cells = " | ".join(
+        f"{auc_cell(r[f'{k}_auc'], r[f'{k}_auc_ci'])} | {_fmt(r[f'{k}_f1'])}" for _, k in cols
+    )
+    note = f" (failed: {r['failed']})" if r["failed"] else ""
+    if r["missed_rounds"]:
+        note += f" (not in the federation in round(s) {', '.join(map(str, r['missed_rounds']))})"
+    return f"| {r['site']}{note} | {r['n_train']} | {r['n_test']} | {cells} |"
+
+
+def support_lines(rows: list[dict], labels: tuple[str, ...]) -> list[str]:
+    """Positives per label in each site's test split, and the labels a site could not score."""
+    lines = [
+        "Positives per label in each site's test split. A label without positives or negatives "
+        "is not scored there and stays out of that site's macro AUC; one with fewer than "
+        f"{MIN_CASES} positives or negatives is scored (its AUC is a rank among a handful) and "
+        "named too:",
+        "",
+        "| site | " + " | ".join(labels) + " | not scored, or on too few cases |",
+        "|---" * (len(labels) + 2) + "|",
+    ]
+    for r in rows:
+        counts = " | ".join(str(r["test_positives"].get(label, "-")) for label in labels)
+        missing = ", ".join(f"{k} ({v})" for k, v in r["unscored"].items()) or "-"
+        lines.append(f"| {r['site']} | {counts} | {missing} |")
+    return lines
+
+
+def table(rows: list[dict], cols: list[tuple[str, str]] | tuple = COLUMNS) -> list[str]:
+    """The per-site table with its mean and worst-site rows."""
+    head = " | ".join(f"{name} AUC [95% CI] | {name} F1" for name, _ in cols)
+    lines = [f"| site | train | test | {head} |", "|---" * (3 + 2 * len(cols)) + "|"]
+    lines += [_site_line(r, cols) for r in rows]
+    avg = means(rows)
+    cells = " | ".join(
+        f"{auc_cell(avg[k]['auc'], avg[k]['auc_ci'])} | {_fmt(avg[k]['f1'])}" for _, k in cols
+    )
+    worst = [_worst(rows, f"{k}_auc") for _, k in cols]
+    lows = " | ".join("- | " if w is None else f"{w[1]:.3f} ({w[0]}) | " for w in worst)
+    return [*lines, f"| **mean** | | | {cells} |", f"| **worst site** (AUC) | | | {lows}|"]
+
+
 def write(
     run_dir: Path,
     experiment: ExperimentConfig,
@@ -182,6 +334,7 @@ def write(
             {
                 "sites": rows,
                 "methods": methods(rows, experiment),
+                "means": means(rows),
                 "timings": timings,
                 "rounds": summary["rounds"],
                 "local_only": {k: m.to_dict() for k, m in local.items()},
@@ -190,18 +343,26 @@ def write(
             indent=1,
         )
     )
+    plot_sites(rows, run_dir / "sites.png", f"{run_dir.name}: macro AUC per site")
     lines = [
         f"# Simulation {run_dir.name}",
         "",
-        "Macro AUC and macro F1 (per-class thresholds from the site's validation split) on "
-        f"each site's test split. Personalisation: `finetune.mode: {experiment.finetune.mode}`.",
+        "Macro AUC with its 95 % bootstrap interval (1000 resamples of the site's test records, "
+        "computed at the site) and macro F1 (per-class thresholds from the site's validation "
+        "split) on each site's test split. The mean's interval combines the sites' bootstrap "
+        "standard errors (independent splits, normal approximation). Personalisation: "
+        f"`finetune.mode: {experiment.finetune.mode}`.",
         "",
-        *_site_table(rows, columns(experiment)),
+        *table(rows, columns(experiment)),
         *_auto_table(rows),
+        "",
+        *support_lines(rows, report_labels(summary["experiment"])),
         "",
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
         "",
         "Federated rounds: [report.md](report.md) (per-round metrics, failed sites).",
+        "",
+        "![macro AUC per site](sites.png)",
         "",
         "![metrics per round](rounds.png)",
         "",
@@ -227,13 +388,8 @@ def compare(run_dirs: list[Path]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, per_run in found.items():
-        means, worst = [m["mean"] for m in per_run], [m["worst"] for m in per_run]
+        site_means, worst = [m["mean"] for m in per_run], [m["worst"] for m in per_run]
         sites = ", ".join(m["worst_site"] for m in per_run)
-        lines.append(f"| {name} | {len(per_run)} | {_spread(means)} | {_spread(worst)} | {sites} |")
+        cells = f"{spread_cell(over_seeds(site_means))} | {spread_cell(over_seeds(worst))}"
+        lines.append(f"| {name} | {len(per_run)} | {cells} | {sites} |")
     return "\n".join(lines)
-
-
-def _spread(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"

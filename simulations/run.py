@@ -92,7 +92,8 @@ def prepare_caches(
         manifest["sources"][plan.name]["caches"] = {pipeline.fingerprint: str(cache.path)}
 
 
-def _stage(name: str) -> None:
+def stage(name: str) -> None:
+    """A stage's start, timestamped, above any progress bar."""
     tqdm.write(f"[{time.strftime('%H:%M:%S')}] {name}")
 
 
@@ -173,9 +174,9 @@ def run(
     experiment = cfg.experiment
     space = LabelSpace.load(experiment.labels)
 
-    _stage("data")
+    stage("data")
     plans = source_plans(cfg, store, progress)
-    _stage("virtual sites")
+    stage("virtual sites")
     manifest, counts = partition(
         plans,
         space,
@@ -185,7 +186,7 @@ def run(
         cfg.partition.min_size,
         cfg.partition.seed,
     )
-    _stage(f"{len(manifest['sites'])} sites; preparing caches")
+    stage(f"{len(manifest['sites'])} sites; preparing caches")
     prepare_caches(manifest, plans, experiment.pipeline, cfg.workers, progress)
     write_report(manifest, counts, run_dir / runs.PARTITION)
     sites = [
@@ -196,20 +197,20 @@ def run(
         experiment.federation.min_sites = len(sites)
     runs.pin_experiment(run_dir, experiment)
 
-    _stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
+    stage(f"federation: {experiment.federation.strategy}, {experiment.federation.rounds} rounds")
     started = time.perf_counter()
     federate(cfg, run_dir, len(sites), resume, progress, clientapp)
     timings = {"federation_s": round(time.perf_counter() - started, 1)}
 
     local, central = {}, {}
     if cfg.baselines.local_only:
-        _stage("baseline: local-only training per site")
+        stage("baseline: local-only training per site")
         started = time.perf_counter()
         manifest = run_dir / runs.PARTITION / runs.SITES
         local = baselines.local_only_all(experiment, manifest, sites, progress)
         timings["local_only_s"] = round(time.perf_counter() - started, 1)
     if cfg.baselines.centralized:
-        _stage("baseline: centralized pooled training + fine-tuning")
+        stage("baseline: centralized pooled training + fine-tuning")
         started = time.perf_counter()
         _, central = baselines.centralized(experiment, sites, progress)
         timings["centralized_s"] = round(time.perf_counter() - started, 1)

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from sklearn.metrics import brier_score_loss
 
 from client import cli
 from common.checkpoint import load_checkpoint, save_checkpoint
@@ -16,6 +17,8 @@ from common.errors import DataError
 from common.labels import LabelSpace
 from common.models import ModelConfig
 from common.preprocess import PipelineConfig
+from common.site import SiteData
+from common.training import evaluate
 from simulations.synth import PtbxlLikeSpec, write_ptbxl_like
 from simulations.synth.writers import write_tis_record
 
@@ -165,3 +168,102 @@ def test_a_truncated_wfdb_signal_file_is_a_per_record_error(workdir, global_mode
     (cut / "00001_lr.dat").write_bytes(data[: len(data) // 2])
     code, printed = hospital("predict", "--model", global_model, cut / "00001_lr.hea", "--json")
     assert code == 1 and "truncated" in json.loads(printed)["records"][0]["error"]
+
+
+def hospital_err(*argv: str) -> tuple[int, str, str]:
+    """``ecgfl-hospital`` with its exit code, standard output and standard error."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def evaluated(workdir, site, finetuned):
+    out = workdir / "evaluation"
+    code, printed = hospital(
+        "evaluate", "--model", finetuned[0], "--data", site, "--cache", workdir / "cache",
+        "--split", "all", "--out", out,
+    )  # fmt: skip
+    assert code == 0
+    return out, printed, json.loads((out / "evaluation.json").read_text())
+
+
+def test_evaluate_prints_per_label_support_auc_with_interval_f1_and_brier(evaluated):
+    _, printed, result = evaluated
+    assert result["records"] == 60 and result["split"] == "all"
+    assert result["threshold_source"] == "per-class thresholds stored in the checkpoint"
+    m = result["metrics"]
+    for label in SPACE.labels:
+        c = m["per_class"][label]
+        row = next(line for line in printed.splitlines() if line.startswith(label + " "))
+        assert row.split()[1:3] == [str(c["positives"]), str(c["annotated"])]
+        if c["auc"] is None:
+            assert label in result["unscored"] and label in printed.split("not scored")[1]
+        elif label in result["few_cases"]:  # scored on a handful of cases: named, no interval
+            assert c["auc_ci"] is None and label in printed.split("too few cases")[1]
+        else:
+            assert c["auc_ci"][0] <= c["auc"] <= c["auc_ci"][1] and c["f1"] is not None
+    assert m["macro_auc_ci"][0] <= m["macro_auc"] <= m["macro_auc_ci"][1]
+    assert "macro AUC" in printed and "Brier" in printed
+
+
+def test_evaluate_brier_scores_are_sklearns_over_annotated_records(workdir, site, evaluated):
+    ckpt = load_checkpoint(workdir / "finetuned.pt")
+    data = SiteData.from_folder(site.name, site, workdir / "cache", PIPELINE)
+    probs, y, mask = evaluate(ckpt.build_model(), data.dataset("all", SPACE))
+    result = evaluated[2]
+    for k, label in enumerate(SPACE.labels):
+        keep = mask[:, k] > 0
+        expected = brier_score_loss(y[keep, k], probs[keep, k]) if keep.any() else None
+        assert result["metrics"]["per_class"][label]["brier"] == pytest.approx(expected)
+    keep = mask > 0
+    assert result["brier"] == pytest.approx(brier_score_loss(y[keep], probs[keep]))
+
+
+def test_evaluate_writes_a_reliability_diagram_png(evaluated):
+    png = (evaluated[0] / "reliability.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert "all labels" in evaluated[2]["reliability"]
+
+
+def test_evaluate_without_stored_thresholds_says_it_uses_one_half(workdir, site, global_model):
+    code, printed = hospital(
+        "evaluate", "--model", global_model, "--data", site, "--cache", workdir / "cache",
+        "--out", workdir / "eval-global",
+    )  # fmt: skip
+    assert code == 0
+    assert "no thresholds: 0.5 for every label (NOT tuned on this site)" in printed
+
+
+def test_evaluate_names_a_skipped_record_and_scores_the_rest(workdir, site, global_model):
+    folder = workdir / "site-one-bad"
+    shutil.copytree(site, folder)
+    for dat in folder.glob("records*/*/00001_*.dat"):  # record 1, at both rates: cut in half
+        dat.write_bytes(dat.read_bytes()[: dat.stat().st_size // 2])
+    code, printed, err = hospital_err(
+        "evaluate", "--model", global_model, "--data", folder, "--split", "all",
+        "--out", workdir / "eval-one-bad",
+    )  # fmt: skip
+    assert code == 0 and "skipped 1:" in err and "00001_" in err and "truncated" in err
+    assert "59 records of split 'all'" in printed
+
+
+@pytest.mark.parametrize("case", ["no data", "data is a file", "not a checkpoint", "out a file"])
+def test_evaluate_on_a_missing_or_hostile_path_is_one_line(workdir, global_model, case):
+    junk = workdir / "junk.pt"
+    junk.write_bytes(b"\x00not a checkpoint")
+    model, data, out = global_model, workdir / "site", workdir / "eval-hostile"
+    if case == "no data":
+        data = workdir / "missing"
+    elif case == "data is a file":
+        data = junk
+    elif case == "not a checkpoint":
+        model = junk
+    else:
+        out = junk
+    code, printed, err = hospital_err(
+        "evaluate", "--model", model, "--data", data, "--out", out, "--cache", workdir / "cache"
+    )
+    assert code in (2, 3) and printed == ""
+    assert err.count("\n") == 1 and err.startswith("ecgfl-hospital evaluate: error: ")

@@ -628,7 +628,7 @@ def test_predict_with_a_fifo_for_a_checkpoint_ends_in_one_message_and_exit_code_
     assert "checkpoint is a FIFO" in run.err and len(run.err) < 500
 
 
-@pytest.mark.parametrize("command", ["predict", "finetune", "export"])
+@pytest.mark.parametrize("command", ["predict", "finetune", "export", "evaluate"])
 def test_every_broken_checkpoint_is_refused_by_every_model_command(corpus, command, capsys):
     site, tmp = corpus.sites["tis"].root, corpus.root.parent
     for name, path in corpus.bad_models.items():
@@ -636,13 +636,14 @@ def test_every_broken_checkpoint_is_refused_by_every_model_command(corpus, comma
             "predict": [next(iter(corpus.predict_files))],
             "finetune": ["--data", site, "--cache", tmp / "finetune-cache"],
             "export": ["--onnx", tmp / "model.onnx"],
+            "evaluate": ["--data", site, "--out", tmp / "evaluation"],
         }[command]
         with deadline(TIMEOUT_S):
             code = cli.main([command, "--model", str(path), *map(str, args)])
         err = capsys.readouterr().err
         assert code == 2, (name, err)
         assert f"ecgfl-hospital {command}: error: {path}" in err and len(err) < 1500, (name, err)
-    assert not (tmp / "model.onnx").exists()
+    assert not (tmp / "model.onnx").exists() and not (tmp / "evaluation").exists()
 
 
 # --- the pieces the corpus cannot show ---------------------------------------------------------

@@ -2,9 +2,16 @@ import json
 import math
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 
-from common.metrics import choose_thresholds, compute_metrics, f1_at
+from common.metrics import (
+    choose_thresholds,
+    compute_metrics,
+    f1_at,
+    rank_auc,
+    unscored_labels,
+)
 
 
 def _toy(n=60, seed=0):
@@ -91,3 +98,58 @@ def test_flat_and_dict_forms_are_plain_data():
     assert "val_auc_C" not in flat and "val_auc_A" in flat
     for value in flat.values():
         assert isinstance(value, float) or all(isinstance(v, float) for v in value)
+
+
+def _separable(n: int, seed: int = 0):
+    """One label, scores that separate its classes well but not perfectly."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 1)) < 0.4).astype(np.float32)
+    return np.clip(0.3 * y + 0.7 * rng.random((n, 1)), 0, 1), y, np.ones_like(y)
+
+
+def test_bootstrap_interval_holds_the_point_estimate_and_narrows_with_more_records():
+    widths = []
+    for n in (40, 400):
+        m = compute_metrics(*_separable(n), intervals=True)
+        low, high = m.macro_auc_ci
+        assert low <= m.macro_auc <= high and m.per_class["0"]["auc_ci"] == m.macro_auc_ci
+        assert m.resamples == 1000
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # about 1/sqrt(10) as wide
+
+
+def test_bootstrap_interval_is_scipys_percentile_interval():
+    probs, y, mask = _separable(120)
+    m = compute_metrics(probs, y, mask, intervals=True)
+    ours = stats.bootstrap(
+        (np.arange(120),),
+        lambda i, axis=-1: rank_auc(probs[i, 0], y[i, 0] > 0.5, np.ones(i.shape, bool)),
+        vectorized=True,
+        method="percentile",
+        n_resamples=1000,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert np.allclose(m.macro_auc_ci, [ours.low, ours.high])
+    assert math.isclose(rank_auc(probs[:, 0], y[:, 0] > 0.5, np.ones(120, bool)), m.macro_auc)
+
+
+def test_a_label_without_positives_is_named_and_left_out_of_the_interval():
+    probs, y, mask = _toy()
+    m = compute_metrics(probs, y, mask, labels=["A", "B", "C"], intervals=True)
+    assert m.unscored() == {"C": "no positives"} and m.few_cases() == {}
+    assert m.per_class["C"]["auc"] is None and m.per_class["C"]["auc_ci"] is None
+    assert m.macro_auc_ci[0] <= m.macro_auc <= m.macro_auc_ci[1]
+    assert unscored_labels(["A", "B", "C"], [3, 0, 5], [9, 4, 5]) == {
+        "B": "no positives",
+        "C": "no negatives",
+    }
+
+
+def test_a_label_with_a_handful_of_positives_is_scored_but_named_and_not_bounded():
+    probs, y, mask = _separable(60)
+    y[:, 0], mask = 0, np.ones_like(y)
+    y[:3, 0] = 1  # three positives
+    m = compute_metrics(probs, y, mask, labels=["A"], intervals=True)
+    assert m.per_class["A"]["auc"] is not None and m.per_class["A"]["auc_ci"] is None
+    assert m.few_cases() == {"A": "3 positive(s), 57 negative(s)"}
+    assert m.macro_auc_ci is not None and m.resamples > 800  # resamples without them just skip A

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from flwr.app import ArrayRecord
 
 from client.task import train_on_site
@@ -16,7 +17,7 @@ from common.experiment import ExperimentConfig
 from common.protocol import Job
 from common.site import SiteData
 from server.rounds import RoundState, checkpoint_path
-from simulations import baselines, engine
+from simulations import baselines, cli, engine
 from simulations import run as sim
 from simulations.config import SimulationConfig
 
@@ -223,3 +224,32 @@ def test_local_only_baselines_in_worker_processes_equal_the_sequential_ones(fini
         same = json.dumps(parallel[name].per_class, sort_keys=True)  # NaN where undefined
         assert same == json.dumps(metrics.per_class, sort_keys=True)
         assert parallel[name].macro_auc == metrics.macro_auc
+
+
+@pytest.mark.e2e
+def test_seeds_run_the_whole_comparison_per_seed_and_combine_them(tmp_path):
+    data = json.loads(json.dumps(TINY))
+    data["experiment"]["federation"]["rounds"] = 1
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "seeds"
+    argv = ["run", "--config", str(config), "--seeds", "0", "1", "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    for seed in (0, 1):
+        run_dir = out / f"seed-{seed}"
+        assert (
+            yaml.safe_load((run_dir / "config.yaml").read_text())["experiment"]["local"]["seed"]
+            == seed
+        )
+        rows = json.loads((run_dir / "results.json").read_text())["sites"]
+        for row in rows:  # every column has its interval, computed where its data is
+            for key in ("local", "before", "after", "central"):
+                low, high = row[f"{key}_auc_ci"]
+                assert 0 <= low <= high <= 1 and row[f"{key}_auc_se"] >= 0, (seed, row, key)
+        assert (run_dir / "sites.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(out.glob(".data/*"))) == 2  # generated once: one TIS-like, one PTB-XL-like
+    combined = json.loads((out / "results.json").read_text())
+    assert combined["seeds"] == [0, 1]
+    assert combined["columns"]["after"]["auc"]["n"] == 2
+    text = (out / "simulation.md").read_text()
+    assert "mean macro AUC" in text and " ± " in text and "seed-1/sites.png" in text
