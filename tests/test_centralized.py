@@ -43,6 +43,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e  # the whole experiment, tiny
 def test_every_arm_is_scored_for_every_seed(run_dir):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["seeds"] == [0, 1]  # --seeds replaced the config's three
@@ -57,6 +58,7 @@ def test_every_arm_is_scored_for_every_seed(run_dir):
     assert set(results["summary"]["target_only"]) >= {"micro_auc", "macro_f1", "auc_AFIB"}
 
 
+@pytest.mark.e2e  # the whole experiment, tiny
 def test_report_is_a_markdown_table_with_mean_and_spread(run_dir):
     report = (run_dir / "results.md").read_text()
     for title in ARMS.values():

@@ -515,6 +515,7 @@ def runs(corpus, tmp_path_factory) -> dict[str, Run]:
 # --- every run: no traceback, no hang, bounded output ------------------------------------------
 
 
+@pytest.mark.e2e  # every command in a real process
 def test_no_command_prints_a_traceback_hangs_or_floods_its_output(runs):
     for name, run in runs.items():
         assert run.code is not None, f"{name}: still running after {TIMEOUT_S} s"
@@ -605,6 +606,7 @@ def test_daemon_data_check_stops_on_an_unusable_folder_with_its_message(corpus):
 # --- predict: record files given directly --------------------------------------------------------
 
 
+@pytest.mark.e2e  # every command in a real process
 def test_predict_reports_every_hostile_file_and_predicts_the_good_ones(corpus, runs):
     run = runs["predict"]
     assert run.code == 1, run.err[-2000:]
@@ -622,6 +624,7 @@ def test_predict_reports_every_hostile_file_and_predicts_the_good_ones(corpus, r
 # --- broken and foreign checkpoints ---------------------------------------------------------
 
 
+@pytest.mark.e2e  # every command in a real process
 def test_predict_with_a_fifo_for_a_checkpoint_ends_in_one_message_and_exit_code_2(corpus, runs):
     run, path = runs["predict fifo model"], corpus.bad_models["fifo"]
     assert run.code == 2 and run.err.startswith(f"ecgfl-hospital predict: error: {path}: ")
@@ -681,6 +684,7 @@ def test_deeply_nested_scp_codes_are_refused_without_recursion():
     assert scp_codes("{}") == ()
 
 
+@pytest.mark.e2e  # every command in a real process
 def test_no_source_file_was_modified_or_added(corpus, runs):
     """Last in the file: after every command above has run on the corpus."""
     assert digest(corpus.root) == corpus.before

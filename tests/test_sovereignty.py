@@ -170,6 +170,7 @@ def test_an_unapproved_bundle_gets_a_refusal_an_audit_line_and_nothing_else(rele
     assert (Path(cfg.state_dir) / "bundles" / f"{sha}.fab").read_bytes() == rogue
 
 
+@pytest.mark.e2e  # the approve command in a real process
 def test_approve_records_the_hash_in_hospital_yaml_and_the_next_task_is_accepted(
     release_fab, hospital
 ):
