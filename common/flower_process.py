@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-import httpx
-
 from common import cpu
 from common.config import ConfigError
 
@@ -66,6 +64,8 @@ def write_connection(flwr_home: Path, name: str, address: str, root_certificates
 def answers(url: str, ca: str | None = None, success: bool = True) -> bool:
     """Whether ``url`` answers (over TLS verified with ``ca`` for https; any status unless
     ``success``)."""
+    import httpx  # 0.13 s to import: only the commands that start Flower's servers probe them
+
     verify: ssl.SSLContext | bool = False
     if ca:
         verify = ssl.create_default_context(cafile=ca)
