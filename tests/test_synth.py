@@ -2,6 +2,7 @@
 
 import ast
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from simulations.synth import (
 )
 from simulations.synth.annotation import TIS_CODES
 from simulations.synth.pathology import is_consistent
+from simulations.synth.writers import WFDB_LEADS, write_tis_record, write_wfdb16
 
 TIS = TisNetworkSpec(n_records=24, n_hospitals=3, seed=7)
 PTBXL = PtbxlLikeSpec(n_records=20, n_sites=2, seed=7)
@@ -113,6 +115,39 @@ def _tis_plan():
     from simulations.synth.network import plan_tis
 
     return plan_tis(TIS)
+
+
+def test_wfdb_files_are_byte_identical_to_wfdb_wrsamp(tmp_path):
+    """Our format-16 writer must write what wfdb itself writes, at both rates and at the
+    rounding and clipping edges."""
+    rng = np.random.default_rng(0)
+    for fs, n in ((100, 1000), (500, 5000)):
+        signal = rng.normal(0, 3, (12, n))
+        signal[0, :6] = [40.0, -40.0, 0.0005, -0.0005, 0.0015, -32.0]
+        write_wfdb16(tmp_path / "ours" / f"r{fs}", signal, fs)
+        wfdb.wrsamp(
+            f"r{fs}",
+            fs=fs,
+            units=["mV"] * 12,
+            sig_name=WFDB_LEADS,
+            p_signal=np.clip(signal.T, -32.0, 32.0),
+            fmt=["16"] * 12,
+            adc_gain=[1000.0] * 12,
+            baseline=[0] * 12,
+            write_dir=str(tmp_path),
+        )
+        for ext in ("hea", "dat"):
+            ours = (tmp_path / "ours" / f"r{fs}.{ext}").read_bytes()
+            assert ours == (tmp_path / f"r{fs}.{ext}").read_bytes(), (fs, ext)
+
+
+def test_tis_samples_are_written_as_numpy_savetxt_would(tmp_path):
+    signal = np.random.default_rng(1).normal(0, 2, (12, 500))
+    write_tis_record(tmp_path / "r.csv", signal, {"sampling_rate": 50})
+    buf = io.StringIO()
+    np.savetxt(buf, np.rint(signal.T * 1000).astype(np.int32), fmt="%d", delimiter=",")
+    table = (tmp_path / "r.csv").read_text().split("units: uV\n", 1)[1].split("\n", 1)[1]
+    assert table == buf.getvalue()
 
 
 def test_ptbxl_like_database_and_wfdb_records(ptbxl_dir):
