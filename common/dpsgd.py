@@ -109,15 +109,19 @@ def plan(
     return Steps(float(sigma), 1 / batches, epochs * batches)
 
 
-def conflicts(proximal: bool, class_weights: str, max_grad_norm: float | None) -> list[str]:
+def conflicts(
+    proximal: bool, class_weights: str, max_grad_norm: float | None, precision: str = "fp32"
+) -> list[str]:
     """The training settings DP-SGD cannot account for, by name: it clips per-record gradients
     itself, so a FedProx term, class weights computed from the data, or a batch-level gradient
-    norm would each change the update outside its accounting. Checked where an experiment is
-    loaded (naming keys early) and by the Trainer (whoever calls it)."""
+    norm would each change the update outside its accounting; Opacus computes those gradients
+    in float32 only. Checked where an experiment is loaded (naming keys early) and by the
+    Trainer (whoever calls it)."""
     found = {
         "a FedProx term (proximal_mu)": proximal,
         "class weights computed from the data (class_weights)": class_weights != "none",
         "a batch gradient norm (max_grad_norm)": max_grad_norm is not None,
+        "bf16 training (precision: bf16)": precision == "bf16",
     }
     return [what for what, present in found.items() if present]
 

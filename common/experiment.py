@@ -167,15 +167,19 @@ class ExperimentConfig:
         if not is_plain_name(self.name):  # it names the run's folder, here and at every site
             raise SettingError("name", f"{self.name!r}: a run folder's name needs {RULE}")
         if self.federation.dp_sgd.enabled:
+            local = self.local
             found = dpsgd.conflicts(
-                self.federation.proximal_mu > 0, self.local.class_weights, self.local.max_grad_norm
+                self.federation.proximal_mu > 0,
+                local.class_weights,
+                local.max_grad_norm,
+                local.precision,
             )
             if self.model.norm == "batch":
                 found.insert(0, "BatchNorm, which mixes records within a batch (model.norm)")
             if found:
                 raise ValueError(
                     f"federation.dp_sgd cannot account for {', '.join(found)}: turn those off "
-                    "(model.norm: group, local.class_weights: none)"
+                    "(model.norm: group, local.class_weights: none, local.precision: fp32)"
                 )
         if not self.finetune.method.sends_head and (
             self.federation.strategy not in ("fedavg", "fedprox")

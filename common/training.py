@@ -8,7 +8,10 @@ as in Strodthoff et al.'s PTB-XL benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import math
 import random
 import sys
 import time
@@ -23,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from common import dpsgd
+from common import dpsgd, precision
 from common.config import MAX_WORKERS, Seed, above, at_least, check
 from common.metrics import Metrics, compute_metrics
 from common.models import ECGClassifier
@@ -74,10 +77,13 @@ class TrainConfig:
     #: 'balanced' weights positives by negatives/positives per label (rare diagnoses).
     class_weights: str = "none"
     max_grad_norm: Annotated[float, above(0)] | None = None
+    #: fp32, bf16 (autocast), or auto: bf16 where the hardware does it natively (common/precision).
+    precision: str = "fp32"
 
     def validate(self) -> None:
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
+            ("precision", precision.PRECISIONS),
             ("scheduler", SCHEDULERS),
             ("class_weights", CLASS_WEIGHTS),
         ):
@@ -253,10 +259,12 @@ class _Objective:
     def __init__(self, net: nn.Module, private: bool, pos_weight, anchors: list, mu: float):
         self.net, self.private, self.pos_weight = net, private, pos_weight
         self.anchors, self.mu = anchors, mu
+        self.forward = contextlib.nullcontext  # the forward pass's number format (autocast)
 
     def __call__(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(what to minimise, the data loss alone: comparable with the validation loss)."""
-        logits = self.net(x)
+        with self.forward():
+            logits = self.net(x).float()
         if self.private:
             loss = per_record_bce(logits, y, mask)
         else:
@@ -319,7 +327,7 @@ class Trainer:
             raise ValueError("early stopping needs a validation set")
         cfg = self.cfg
         found = self.private and dpsgd.conflicts(
-            self.proximal_to is not None, cfg.class_weights, cfg.max_grad_norm
+            self.proximal_to is not None, cfg.class_weights, cfg.max_grad_norm, cfg.precision
         )
         if found:
             raise ValueError(f"DP-SGD cannot account for {', '.join(found)}: turn those off")
@@ -376,7 +384,10 @@ class Trainer:
             if self.proximal_to is not None
             else []
         )
-        return _Objective(net, self.private, pos_weight, anchors, self.cfg.proximal_mu)
+        objective = _Objective(net, self.private, pos_weight, anchors, self.cfg.proximal_mu)
+        number_format = precision.resolve(self.cfg.precision, device, self.private)
+        objective.forward = functools.partial(precision.autocast, number_format, device)
+        return objective
 
     def _epochs(self, model, data, objective, steps, val_ds, result: TrainResult) -> None:
         """Up to ``cfg.epochs`` epochs, each validated; early stopping restores the best."""
@@ -418,11 +429,22 @@ class Trainer:
             x = random_crop(x, model.input_length, generator)
             minimise, loss = objective(x.to(device), y.to(device), mask.to(device))
             steps.take(minimise)
-            total += loss.item()
+            total += _finite(loss.item(), epoch, batches + 1, self.cfg.precision)
             batches += 1
             bar.set_postfix(loss=f"{total / batches:.4f}")
         lr = steps.optimizer.param_groups[0]["lr"]
         return {"train_loss": total / batches if batches else None, "lr": lr}
+
+
+def _finite(loss: float, epoch: int, batch: int, number_format: str) -> float:
+    """The batch's loss; a NaN/inf one stops training instead of poisoning the weights (and,
+    at a site, the global model)."""
+    if math.isfinite(loss):
+        return loss
+    hint = "; try precision: fp32" if number_format != "fp32" else "; try a lower lr"
+    raise FloatingPointError(
+        f"training diverged: the loss is {loss} at epoch {epoch}, batch {batch}{hint}"
+    )
 
 
 class _Steps:

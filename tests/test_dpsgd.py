@@ -129,7 +129,11 @@ def test_dp_sgd_refuses_what_it_cannot_account_for():
         ).fit(group_model(), sine_task(64), None)
     base = {"model": {"norm": "group"}, "federation": {"dp_sgd": {"noise_multiplier": 1.0}}}
     from_dict(ExperimentConfig, base, "ok")
-    for bad in ({"model": {"norm": "batch"}}, {"local": {"class_weights": "balanced"}}):
+    for bad in (
+        {"model": {"norm": "batch"}},
+        {"local": {"class_weights": "balanced"}},
+        {"local": {"precision": "bf16"}},
+    ):
         with pytest.raises(ConfigError, match="dp_sgd"):
             from_dict(ExperimentConfig, {**base, **bad}, "bad")
     with pytest.raises(ConfigError, match="target_epsilon"):

@@ -158,3 +158,45 @@ def test_an_empty_validation_set_gives_no_scores_instead_of_a_crash():
     result = Trainer(TrainConfig(epochs=1), progress=False).fit(tiny_model(), sine_task(16), empty)
     assert result.val_metrics.macro_auc is None
     assert result.val_metrics.per_class["0"]["reason"] == "no annotated samples"
+
+
+def test_bf16_autocast_learns_what_fp32_learns_on_the_main_jobs_geometry():
+    """precision: bf16 (the main job's choice on CPUs that do bf16 natively) stays within
+    tolerance of float32: the same first outputs to bf16's 3 digits, and after training the
+    same separation of the classes. Weights stay float32."""
+    train, val = sine_task(96, length=1000), sine_task(48, length=1000, seed=1)
+    x = val.tensors[0][:8]
+    reference = tiny_model(length=1000).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = reference(x).float()
+    assert torch.allclose(low, reference(x), atol=0.05, rtol=0.05)
+    scores = {}
+    for number_format in ("fp32", "bf16"):
+        model = tiny_model(length=1000)
+        cfg = TrainConfig(epochs=3, batch_size=16, precision=number_format)
+        scores[number_format] = Trainer(cfg, progress=False).fit(model, train, val).val_metrics
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert scores["fp32"].macro_auc > 0.9
+    assert abs(scores["bf16"].macro_auc - scores["fp32"].macro_auc) < 0.05
+
+
+def test_auto_precision_is_bf16_only_where_native_and_never_under_dp_sgd(monkeypatch):
+    from common import precision
+
+    cpu = torch.device("cpu")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
+        assert precision.resolve("auto", cpu) == expected
+        assert precision.resolve("auto", cpu, private=True) == "fp32"
+        assert precision.resolve("fp32", cpu) == "fp32"
+        assert precision.resolve("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        from_dict(TrainConfig, {"precision": "fp16"})
+
+
+def test_a_loss_that_turns_nan_stops_training_with_where_it_happened():
+    poisoned = sine_task(32)
+    poisoned.tensors[0][20] = float("nan")
+    cfg = TrainConfig(epochs=1, batch_size=16)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, batch \d"):
+        Trainer(cfg, progress=False).fit(tiny_model(), poisoned, None)
