@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -52,45 +53,65 @@ def local_only(experiment: ExperimentConfig, site: SiteData) -> Metrics:
     return score(model, val, site.dataset("test", space), space.labels)
 
 
+def _open(experiment: ExperimentConfig, manifest: Path, index: int) -> SiteData:
+    return SiteData.from_manifest(manifest, index, experiment.pipeline)
+
+
 def _local_only_at(experiment: ExperimentConfig, manifest: Path, index: int) -> Metrics:
-    """One site's baseline in a worker process: it opens the site itself (nothing large is
-    pickled across) and computes with one thread."""
-    cpu.apply(1)
-    return local_only(experiment, SiteData.from_manifest(manifest, index, experiment.pipeline))
+    return local_only(experiment, _open(experiment, manifest, index))
+
+
+def _finetune_pooled_at(
+    experiment: ExperimentConfig, manifest: Path, index: int, state: dict
+) -> Metrics:
+    """The pooled model fine-tuned at one site like the federated model (the layers the
+    personalisation method fine-tunes; there are no rounds to personalise)."""
+    space = LabelSpace.load(experiment.labels)
+    target = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space
+    model = _fresh_model(experiment, space)
+    model.load_state_dict(state)
+    ft = replace(experiment.finetune, mode=experiment.finetune.method.layers)
+    site = _open(experiment, manifest, index)
+    return finetune_at_site(model, site, space, target, ft)[2]
+
+
+def _per_site(task: Callable[..., Metrics], jobs: dict[str, tuple], desc: str, progress: bool):
+    """``task(*job)`` for every site's job, by site name, in one single-threaded process per
+    available core: sites are independent, and one-thread processes share busy cores far better
+    than one process's thread pool does. Each opens its site itself (nothing large is pickled
+    across); with one core, they run here in turn."""
+    workers = min(len(jobs), cpu.available_cores())
+    bar = tqdm(total=len(jobs), desc=desc, unit="site", disable=not progress)
+    out: dict[str, Metrics] = {}
+    if workers <= 1:
+        for name, job in jobs.items():
+            out[name] = task(*job)
+            bar.update()
+    else:
+        spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's torch
+        with ProcessPoolExecutor(workers, spawn, initializer=cpu.apply, initargs=(1,)) as pool:
+            running = {pool.submit(task, *job): name for name, job in jobs.items()}
+            for done in as_completed(running):
+                out[running[done]] = done.result()
+                bar.update()
+    bar.close()
+    return {name: out[name] for name in jobs}
 
 
 def local_only_all(
     experiment: ExperimentConfig, manifest: Path, sites: list[SiteData], progress: bool = True
 ) -> dict[str, Metrics]:
-    """Every site's local-only baseline, one single-threaded process per available core: sites
-    are independent, and one-thread processes share busy cores far better than one process's
-    thread pool does."""
-    workers = min(len(sites), cpu.available_cores())
-    bar = tqdm(total=len(sites), desc="local-only", unit="site", disable=not progress)
-    out: dict[str, Metrics] = {}
-    if workers <= 1:
-        for site in sites:
-            out[site.name] = local_only(experiment, site)
-            bar.update()
-    else:
-        spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's torch
-        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            jobs = {
-                pool.submit(_local_only_at, experiment, manifest, i): site.name
-                for i, site in enumerate(sites)
-            }
-            for job in as_completed(jobs):
-                out[jobs[job]] = job.result()
-                bar.update()
-    bar.close()
-    return {site.name: out[site.name] for site in sites}
+    """Every site's local-only baseline, by site name."""
+    jobs = {site.name: (experiment, manifest, i) for i, site in enumerate(sites)}
+    return _per_site(_local_only_at, jobs, "local-only", progress)
 
 
 def centralized(
-    experiment: ExperimentConfig, sites: list[SiteData], progress: bool = False
-) -> tuple[ECGClassifier, dict[str, Metrics]]:
-    """Pretrain on the pooled data; per site: (pooled model, then fine-tuned) test scores.
-    ``progress``: a bar per pooled epoch, one per site's fine-tuning."""
+    experiment: ExperimentConfig, manifest: Path, sites: list[SiteData], progress: bool = False
+) -> dict[str, Metrics]:
+    """Pretrain on the pooled data (this process, all its threads), then fine-tune that model
+    at every site; per site, its test scores. ``progress``: a bar per pooled epoch and one over
+    the sites' fine-tuning."""
     space = LabelSpace.load(experiment.labels)
     model = _fresh_model(experiment, space)
     pooled = ConcatDataset([s.dataset("train", space) for s in sites])
@@ -99,12 +120,6 @@ def centralized(
     Trainer(cfg, space.labels, progress=progress).fit(
         model, pooled, pooled_val if len(pooled_val) else None
     )
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    target = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space
-    ft = replace(experiment.finetune, mode=experiment.finetune.method.layers)
-    results = {}
-    for site in tqdm(sites, desc="fine-tuning the pooled model", disable=not progress):
-        local = _fresh_model(experiment, space)
-        local.load_state_dict(state)
-        _, _, results[site.name] = finetune_at_site(local, site, space, target, ft)
-    return model, results
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    jobs = {site.name: (experiment, manifest, i, state) for i, site in enumerate(sites)}
+    return _per_site(_finetune_pooled_at, jobs, "fine-tuning the pooled model", progress)

@@ -203,15 +203,15 @@ def run(
     timings = {"federation_s": round(time.perf_counter() - started, 1)}
 
     local, central = {}, {}
+    manifest = run_dir / runs.PARTITION / runs.SITES
     if cfg.baselines.local_only:
         stage("baseline: local-only training per site")
         started = time.perf_counter()
-        manifest = run_dir / runs.PARTITION / runs.SITES
         local = baselines.local_only_all(experiment, manifest, sites, progress)
         timings["local_only_s"] = round(time.perf_counter() - started, 1)
     if cfg.baselines.centralized:
         stage("baseline: centralized pooled training + fine-tuning")
         started = time.perf_counter()
-        _, central = baselines.centralized(experiment, sites, progress)
+        central = baselines.centralized(experiment, manifest, sites, progress)
         timings["centralized_s"] = round(time.perf_counter() - started, 1)
     return report.write(run_dir, experiment, sites, local, central, timings)
