@@ -4,15 +4,21 @@
 - centralized: all sites' training data pooled (the non-private upper bound), then fine-tuned at
   each site like the federated model (the layers the personalisation method fine-tunes; there are
   no rounds to personalise).
-Both use the one training loop and the same budget of passes over the data as the federation.
+Both use the one training loop and the same budget of passes over the data as the federation,
+and run as jobs on one pool of single-threaded processes (``run_baselines``).
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +35,6 @@ from common.metrics import Metrics
 from common.models import ECGClassifier
 from common.site import SiteData
 from common.training import Trainer
-
-log = logging.getLogger("ecgfl.baselines")
 
 
 def _fresh_model(experiment: ExperimentConfig, space: LabelSpace) -> ECGClassifier:
@@ -75,51 +79,62 @@ def _finetune_pooled_at(
     return finetune_at_site(model, site, space, target, ft)[2]
 
 
-def _per_site(task: Callable[..., Metrics], jobs: dict[str, tuple], desc: str, progress: bool):
-    """``task(*job)`` for every site's job, by site name, in one single-threaded process per
-    available core: sites are independent, and one-thread processes share busy cores far better
-    than one process's thread pool does. Each opens its site itself (nothing large is pickled
-    across); with one core, they run here in turn."""
-    workers = min(len(jobs), cpu.available_cores())
-    bar = tqdm(total=len(jobs), desc=desc, unit="site", disable=not progress)
-    out: dict[str, Metrics] = {}
-    if workers <= 1:
-        for name, job in jobs.items():
-            out[name] = task(*job)
-            bar.update()
-    else:
-        spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's torch
-        with ProcessPoolExecutor(workers, spawn, initializer=cpu.apply, initargs=(1,)) as pool:
-            running = {pool.submit(task, *job): name for name, job in jobs.items()}
-            for done in as_completed(running):
-                out[running[done]] = done.result()
-                bar.update()
-    bar.close()
-    return {name: out[name] for name in jobs}
-
-
-def local_only_all(
-    experiment: ExperimentConfig, manifest: Path, sites: list[SiteData], progress: bool = True
-) -> dict[str, Metrics]:
-    """Every site's local-only baseline, by site name."""
-    jobs = {site.name: (experiment, manifest, i) for i, site in enumerate(sites)}
-    return _per_site(_local_only_at, jobs, "local-only", progress)
-
-
-def centralized(
-    experiment: ExperimentConfig, manifest: Path, sites: list[SiteData], progress: bool = False
-) -> dict[str, Metrics]:
-    """Pretrain on the pooled data (this process, all its threads), then fine-tune that model
-    at every site; per site, its test scores. ``progress``: a bar per pooled epoch and one over
-    the sites' fine-tuning."""
+def _pooled_at(experiment: ExperimentConfig, manifest: Path, n_sites: int) -> dict:
+    """The model pretrained on every site's training data pooled (validation: theirs pooled),
+    as a CPU state dict."""
     space = LabelSpace.load(experiment.labels)
+    sites = [_open(experiment, manifest, i) for i in range(n_sites)]
     model = _fresh_model(experiment, space)
     pooled = ConcatDataset([s.dataset("train", space) for s in sites])
     pooled_val = ConcatDataset([s.dataset("val", space) for s in sites])
     cfg = replace(experiment.local, epochs=_epochs(experiment))
-    Trainer(cfg, space.labels, progress=progress).fit(
+    Trainer(cfg, space.labels, progress=False).fit(
         model, pooled, pooled_val if len(pooled_val) else None
     )
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    jobs = {site.name: (experiment, manifest, i, state) for i, site in enumerate(sites)}
-    return _per_site(_finetune_pooled_at, jobs, "fine-tuning the pooled model", progress)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _executor(workers: int) -> Executor:
+    """One single-threaded process per available core: one-thread processes share busy cores
+    gracefully, while one process's thread pool collapses when another job takes a core
+    (docs/benchmarks.md: the pooled baseline 10x slower under a 2-thread load). With one core,
+    a thread of this process (torch's threads are this process's, one per core)."""
+    if workers <= 1:
+        return ThreadPoolExecutor(1)
+    spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's torch
+    return ProcessPoolExecutor(workers, spawn, initializer=cpu.apply, initargs=(1,))
+
+
+def run_baselines(
+    experiment: ExperimentConfig,
+    manifest: Path,
+    sites: list[str],
+    which: set[str],
+    progress: bool = True,
+) -> dict[str, dict[str, Metrics]]:
+    """The baselines in ``which`` ('local', 'central'), per site name (``sites``, in manifest
+    order), as jobs on one pool: the pooled model trains beside the sites' local-only runs, then
+    is fine-tuned at every site. Each job opens its sites itself: nothing large is pickled."""
+    out: dict[str, dict[str, Metrics]] = {kind: {} for kind in which}
+    steps = len(sites) * len(which) + ("central" in which)
+    bar = tqdm(total=steps, desc="baselines", unit="job", disable=not progress)
+    with _executor(min(steps, cpu.available_cores())) as pool:
+        pending: dict[Future, tuple[str, str | None]] = {}
+        if "central" in which:  # the longest job first
+            pending[pool.submit(_pooled_at, experiment, manifest, len(sites))] = ("pooled", None)
+        for i, name in enumerate(sites if "local" in which else []):
+            pending[pool.submit(_local_only_at, experiment, manifest, i)] = ("local", name)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for job in done:
+                kind, name = pending.pop(job)
+                bar.update()
+                if kind != "pooled":
+                    out[kind][name] = job.result()
+                    continue
+                state = job.result()
+                for i, site in enumerate(sites):
+                    args = (experiment, manifest, i, state)
+                    pending[pool.submit(_finetune_pooled_at, *args)] = ("central", site)
+    bar.close()
+    return {kind: {name: results[name] for name in sites} for kind, results in out.items()}

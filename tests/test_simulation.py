@@ -209,17 +209,16 @@ def test_a_natural_partition_that_merges_sites_federates_every_site(tmp_path):
 
 @pytest.mark.e2e
 def test_baselines_in_worker_processes_equal_the_ones_run_here(finished, monkeypatch):
-    """Each site's local-only baseline and fine-tuning of the pooled model, in its own one-thread
-    process, gives what one thread in this process gives."""
+    """The baselines as one-thread worker processes (pooled pretraining, local-only training and
+    fine-tuning of the pooled model per site) give what one thread in this process gives."""
     experiment = ExperimentConfig.load(finished / "experiment.yaml")
     manifest = finished / "partition" / "sites.json"
     sites = [SiteData.from_manifest(manifest, i, experiment.pipeline) for i in range(2)]
 
     def both() -> list[dict]:
-        return [
-            baselines.local_only_all(experiment, manifest, sites, progress=False),
-            baselines.centralized(experiment, manifest, sites),
-        ]
+        names = [site.name for site in sites]
+        done = baselines.run_baselines(experiment, manifest, names, {"local", "central"}, False)
+        return [done["local"], done["central"]]
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the pooled model trains here in both
