@@ -27,7 +27,7 @@ from common.experiment import FederationSettings
 from common.flower_process import plain
 from common.transport import from_wire, nbytes, to_wire
 from server import privacy, runs
-from server.strategies import restore_strategy_state, strategy_state
+from server.strategies import required_sites, restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
 # The site itself answered with an error (its code raised, or could not load), as opposed to
@@ -227,20 +227,23 @@ def stop_reason(
     min_sites: int,
     history: list[dict],
     total_rounds: int,
+    fraction: float = 1.0,
 ) -> str | None:
     """Why the run cannot go on comparably after this training round, or None.
 
-    Too few sites replied; or a site has answered with the same error in every round since
-    round 1 (from round 2 on, or at once in a one-round run): a federation without it would be
-    reported as if it were the one asked for. A site that is gone (no reply, node unavailable)
+    Too few sites replied (``min_sites``, or its ``fraction`` when rounds sample sites); or a
+    site has answered with the same error in every round since round 1 (from round 2 on, or at
+    once in a one-round run): a federation without it would be reported as if it were the one
+    asked for. A site that is gone (no reply, node unavailable)
     is dropout, not a deterministic failure: the run goes on while ``min_sites`` remain.
     """
-    if len(per_site) < min_sites:
+    required = required_sites(min_sites, fraction)
+    if len(per_site) < required:
         who = "; ".join(f"{f['site']}: {f['reason']}" for f in failed) or "no reply"
-        return (
-            f"round {rnd}: {len(per_site)} site(s) trained, fewer than min_sites {min_sites} "
-            f"(failed: {who})"
-        )
+        need = f"min_sites {min_sites}"
+        if fraction < 1:
+            need = f"{required} ({need} x fraction_train {fraction:g})"
+        return f"round {rnd}: {len(per_site)} site(s) trained, fewer than {need} (failed: {who})"
     trains = [e for e in history if e["phase"] == protocol.Phase.TRAIN] + [
         {"round": rnd, "failed": failed}
     ]
@@ -339,8 +342,10 @@ class RoundLoop:
         history = self.metrics.read()
         trained_before = [e for e in history if e["phase"] == protocol.Phase.TRAIN]
         _report_failures(rnd, failed, trained_before[-1]["failed"] if trained_before else [])
-        min_sites = self.federation.min_sites or 1
-        halt = stop_reason(rnd, per_site, failed, min_sites, history, self.federation.rounds)
+        fed = self.federation
+        halt = stop_reason(
+            rnd, per_site, failed, fed.min_sites or 1, history, fed.rounds, fed.fraction_train
+        )
         if halt is not None:
             self.metrics.write(
                 {"round": rnd, "phase": protocol.Phase.STOPPED, "failed": failed, "reason": halt}
