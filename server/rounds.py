@@ -8,7 +8,6 @@ in the same order.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from common.experiment import FederationSettings
 from common.flower_process import plain
 from common.transport import from_wire, nbytes, to_wire
 from server import privacy, runs
+from server.metricslog import MetricsLog
 from server.strategies import required_sites, restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
@@ -101,33 +101,6 @@ def checkpoint_path(run_dir: Path, rnd: int) -> Path:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = sorted((run_dir / runs.CHECKPOINTS).glob("round-*.pt"))
     return found[-1] if found else None
-
-
-class MetricsLog:
-    """``metrics.jsonl``: one line per phase of every round, appended as it happens."""
-
-    def __init__(self, path: Path, on_write: Callable[[dict], None] | None = None) -> None:
-        self.path = path
-        self.on_write = on_write  # e.g. the experiment's tracking sinks (server/tracking.py)
-
-    def write(self, entry: dict) -> None:
-        entry = {**entry, "time": round(time.time(), 3)}
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        if self.on_write is not None:
-            self.on_write(entry)
-
-    def truncate_after(self, rnd: int) -> None:
-        """Forget entries of rounds after ``rnd`` (a resumed run redoes them)."""
-        kept = [
-            e for e in self.read() if e["round"] <= rnd and e["phase"] != protocol.Phase.FINETUNE
-        ]
-        self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
 def site_name(reply: Message, node: int, known: dict[int, str]) -> str:
