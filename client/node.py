@@ -75,12 +75,12 @@ def _virtual_site(manifest: Path, partition: int, pipeline: PipelineConfig) -> S
 
 
 def output_dir(context: Context, site: SiteData, run_name: str) -> Path:
-    """Where this site keeps what must not leave it (the fine-tuned model)."""
+    """Where this site keeps what must not leave it (the fine-tuned model). Created by what
+    writes there: most messages write nothing, and a 1,000-site simulation would otherwise
+    leave a folder per site that ever trained."""
     node = context.node_config
     if "output-dir" in node:
         base = Path(str(node["output-dir"]))
     else:
         base = Path(str(context.run_config[protocol.RUN_DIR])) / "sites" / site.name
-    path = base / plain_name(run_name, protocol.RUN_NAME)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return base / plain_name(run_name, protocol.RUN_NAME)
