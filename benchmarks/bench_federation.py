@@ -5,7 +5,8 @@
    the rest goes (start-up, per-round exchanges, evaluation, fine-tuning).
 2. scaling: 4, 16 and 64 virtual sites over the same total data: wall time and peak memory of
    everything the run starts (SuperLink, ServerApp, Ray and its ClientApp workers);
-   sites1000: the same for 100 and 1,000 sites over 20,000 records, 10 % of them sampled.
+   sites1000: the same for 100 and 1,000 sites over 20,000 records, 10 % of them sampled;
+   messages: the cost per message with a near-empty model, sites reopened per message or kept.
 3. communication: bytes per site per round for each model, float32 and float16 transport, and
    the macro AUC cost of float16 measured on one simulation pair.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from client import node
 from common import protocol
 from common.cache import SiteCache
 from common.config import from_dict
@@ -207,6 +209,33 @@ def sites1000(workdir: Path) -> None:
         print(f"| {n} | {seconds:.1f} | {fed_s:.1f} | {peak / 2**30:.2f} | {parts} |", flush=True)
 
 
+def messages(workdir: Path) -> None:
+    """Per-message cost with a near-empty model (ribeiro_resnet width 1/32, 7,903 parameters),
+    64 sites x 5 rounds, each ClientApp process reopening its site for every message
+    (ECGFL_SITE_CACHE=0, as before sites were kept open) beside keeping 32 and 64 open."""
+    cfg = config(
+        **{"partition.tis_sites": 64, "experiment.model.kwargs": {"width": 1 / 32}},
+    )
+    sim.source_plans(cfg, workdir / ".data", progress=False)  # generate the data untimed
+    print("\n## 3c. per-message cost: 64 sites x 5 rounds, near-empty model")
+    print("| sites kept open per process | train + evaluate exchanges (s) | per message (ms) |")
+    print("|---|---|---|")
+    for kept in ("0", "32", "64"):
+        os.environ[node.SITE_CACHE_ENV] = kept
+        try:
+            run_dir, _, _ = simulate(cfg, workdir, f"messages-{kept}")
+        finally:
+            os.environ.pop(node.SITE_CACHE_ENV)
+        parts = phases(run_dir)
+        sent = sum(
+            len(e["sites"]) + len(e["failed"])
+            for e in runs.entries(run_dir)
+            if e["phase"] in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE)
+        )
+        busy = parts["train exchanges"] + parts["evaluate exchanges"]
+        print(f"| {kept} | {busy:.1f} | {1000 * busy / sent:.0f} |", flush=True)
+
+
 def communication(workdir: Path) -> None:
     print("\n## 4. communication: model bytes per site per round (each way)")
     print("| model | parameters + buffers | float32 | float16 |")
@@ -251,7 +280,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=("overhead", "scaling", "sites1000", "communication"),
+        choices=("overhead", "scaling", "sites1000", "messages", "communication"),
         default=["overhead", "scaling", "communication"],
     )
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temp dir)")
@@ -270,6 +299,8 @@ def main() -> None:
             scaling(workdir)
         if "sites1000" in args.only:
             sites1000(workdir)
+        if "messages" in args.only:
+            messages(workdir)
         if "communication" in args.only:
             communication(workdir)
 
