@@ -63,16 +63,6 @@ def log_through_flower() -> None:
             ours.addHandler(handler)
 
 
-def learn_site_names(grid: Grid, config, timeout: float, known: dict[int, str]) -> None:
-    """Ask each node the coordinator cannot name (a simulation's virtual sites) which site it
-    is, so a site that fails from round 1 is reported by name, not by node id."""
-    unknown = [node for node in grid.get_node_ids() if node not in known]
-    if unknown:
-        content = RecordDict({protocol.CONFIG_RECORD: config})
-        messages = [Message(content, dst_node_id=n, message_type=protocol.QUERY) for n in unknown]
-        exchange(grid, messages, timeout, known)
-
-
 def start_state(context: Context, run_dir: Path, experiment, space, metrics) -> RoundState:
     """Round 0 of a new run, or the last complete round of a resumed one; with the site names
     provisioning learnt (deployment: node id -> site, from registered keys)."""
@@ -149,7 +139,6 @@ def main(grid: Grid, context: Context) -> None:
     state = start_state(context, run_dir, experiment, space, metrics)
     config = Job.for_run(experiment, run_dir.name).to_record()
     fed = experiment.federation
-    learn_site_names(grid, config, fed.round_timeout_s, state.sites)
     save_global = global_model_saver(run_dir, experiment, space)
     loop = RoundLoop(grid, build_strategy(fed), fed, config, run_dir, metrics, save_global)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -109,6 +109,18 @@ def site_name(reply: Message, node: int, known: dict[int, str]) -> str:
     return known.get(node, f"node-{node}")
 
 
+def ask_names(
+    grid: Grid, nodes: list[int], config: ConfigRecord, timeout: float, known: dict[int, str]
+) -> None:
+    """Ask ``nodes`` which site they are (``known`` learns the answers). Only nodes whose first
+    reply was an error need it (every other reply names its site): asking every node before
+    round 1 cost a 1,000-site simulation 1,000 messages, as many as its sampled rounds."""
+    content = RecordDict({protocol.CONFIG_RECORD: config})
+    messages = [Message(content, dst_node_id=n, message_type=protocol.QUERY) for n in nodes]
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        site_name(reply, reply.metadata.src_node_id, known)
+
+
 def exchange(
     grid: Grid,
     messages: list[Message],
@@ -117,11 +129,17 @@ def exchange(
     failures_log: Path | None = None,
 ) -> tuple[list[Message], dict[str, dict], list[dict]]:
     """Send, wait, and sort the outcome per site: metrics of those that replied, the others' why
-    (one line each; the full reason goes to ``failures_log``)."""
+    (one line each; the full reason goes to ``failures_log``). A site that fails before any reply
+    named it is asked its name (``ask_names``), so failures name sites, not node ids."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     # A dead node's error reply comes from the SuperLink itself (src_node_id 1): match replies
     # to what was sent instead (send_and_receive has filled in the message ids).
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    unnamed = {sent_to.get(r.metadata.reply_to_message_id) for r in replies if r.has_error()}
+    unnamed -= {None, *known}
+    config = messages[0].content.config_records.get(protocol.CONFIG_RECORD) if messages else None
+    if unnamed and config is not None:
+        ask_names(grid, sorted(unnamed), config, timeout, known)
     per_site, failed = {}, []
     answered = set()
     for reply in replies:
