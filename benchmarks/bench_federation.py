@@ -4,11 +4,13 @@
    one plain loop over the same sample-epochs, same machine, same run: wall-time ratio and where
    the rest goes (start-up, per-round exchanges, evaluation, fine-tuning).
 2. scaling: 4, 16 and 64 virtual sites over the same total data: wall time and peak memory of
-   everything the run starts (SuperLink, ServerApp, Ray and its ClientApp workers).
+   everything the run starts (SuperLink, ServerApp, Ray and its ClientApp workers);
+   sites1000: the same for 100 and 1,000 sites over 20,000 records, 10 % of them sampled;
+   messages: the cost per message with a near-empty model, sites reopened per message or kept.
 3. communication: bytes per site per round for each model, float32 and float16 transport, and
    the macro AUC cost of float16 measured on one simulation pair.
 
-    .venv/bin/python benchmarks/bench_federation.py [--only overhead scaling communication]
+    .venv/bin/python benchmarks/bench_federation.py [--only overhead scaling sites1000 ...]
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from client import node
 from common import protocol
+from common.cache import SiteCache
 from common.config import from_dict
 from common.labels import LabelSpace
 from common.models import build_model
@@ -118,7 +122,7 @@ def simulate(cfg: SimulationConfig, workdir: Path, name: str) -> tuple[Path, flo
 
 def phases(run_dir: Path) -> dict[str, float]:
     """Where a run's federation time went, from metrics.jsonl time stamps."""
-    entries = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
+    entries = runs.entries(run_dir)
     train = [e for e in entries if e["phase"] == protocol.Phase.TRAIN]
     evaluate = [e for e in entries if e["phase"] == protocol.Phase.EVALUATE]
     finetune = next(e for e in entries if e["phase"] == protocol.Phase.FINETUNE)
@@ -178,6 +182,60 @@ def scaling(workdir: Path) -> None:
         print(f"| {n} | {seconds:.1f} | {fed_s:.1f} | {peak / 2**30:.2f} |")
 
 
+def sites1000(workdir: Path) -> None:
+    """100 and 1,000 virtual sites over the same 20,000 records, 10 % of the sites sampled in
+    every round and for the final fine-tuning, baselines off. Data and caches are prepared
+    beforehand, untimed."""
+    sampled = {
+        "data.tis.n_records": 20_000,
+        "experiment.federation.fraction_train": 0.1,
+        "experiment.federation.fraction_evaluate": 0.1,
+        "experiment.finetune.fraction": 0.1,
+    }
+    cfg = config(**sampled)
+    for plan in sim.source_plans(cfg, workdir / ".data", progress=False):
+        SiteCache.prepare(
+            plan.data_dir, workdir / ".cache", cfg.experiment.pipeline, plan.format, 2, False
+        )
+    print("\n## 3b. 100 and 1,000 sites over the same 20,000 records (iid), 5 rounds, 10 % sampled")
+    print("| sites | wall time of the run (s) | federation (s) | peak memory (GB) | phases (s) |")
+    print("|---|---|---|---|---|")
+    for n in (100, 1000):
+        run_dir, seconds, peak = simulate(
+            config(**sampled, **{"partition.tis_sites": n}), workdir, f"sites-{n}"
+        )
+        fed_s = json.loads((run_dir / "results.json").read_text())["timings"]["federation_s"]
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in phases(run_dir).items())
+        print(f"| {n} | {seconds:.1f} | {fed_s:.1f} | {peak / 2**30:.2f} | {parts} |", flush=True)
+
+
+def messages(workdir: Path) -> None:
+    """Per-message cost with a near-empty model (ribeiro_resnet width 1/32, 7,903 parameters),
+    64 sites x 5 rounds, each ClientApp process reopening its site for every message
+    (ECGFL_SITE_CACHE=0, as before sites were kept open) beside keeping 32 and 64 open."""
+    cfg = config(
+        **{"partition.tis_sites": 64, "experiment.model.kwargs": {"width": 1 / 32}},
+    )
+    sim.source_plans(cfg, workdir / ".data", progress=False)  # generate the data untimed
+    print("\n## 3c. per-message cost: 64 sites x 5 rounds, near-empty model")
+    print("| sites kept open per process | train + evaluate exchanges (s) | per message (ms) |")
+    print("|---|---|---|")
+    for kept in ("0", "32", "64"):
+        os.environ[node.SITE_CACHE_ENV] = kept
+        try:
+            run_dir, _, _ = simulate(cfg, workdir, f"messages-{kept}")
+        finally:
+            os.environ.pop(node.SITE_CACHE_ENV)
+        parts = phases(run_dir)
+        sent = sum(
+            len(e["sites"]) + len(e["failed"])
+            for e in runs.entries(run_dir)
+            if e["phase"] in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE)
+        )
+        busy = parts["train exchanges"] + parts["evaluate exchanges"]
+        print(f"| {kept} | {busy:.1f} | {1000 * busy / sent:.0f} |", flush=True)
+
+
 def communication(workdir: Path) -> None:
     print("\n## 4. communication: model bytes per site per round (each way)")
     print("| model | parameters + buffers | float32 | float16 |")
@@ -204,7 +262,7 @@ def communication(workdir: Path) -> None:
     for transport in ("float32", "float16"):
         cfg = config(**{"experiment.federation.transport": transport})
         run_dir, _, _ = simulate(cfg, workdir, f"transport-{transport}")
-        entries = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
+        entries = runs.entries(run_dir)
         last = [e for e in entries if e["phase"] == protocol.Phase.EVALUATE][-1]
         train = [e for e in entries if e["phase"] == protocol.Phase.TRAIN][-1]
         up = sum(s[protocol.BYTES_UP] for s in train["sites"].values()) / len(train["sites"])
@@ -222,7 +280,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=("overhead", "scaling", "communication"),
+        choices=("overhead", "scaling", "sites1000", "messages", "communication"),
         default=["overhead", "scaling", "communication"],
     )
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temp dir)")
@@ -239,6 +297,10 @@ def main() -> None:
             overhead(workdir, args.rounds, args.epochs)
         if "scaling" in args.only:
             scaling(workdir)
+        if "sites1000" in args.only:
+            sites1000(workdir)
+        if "messages" in args.only:
+            messages(workdir)
         if "communication" in args.only:
             communication(workdir)
 

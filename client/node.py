@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from common.site import SiteData
 
 log = logging.getLogger("ecgfl.client")
 PIPELINE_KEY = "pipeline-fingerprint"  # node config: the pipeline hospital.yaml prepared
+#: Environment (read when the ClientApp loads): the virtual sites a process keeps open.
+SITE_CACHE_ENV = "ECGFL_SITE_CACHE"
+DEFAULT_SITE_CACHE = 32
 
 
 def site_policy(context: Context) -> SitePolicy | None:
@@ -66,21 +70,32 @@ def open_site(context: Context, experiment: ExperimentConfig) -> SiteData:
     return _virtual_site(Path(str(manifest)), int(node["partition-id"]), experiment.pipeline)
 
 
-@lru_cache(maxsize=32)
-def _virtual_site(manifest: Path, partition: int, pipeline: PipelineConfig) -> SiteData:
+def site_cache_size() -> int:
+    """How many virtual sites a simulation's ClientApp process keeps open (``ECGFL_SITE_CACHE``,
+    default 32; 0 reopens the site for every message, as before this reuse existed)."""
+    text = os.environ.get(SITE_CACHE_ENV, str(DEFAULT_SITE_CACHE))
+    if not text.isdigit():
+        raise config.ConfigError(f"{SITE_CACHE_ENV}={text!r}: expected a number of sites, >= 0")
+    return int(text)
+
+
+def _open_virtual_site(manifest: Path, partition: int, pipeline: PipelineConfig) -> SiteData:
     """The Simulation Engine reuses ClientApp processes across messages: open each site once,
-    and keep its datasets (in memory) for the 32 sites this process served last: bounded
-    memory however many sites a run has."""
+    and keep its datasets (in memory) for the sites this process served last: bounded memory
+    however many sites a run has."""
     return SiteData.from_manifest(manifest, partition, pipeline)
 
 
+_virtual_site = lru_cache(maxsize=site_cache_size())(_open_virtual_site)
+
+
 def output_dir(context: Context, site: SiteData, run_name: str) -> Path:
-    """Where this site keeps what must not leave it (the fine-tuned model)."""
+    """Where this site keeps what must not leave it (the fine-tuned model). Created by what
+    writes there: most messages write nothing, and a 1,000-site simulation would otherwise
+    leave a folder per site that ever trained."""
     node = context.node_config
     if "output-dir" in node:
         base = Path(str(node["output-dir"]))
     else:
         base = Path(str(context.run_config[protocol.RUN_DIR])) / "sites" / site.name
-    path = base / plain_name(run_name, protocol.RUN_NAME)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return base / plain_name(run_name, protocol.RUN_NAME)

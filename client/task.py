@@ -54,6 +54,7 @@ def kept(out_dir: Path) -> dict[str, torch.Tensor] | None:
 
 def keep(out_dir: Path, state: dict[str, torch.Tensor]) -> None:
     """Atomically, readable by the site's own user only (mode 0600, like ``finetuned.pt``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{PERSONAL}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

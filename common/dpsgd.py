@@ -174,6 +174,7 @@ class Ledger:
 
     def add(self, steps: Steps) -> None:
         entries = [asdict(s) for s in [*self.read(), steps]]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries))
         tmp.replace(self.path)

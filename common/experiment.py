@@ -115,6 +115,10 @@ class FinetuneSettings:
     head_epochs: Annotated[int, at_least(1, cap=MAX_EPOCHS)] = 1
     #: auto: the methods each site tries, keeping the best by its own validation split.
     candidates: list[str] = field(default_factory=lambda: ["full", "head", "ditto"])
+    #: The share of sites that fine-tune and are scored after the last round: a sample seeded
+    #: by ``local.seed``, by site name; 1 = every site. A study of 1,000 sites samples its
+    #: rounds (``federation.fraction_train``) and may sample this too.
+    fraction: Annotated[float, above(0, 1)] = 1.0
 
     def validate(self) -> None:
         if self.mode not in MODES:

@@ -33,6 +33,21 @@ def _open_cache(path: str) -> tuple[SiteCache, dict[str, int]]:
     return cache, {rid: i for i, rid in enumerate(cache.index["record_id"])}
 
 
+@lru_cache(maxsize=4)
+def _read_manifest(path: str, mtime_ns: int, size: int) -> tuple[dict, dict[str, int]]:
+    """A parsed site manifest and its site name -> position map, once per process and version
+    of the file (its mtime and size are in the key): a run opens each of its sites from the same
+    manifest, and parsing it per site made opening N sites cost N parses of every record id."""
+    data = json.loads(Path(path).read_text())
+    return data, {s["name"]: i for i, s in enumerate(data["sites"])}
+
+
+def read_manifest(manifest: Path) -> tuple[dict, dict[str, int]]:
+    """The manifest (read-only: shared by every caller in this process) and its name map."""
+    stat = Path(manifest).stat()
+    return _read_manifest(str(Path(manifest).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
 @dataclass
 class SiteData:
     name: str
@@ -78,13 +93,10 @@ class SiteData:
     @classmethod
     def from_manifest(cls, manifest: Path, site: int | str, pipeline: PipelineConfig) -> SiteData:
         """One virtual site of a partition manifest (see docs/formats.md), by position or name."""
-        data = json.loads(Path(manifest).read_text())
+        data, by_name = read_manifest(manifest)
         sites = data["sites"]
-        entry = (
-            sites[site]
-            if isinstance(site, int) and 0 <= site < len(sites)
-            else next((s for s in sites if s["name"] == site), None)
-        )
+        at = site if isinstance(site, int) else by_name.get(site, -1)
+        entry = sites[at] if 0 <= at < len(sites) else None
         if entry is None:
             raise ConfigError(f"{manifest}: no site {site!r} (it lists {len(sites)})")
         source = data["sources"][entry["source"]]

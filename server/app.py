@@ -1,4 +1,5 @@
-"""ecgfl's Flower ServerApp: federated pretraining rounds, then local fine-tuning at every site.
+"""ecgfl's Flower ServerApp: federated pretraining rounds, then local fine-tuning at every site
+(or a seeded sample of them: ``finetune.fraction``).
 
 Run settings come from the run config: ``run-dir`` (absolute; checkpoints, metrics, report),
 ``experiment`` (an experiment YAML; empty = defaults), ``resume`` (continue from the last
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
 import torch
@@ -32,7 +34,7 @@ from server.rounds import (
     latest_checkpoint,
 )
 from server.runs import record_flower_run
-from server.strategies import build_strategy
+from server.strategies import build_strategy, required_sites
 
 log = logging.getLogger("ecgfl.server")
 app = ServerApp()
@@ -59,16 +61,6 @@ def log_through_flower() -> None:
     for handler in logging.getLogger("flwr").handlers:
         if handler not in ours.handlers:
             ours.addHandler(handler)
-
-
-def learn_site_names(grid: Grid, config, timeout: float, known: dict[int, str]) -> None:
-    """Ask each node the coordinator cannot name (a simulation's virtual sites) which site it
-    is, so a site that fails from round 1 is reported by name, not by node id."""
-    unknown = [node for node in grid.get_node_ids() if node not in known]
-    if unknown:
-        content = RecordDict({protocol.CONFIG_RECORD: config})
-        messages = [Message(content, dst_node_id=n, message_type=protocol.QUERY) for n in unknown]
-        exchange(grid, messages, timeout, known)
 
 
 def start_state(context: Context, run_dir: Path, experiment, space, metrics) -> RoundState:
@@ -108,15 +100,26 @@ def global_model_saver(run_dir: Path, experiment: ExperimentConfig, space: Label
     return save
 
 
-def finetune_everywhere(grid: Grid, state: RoundState, config, timeout: float, run_dir: Path):
-    """Every site fine-tunes the final global model and keeps it; (per-site scores, failures)."""
-    log.info("fine-tuning the global model at every site")
+def finetune_sample(
+    sites: dict[int, str], nodes: list[int], fraction: float, seed: int
+) -> list[int]:
+    """The nodes that fine-tune: all of them, or ``fraction`` of them (at least one) drawn with
+    ``seed`` in the order of their site names, so a rerun picks the same sites."""
+    if fraction >= 1:
+        return list(nodes)
+    ordered = sorted(nodes, key=lambda n: (sites.get(n, ""), n))
+    return random.Random(seed).sample(ordered, required_sites(len(ordered), fraction))
+
+
+def finetune_at(grid: Grid, nodes: list[int], state: RoundState, config, timeout: float, run_dir):
+    """The sites at ``nodes`` fine-tune the final global model and keep it; (per-site scores,
+    failures)."""
+    log.info("fine-tuning the global model at %d site(s)", len(nodes))
     content = RecordDict(
         {protocol.ARRAYS_RECORD: ArrayRecord(state.arrays), protocol.CONFIG_RECORD: config}
     )
     messages = [
-        Message(content=content, dst_node_id=node, message_type=protocol.FINETUNE)
-        for node in grid.get_node_ids()
+        Message(content=content, dst_node_id=node, message_type=protocol.FINETUNE) for node in nodes
     ]
     _, per_site, failed = exchange(grid, messages, timeout, state.sites, run_dir / runs.FAILURES)
     return per_site, failed
@@ -136,7 +139,6 @@ def main(grid: Grid, context: Context) -> None:
     state = start_state(context, run_dir, experiment, space, metrics)
     config = Job.for_run(experiment, run_dir.name).to_record()
     fed = experiment.federation
-    learn_site_names(grid, config, fed.round_timeout_s, state.sites)
     save_global = global_model_saver(run_dir, experiment, space)
     loop = RoundLoop(grid, build_strategy(fed), fed, config, run_dir, metrics, save_global)
     try:
@@ -145,13 +147,17 @@ def main(grid: Grid, context: Context) -> None:
         report.write(run_dir, metrics.read(), experiment)
         tracker.finish(run_dir, stopped=True)
         return
-    per_site, failed = finetune_everywhere(grid, state, config, fed.round_timeout_s, run_dir)
+    nodes = list(grid.get_node_ids())
+    ft = experiment.finetune
+    chosen = finetune_sample(state.sites, nodes, ft.fraction, experiment.local.seed)
+    per_site, failed = finetune_at(grid, chosen, state, config, fed.round_timeout_s, run_dir)
     metrics.write(
         {
             "round": state.round,
             "phase": protocol.Phase.FINETUNE,
             "sites": per_site,
             "failed": failed,
+            "sampled": {"sites": len(chosen), "of": len(nodes), "fraction": ft.fraction},
         }
     )
     report.write(run_dir, metrics.read(), experiment)

@@ -264,7 +264,7 @@ def partition_section(run_dir: Path) -> list:
 
 
 def finetune_section(entries: list[dict]) -> list:
-    sites, failed = finetune_table(entries)
+    sites, failed, _ = finetune_table(entries)
     if not sites and not failed:
         return []
     rows = [

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import protocol
-from server import runs
+from server import runs, sitesummary
 
 if TYPE_CHECKING:  # the dashboard reads tables from here without loading torch
     from common.experiment import ExperimentConfig
+
+
+FINETUNE_PLOT = "finetune.png"  # many sites: their scores' distribution
 
 
 def _fmt(value) -> str:
@@ -42,9 +45,10 @@ def rounds_table(entries: list[dict]) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def finetune_table(entries: list[dict]) -> tuple[dict[str, dict], list[dict]]:
+def finetune_table(entries: list[dict]) -> tuple[dict[str, dict], list[dict], dict | None]:
+    """The last fine-tuning's per-site scores, its failures, and how its sites were sampled."""
     last = next((e for e in reversed(entries) if e["phase"] == protocol.Phase.FINETUNE), None)
-    return (last["sites"], last["failed"]) if last else ({}, [])
+    return (last["sites"], last["failed"], last.get("sampled")) if last else ({}, [], None)
 
 
 def plot_rounds(rows: list[dict], path: Path) -> None:
@@ -83,10 +87,86 @@ def _sites(names: list[str], shown: int = 8) -> str:
     return (", ".join(names[:shown]) + more) or "-"
 
 
+FINETUNE_HEAD = [
+    "| site | train | test | global AUC | global F1 | fine-tuned AUC | fine-tuned F1 |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def _finetune_row(name: str, m: dict) -> str:
+    return (
+        f"| {name} | {int(m[protocol.TRAIN_EXAMPLES])} | {int(m[protocol.NUM_EXAMPLES])} | "
+        f"{_fmt(m[protocol.BEFORE_MACRO_AUC])} | {_fmt(m[protocol.BEFORE_MACRO_F1])} | "
+        f"{_fmt(m[protocol.AFTER_MACRO_AUC])} | {_fmt(m[protocol.AFTER_MACRO_F1])} |"
+    )
+
+
+def _score(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def failure_summary(failed: list[dict], shown: int = 5) -> list[str]:
+    """Failures grouped by reason, the commonest first, with a few of their sites."""
+    by_reason: dict[str, list[str]] = {}
+    for f in failed:
+        by_reason.setdefault(f["reason"], []).append(f["site"])
+    ranked = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    return [
+        f"- {len(names)} site(s): {reason} ({_sites(names, 3)})" for reason, names in ranked[:shown]
+    ] + ([f"- and {len(ranked) - shown} other reasons"] if len(ranked) > shown else [])
+
+
+def finetune_summary(sites: dict[str, dict], failed: list[dict], run_dir: Path) -> list[str]:
+    """Many sites: the distribution of their test macro AUC before and after fine-tuning, the
+    top and bottom sites, a plot; every site's scores stay in summary.json."""
+    before = {n: _score(m.get(protocol.BEFORE_MACRO_AUC)) for n, m in sites.items()}
+    after = {n: _score(m.get(protocol.AFTER_MACRO_AUC)) for n, m in sites.items()}
+    columns = {"global": list(before.values()), "fine-tuned": list(after.values())}
+    title = f"{run_dir.name}: test macro AUC over {len(sites)} sites"
+    sitesummary.plot_distribution(columns, run_dir / FINETUNE_PLOT, title)
+    top, bottom = sitesummary.ends(after)
+    lines = [
+        f"{len(sites)} sites fine-tuned, {len(failed)} failed. Every site's scores: "
+        f"[{runs.SUMMARY}]({runs.SUMMARY}) (`finetune`, `finetune_failed`).",
+        "",
+        *sitesummary.stats_table(columns, "test macro AUC"),
+        "",
+        f"Top {len(top)} sites by fine-tuned AUC:",
+        "",
+        *FINETUNE_HEAD,
+        *(_finetune_row(n, sites[n]) for n in top),
+        "",
+        f"Bottom {len(bottom)} sites:",
+        "",
+        *FINETUNE_HEAD,
+        *(_finetune_row(n, sites[n]) for n in bottom),
+    ]
+    if failed:
+        lines += ["", "Failed:", "", *failure_summary(failed)]
+    return [*lines, "", f"![macro AUC over the sites]({FINETUNE_PLOT})"]
+
+
+def finetune_lines(
+    sites: dict[str, dict], failed: list[dict], sampled: dict | None, run_dir: Path
+) -> list[str]:
+    """The fine-tuning section: a row per site, or a summary when there are many."""
+    lines = ["", "## Fine-tuning at each site (local test split)", ""]
+    if sampled and sampled["sites"] < sampled["of"]:
+        lines += [
+            f"A seeded sample of {sampled['sites']} of {sampled['of']} sites fine-tuned "
+            f"(`finetune.fraction: {sampled['fraction']:g}`); the others are not scored.",
+            "",
+        ]
+    if sitesummary.summarised(len(sites) + len(failed)):
+        return lines + finetune_summary(sites, failed, run_dir)
+    lines += [*FINETUNE_HEAD, *(_finetune_row(n, sites[n]) for n in sorted(sites))]
+    return lines + [f"| {f['site']} | failed: {f['reason']} | | | | | |" for f in failed]
+
+
 def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> Path:
     """report.md, rounds.png and summary.json in ``run_dir``."""
     rows = rounds_table(entries)
-    sites, failed = finetune_table(entries)
+    sites, failed, sampled = finetune_table(entries)
     if rows:
         plot_rounds(rows, run_dir / runs.ROUNDS_PLOT)
     stopped = next((e["reason"] for e in entries if e["phase"] == protocol.Phase.STOPPED), None)
@@ -95,6 +175,7 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
         "rounds": rows,
         "finetune": sites,
         "finetune_failed": failed,
+        "finetune_sampled": sampled,
         "stopped": stopped,
     }
     (run_dir / runs.SUMMARY).write_text(json.dumps(summary, indent=1))
@@ -114,22 +195,7 @@ def write(run_dir: Path, entries: list[dict], experiment: ExperimentConfig) -> P
             f"{_fmt(r.get('val_loss'))} | {_fmt(r.get('val_macro_auc'))} | "
             f"{_fmt(r.get('seconds'))} | {'; '.join(r['failed']) or '-'} |"
         )
-    lines += [
-        "",
-        "## Fine-tuning at each site (local test split)",
-        "",
-        "| site | train | test | global AUC | global F1 | fine-tuned AUC | fine-tuned F1 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in sorted(sites):
-        m = sites[name]
-        lines.append(
-            f"| {name} | {int(m['train-examples'])} | {int(m['num-examples'])} | "
-            f"{_fmt(m['before-macro-auc'])} | {_fmt(m['before-macro-f1'])} | "
-            f"{_fmt(m['after-macro-auc'])} | {_fmt(m['after-macro-f1'])} |"
-        )
-    for f in failed:
-        lines.append(f"| {f['site']} | failed: {f['reason']} | | | | | |")
+    lines += finetune_lines(sites, failed, sampled, run_dir)
     if rows:
         lines += ["", "![metrics per round](rounds.png)"]
     path = run_dir / runs.REPORT

@@ -8,7 +8,6 @@ in the same order.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -27,7 +26,8 @@ from common.experiment import FederationSettings
 from common.flower_process import plain
 from common.transport import from_wire, nbytes, to_wire
 from server import privacy, runs
-from server.strategies import restore_strategy_state, strategy_state
+from server.metricslog import MetricsLog
+from server.strategies import required_sites, restore_strategy_state, strategy_state
 
 log = logging.getLogger("ecgfl.server")
 # The site itself answered with an error (its code raised, or could not load), as opposed to
@@ -103,37 +103,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-class MetricsLog:
-    """``metrics.jsonl``: one line per phase of every round, appended as it happens."""
-
-    def __init__(self, path: Path, on_write: Callable[[dict], None] | None = None) -> None:
-        self.path = path
-        self.on_write = on_write  # e.g. the experiment's tracking sinks (server/tracking.py)
-
-    def write(self, entry: dict) -> None:
-        entry = {**entry, "time": round(time.time(), 3)}
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        if self.on_write is not None:
-            self.on_write(entry)
-
-    def truncate_after(self, rnd: int) -> None:
-        """Forget entries of rounds after ``rnd`` (a resumed run redoes them)."""
-        kept = [
-            e for e in self.read() if e["round"] <= rnd and e["phase"] != protocol.Phase.FINETUNE
-        ]
-        self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
-
 def site_name(reply: Message, node: int, known: dict[int, str]) -> str:
     if not reply.has_error() and protocol.SITE_RECORD in reply.content.config_records:
         known[node] = str(reply.content.config_records[protocol.SITE_RECORD][protocol.SITE_NAME])
     return known.get(node, f"node-{node}")
+
+
+def ask_names(
+    grid: Grid, nodes: list[int], config: ConfigRecord, timeout: float, known: dict[int, str]
+) -> None:
+    """Ask ``nodes`` which site they are (``known`` learns the answers). Only nodes whose first
+    reply was an error need it (every other reply names its site): asking every node before
+    round 1 cost a 1,000-site simulation 1,000 messages, as many as its sampled rounds."""
+    content = RecordDict({protocol.CONFIG_RECORD: config})
+    messages = [Message(content, dst_node_id=n, message_type=protocol.QUERY) for n in nodes]
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        site_name(reply, reply.metadata.src_node_id, known)
 
 
 def exchange(
@@ -144,11 +129,17 @@ def exchange(
     failures_log: Path | None = None,
 ) -> tuple[list[Message], dict[str, dict], list[dict]]:
     """Send, wait, and sort the outcome per site: metrics of those that replied, the others' why
-    (one line each; the full reason goes to ``failures_log``)."""
+    (one line each; the full reason goes to ``failures_log``). A site that fails before any reply
+    named it is asked its name (``ask_names``), so failures name sites, not node ids."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     # A dead node's error reply comes from the SuperLink itself (src_node_id 1): match replies
     # to what was sent instead (send_and_receive has filled in the message ids).
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    unnamed = {sent_to.get(r.metadata.reply_to_message_id) for r in replies if r.has_error()}
+    unnamed -= {None, *known}
+    config = messages[0].content.config_records.get(protocol.CONFIG_RECORD) if messages else None
+    if unnamed and config is not None:
+        ask_names(grid, sorted(unnamed), config, timeout, known)
     per_site, failed = {}, []
     answered = set()
     for reply in replies:
@@ -227,20 +218,23 @@ def stop_reason(
     min_sites: int,
     history: list[dict],
     total_rounds: int,
+    fraction: float = 1.0,
 ) -> str | None:
     """Why the run cannot go on comparably after this training round, or None.
 
-    Too few sites replied; or a site has answered with the same error in every round since
-    round 1 (from round 2 on, or at once in a one-round run): a federation without it would be
-    reported as if it were the one asked for. A site that is gone (no reply, node unavailable)
+    Too few sites replied (``min_sites``, or its ``fraction`` when rounds sample sites); or a
+    site has answered with the same error in every round since round 1 (from round 2 on, or at
+    once in a one-round run): a federation without it would be reported as if it were the one
+    asked for. A site that is gone (no reply, node unavailable)
     is dropout, not a deterministic failure: the run goes on while ``min_sites`` remain.
     """
-    if len(per_site) < min_sites:
+    required = required_sites(min_sites, fraction)
+    if len(per_site) < required:
         who = "; ".join(f"{f['site']}: {f['reason']}" for f in failed) or "no reply"
-        return (
-            f"round {rnd}: {len(per_site)} site(s) trained, fewer than min_sites {min_sites} "
-            f"(failed: {who})"
-        )
+        need = f"min_sites {min_sites}"
+        if fraction < 1:
+            need = f"{required} ({need} x fraction_train {fraction:g})"
+        return f"round {rnd}: {len(per_site)} site(s) trained, fewer than {need} (failed: {who})"
     trains = [e for e in history if e["phase"] == protocol.Phase.TRAIN] + [
         {"round": rnd, "failed": failed}
     ]
@@ -339,8 +333,10 @@ class RoundLoop:
         history = self.metrics.read()
         trained_before = [e for e in history if e["phase"] == protocol.Phase.TRAIN]
         _report_failures(rnd, failed, trained_before[-1]["failed"] if trained_before else [])
-        min_sites = self.federation.min_sites or 1
-        halt = stop_reason(rnd, per_site, failed, min_sites, history, self.federation.rounds)
+        fed = self.federation
+        halt = stop_reason(
+            rnd, per_site, failed, fed.min_sites or 1, history, fed.rounds, fed.fraction_train
+        )
         if halt is not None:
             self.metrics.write(
                 {"round": rnd, "phase": protocol.Phase.STOPPED, "failed": failed, "reason": halt}

@@ -18,6 +18,7 @@ import yaml
 
 from common import protocol
 from common.config import ConfigError
+from server import metricslog
 
 if TYPE_CHECKING:  # torch: only where an experiment is run
     from common.experiment import ExperimentConfig
@@ -27,7 +28,8 @@ EXPERIMENT = "experiment.yaml"  # the pinned experiment the ServerApp runs
 RUN_CONFIG = "run_config.toml"  # what ``flwr run --run-config`` hands the apps
 SITES = "sites.json"  # deployment: Flower node id -> hospital; simulation: PARTITION/SITES
 PARTITION = "partition"  # simulation: the virtual sites' manifest and partition report
-METRICS = "metrics.jsonl"  # one line per phase of a round (server.rounds.MetricsLog)
+METRICS = "metrics.jsonl"  # one line per phase of a round (server.metricslog.MetricsLog)
+SITE_METRICS = metricslog.SITE_METRICS  # one line per site per round and phase (server.metricslog)
 SUMMARY = "summary.json"  # written when the run ends
 REPORT = "report.md"
 ROUNDS_PLOT = "rounds.png"
@@ -76,15 +78,10 @@ def flower_run_ids(run_dir: Path) -> list[int]:
 
 
 def entries(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's entries of the shape MetricsLog writes: a line being written, or one that
-    is malformed, is left out, so nothing built from them fails on it."""
-    path = run_dir / METRICS
-    if not path.exists():
-        return []
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            found.append(_entry_shape(json.loads(line)))
+    """metrics.jsonl's entries, with their sites' metrics from site_metrics.jsonl, of the shape
+    MetricsLog writes: a line being written, or one that is malformed, is left out, so nothing
+    built from them fails on it."""
+    found = [_entry_shape(e) for e in metricslog.read_entries(run_dir / METRICS)]
     return [e for e in found if e is not None]
 
 

@@ -57,14 +57,24 @@ def weighted_mean_metrics(records: list[RecordDict], weight_key: str) -> MetricR
     return out
 
 
+def required_sites(min_sites: int, fraction: float) -> int:
+    """How many sites a sampled round needs: ``fraction`` of ``min_sites``, rounded down as
+    Flower's sampling rounds ``fraction`` of the connected sites, and at least one. Asking for
+    ``min_sites`` itself would make Flower sample every site (its sample size is the larger of
+    the two), so ``fraction_train: 0.1`` over 1,000 sites would train all 1,000."""
+    return max(1, int(min_sites * fraction))
+
+
 def build_strategy(s: FederationSettings) -> Strategy:
     if s.min_sites is None:
         raise ConfigError("federation.min_sites is not set: how many sites must take part?")
     common = {
         "fraction_train": s.fraction_train,
         "fraction_evaluate": s.fraction_evaluate,
-        "min_train_nodes": s.min_sites,
-        "min_evaluate_nodes": s.min_sites if s.fraction_evaluate > 0 else 0,
+        "min_train_nodes": required_sites(s.min_sites, s.fraction_train),
+        "min_evaluate_nodes": (
+            required_sites(s.min_sites, s.fraction_evaluate) if s.fraction_evaluate > 0 else 0
+        ),
         "min_available_nodes": s.min_sites,
         "train_metrics_aggr_fn": weighted_mean_metrics,
         "evaluate_metrics_aggr_fn": weighted_mean_metrics,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from common.labels import LabelSpace
 from common.names import RULE, is_plain_name, plain_from
 from common.record import RecordInfo
 from common.splits import SPLITS, assign_splits
-from server import runs
+from server import runs, sitesummary
 
 SCHEMES = ("natural", "iid", "dirichlet", "quantity")
 
@@ -193,17 +194,30 @@ def partition(
 
 
 def write_report(manifest: dict, counts: pd.DataFrame, out_dir: Path) -> None:
-    """manifest.json, partition.csv/json and a heatmap of label counts per site."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """manifest.json, partition.csv/json and a plot of label counts per site: a heatmap, or
+    above ``sitesummary.SUMMARY_ABOVE`` sites their distribution (a 1,000-row heatmap is
+    tens of thousands of pixels tall)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / runs.SITES).write_text(json.dumps(manifest, indent=1))
     counts.to_csv(out_dir / "partition.csv", index=False)
     totals = counts.drop(columns="split").groupby("site", sort=False).sum()
     (out_dir / "partition.json").write_text(json.dumps(totals.to_dict(orient="index"), indent=1))
+    plot = _spread if sitesummary.summarised(len(totals)) else _heatmap
+    plot(totals, manifest["scheme"], out_dir / "partition.png")
+
+
+def _pyplot() -> ModuleType:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _heatmap(totals: pd.DataFrame, scheme: str, path: Path) -> None:
+    """Positives per site and label, coloured by prevalence."""
+    plt = _pyplot()
     labels = [c for c in totals.columns if c != "records"]
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(labels), 1.2 + 0.35 * len(totals)))
     data = totals[labels].to_numpy()
@@ -212,7 +226,27 @@ def write_report(manifest: dict, counts: pd.DataFrame, out_dir: Path) -> None:
         ax.text(j, i, str(v), ha="center", va="center", color="w", fontsize=7)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(totals)), [f"{s} (n={n})" for s, n in totals["records"].items()])
-    ax.set_title(f"positives per site ({manifest['scheme']}); colour = prevalence")
+    ax.set_title(f"positives per site ({scheme}); colour = prevalence")
     fig.tight_layout()
-    fig.savefig(out_dir / "partition.png", dpi=110)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _spread(totals: pd.DataFrame, scheme: str, path: Path) -> None:
+    """Many sites: a histogram of their sizes and each label's prevalence over them."""
+    plt = _pyplot()
+    labels = [c for c in totals.columns if c != "records"]
+    sizes = totals["records"].to_numpy()
+    prevalence = totals[labels].to_numpy() / np.maximum(sizes[:, None], 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.hist(sizes, bins=min(50, max(5, len(np.unique(sizes)))))
+    left.set_xlabel("records per site")
+    left.set_ylabel("sites")
+    left.set_title(f"{len(sizes)} sites ({scheme}): sizes", fontsize=9)
+    right.boxplot(list(prevalence.T), showfliers=True, flierprops={"markersize": 2})
+    right.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right")
+    right.set_ylabel("prevalence at a site")
+    right.set_title("label prevalence over the sites", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,8 +4,10 @@ split's support, each method's mean and worst site; ``compare`` sums up several 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,12 @@ from common.experiment import ExperimentConfig
 from common.labels import LabelSpace
 from common.metrics import CONFIDENCE, MIN_CASES, Metrics, too_few_cases, unscored_labels
 from common.site import SiteData
-from server import runs
+from server import runs, sitesummary
 
 LOCAL, CENTRAL = "local-only", "centralized + fine-tune"
 RESULTS = "results.json"  # in the run folder: every number of the report, per method and site
+SITES_CSV = "sites.csv"  # in the run folder: every site's row as a flat table
+SITES_PLOT = "sites.png"
 #: (title, row key) of the compared columns; ``columns`` names them for one experiment.
 COLUMNS = (
     (LOCAL, "local"),
@@ -305,11 +309,14 @@ def support_lines(rows: list[dict], labels: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def _head(cols: list[tuple[str, str]] | tuple) -> list[str]:
+    head = " | ".join(f"{name} AUC [95% CI] | {name} F1" for name, _ in cols)
+    return [f"| site | train | test | {head} |", "|---" * (3 + 2 * len(cols)) + "|"]
+
+
 def table(rows: list[dict], cols: list[tuple[str, str]] | tuple = COLUMNS) -> list[str]:
     """The per-site table with its mean and worst-site rows."""
-    head = " | ".join(f"{name} AUC [95% CI] | {name} F1" for name, _ in cols)
-    lines = [f"| site | train | test | {head} |", "|---" * (3 + 2 * len(cols)) + "|"]
-    lines += [_site_line(r, cols) for r in rows]
+    lines = [*_head(cols), *(_site_line(r, cols) for r in rows)]
     avg = means(rows)
     cells = " | ".join(
         f"{auc_cell(avg[k]['auc'], avg[k]['auc_ci'])} | {_fmt(avg[k]['f1'])}" for _, k in cols
@@ -317,6 +324,114 @@ def table(rows: list[dict], cols: list[tuple[str, str]] | tuple = COLUMNS) -> li
     worst = [_worst(rows, f"{k}_auc") for _, k in cols]
     lows = " | ".join("- | " if w is None else f"{w[1]:.3f} ({w[0]}) | " for w in worst)
     return [*lines, f"| **mean** | | | {cells} |", f"| **worst site** (AUC) | | | {lows}|"]
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Every site's row as a flat table (spreadsheets, pandas): counts, failure, and each
+    column's macro AUC with its interval and macro F1."""
+    fields = ["site", "n_train", "n_val", "n_test", "failed"]
+    for _, key in COLUMNS:
+        fields += [f"{key}_auc", f"{key}_auc_low", f"{key}_auc_high", f"{key}_f1"]
+    with open(path, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fields, extrasaction="ignore")
+        out.writeheader()
+        for r in rows:
+            flat = dict(r)
+            for _, key in COLUMNS:
+                ci = r[f"{key}_auc_ci"] or [None, None]
+                flat[f"{key}_auc_low"], flat[f"{key}_auc_high"] = ci
+            out.writerow(flat)
+
+
+def _picked(rows: list[dict]) -> list[str]:
+    """Under ``auto``: how many sites picked each candidate."""
+    picks = Counter(
+        next((n for n, c in r["candidates"].items() if c["picked"]), "-")
+        for r in rows
+        if r["candidates"]
+    )
+    if not picks:
+        return []
+    told = ", ".join(f"{name} {n}" for name, n in picks.most_common())
+    return ["", f"Sites' picks under `finetune.mode: auto`: {told}."]
+
+
+def support_summary(rows: list[dict], labels: tuple[str, ...]) -> list[str]:
+    """Per label over the scored sites: test positives in all, and at how many sites it was
+    not scored or scored on too few cases."""
+    scored = [r for r in rows if r["test_positives"]]
+    lines = [
+        f"Per label over the {len(scored)} sites scored: positives in their test splits, the "
+        f"sites where it could not be scored, and those where it was scored on fewer than "
+        f"{MIN_CASES} positives or negatives:",
+        "",
+        "| label | test positives | sites not scored | sites with too few cases |",
+        "|---|---|---|---|",
+    ]
+    for label in labels:
+        why = [r["unscored"].get(label, "") for r in scored]
+        few = sum(w.startswith("scored") for w in why)
+        positives = sum(r["test_positives"].get(label, 0) for r in scored)
+        lines.append(f"| {label} | {positives} | {sum(bool(w) for w in why) - few} | {few} |")
+    return lines
+
+
+def summary_lines(rows: list[dict], cols: list[tuple[str, str]]) -> list[str]:
+    """Many sites: each method's macro AUC over them (its distribution, the mean's interval),
+    and the top and bottom sites by the personalised model's."""
+    dist = {title: [r[f"{key}_auc"] for r in rows] for title, key in cols}
+    avg = means(rows)
+    interval = "; ".join(
+        f"{title} {auc_cell(avg[key]['auc'], avg[key]['auc_ci'])}"
+        for title, key in cols
+        if avg[key]["auc"] is not None
+    )
+    top, bottom = sitesummary.ends({r["site"]: r["after_auc"] for r in rows})
+    by_name = {r["site"]: r for r in rows}
+    return [
+        f"{len(rows)} sites: the distribution of each method's test macro AUC over them. Every "
+        f"site's row: [{SITES_CSV}]({SITES_CSV}) and [{RESULTS}]({RESULTS}) (`sites`).",
+        "",
+        *sitesummary.stats_table(dist, "method"),
+        "",
+        f"Mean over sites with its 95 % interval: {interval or '-'}.",
+        "",
+        f"Top {len(top)} sites by {cols[2][0]} AUC:",
+        "",
+        *_head(cols),
+        *(_site_line(by_name[n], cols) for n in top),
+        "",
+        f"Bottom {len(bottom)} sites:",
+        "",
+        *_head(cols),
+        *(_site_line(by_name[n], cols) for n in bottom),
+    ]
+
+
+def _per_site_body(
+    rows: list[dict], experiment: ExperimentConfig, labels: tuple[str, ...], run_dir: Path
+) -> list[str]:
+    """The report's per-site part: every row, or at scale a summary; and its plot."""
+    cols = columns(experiment)
+    if sitesummary.summarised(len(rows)):
+        dist = {title: [r[f"{key}_auc"] for r in rows] for title, key in cols}
+        title = f"{run_dir.name}: macro AUC over {len(rows)} sites"
+        sitesummary.plot_distribution(dist, run_dir / SITES_PLOT, title)
+        return [*summary_lines(rows, cols), *_picked(rows), "", *support_summary(rows, labels)]
+    plot_sites(rows, run_dir / SITES_PLOT, f"{run_dir.name}: macro AUC per site")
+    return [*table(rows, cols), *_auto_table(rows), "", *support_lines(rows, labels)]
+
+
+def _sampled_line(summary: dict) -> list[str]:
+    sampled = summary.get("finetune_sampled")
+    if not sampled or sampled["sites"] >= sampled["of"]:
+        return []
+    return [
+        f"Fine-tuned and scored: a seeded sample of {sampled['sites']} of {sampled['of']} sites "
+        f"(`finetune.fraction: {sampled['fraction']:g}`); the others have no global or "
+        "personalised scores.",
+        "",
+    ]
 
 
 def write(
@@ -343,7 +458,8 @@ def write(
             indent=1,
         )
     )
-    plot_sites(rows, run_dir / "sites.png", f"{run_dir.name}: macro AUC per site")
+    write_csv(rows, run_dir / SITES_CSV)
+    labels = report_labels(summary["experiment"])
     lines = [
         f"# Simulation {run_dir.name}",
         "",
@@ -353,16 +469,14 @@ def write(
         "standard errors (independent splits, normal approximation). Personalisation: "
         f"`finetune.mode: {experiment.finetune.mode}`.",
         "",
-        *table(rows, columns(experiment)),
-        *_auto_table(rows),
-        "",
-        *support_lines(rows, report_labels(summary["experiment"])),
+        *_sampled_line(summary),
+        *_per_site_body(rows, experiment, labels, run_dir),
         "",
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
         "",
         "Federated rounds: [report.md](report.md) (per-round metrics, failed sites).",
         "",
-        "![macro AUC per site](sites.png)",
+        f"![macro AUC per site]({SITES_PLOT})",
         "",
         "![metrics per round](rounds.png)",
         "",

@@ -18,6 +18,7 @@ from test_simulation import tiny_config
 
 from server import dashboard
 from server.rounds import MetricsLog
+from server.runs import entries as run_entries
 from simulations import run as sim
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -164,9 +165,7 @@ def test_the_run_list_shows_a_finished_simulation_and_fetches_nothing_outside(
 
 @needs_chromium
 def test_a_run_page_shows_every_round_and_site_of_its_metrics(site, browser, simulated, tmp_path):
-    entries = [
-        json.loads(x) for x in (simulated / "tiny-sim" / "metrics.jsonl").read_text().splitlines()
-    ]
+    entries = run_entries(simulated / "tiny-sim")
     sites = {s for e in entries for s in e["sites"]}
     assert len(sites) == 3
     browser.get(site + "/run/tiny-sim")

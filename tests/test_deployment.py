@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from common.flower_process import APP_DIR
-from server import coordinator, front_door
+from server import coordinator, front_door, runs
 from server.coordinator import CoordinatorConfig
 from server.provision import provision
 from simulations.synth.build import write_tis_network
@@ -204,8 +204,7 @@ def text(path: Path) -> str:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return runs.entries(run_dir)  # metrics.jsonl with site_metrics.jsonl
 
 
 @pytest.fixture(scope="module")

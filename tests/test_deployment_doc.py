@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from common.flower_process import APP_DIR
-from server import front_door
+from server import front_door, runs
 
 pytestmark = [
     pytest.mark.e2e,
@@ -68,7 +68,7 @@ def working_folder(root: Path) -> Path:
 def check_run(run_dir: Path) -> None:
     """Both hospitals trained and were evaluated in both rounds and fine-tuned; the fine-tuned
     models stayed at the hospitals."""
-    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = runs.entries(run_dir)
     for rnd in (1, 2):
         for phase in ("train", "evaluate"):
             (entry,) = [e for e in log if e["round"] == rnd and e["phase"] == phase]

@@ -57,3 +57,13 @@ def test_dropout_a_different_error_or_a_resumed_run_does_not_stop_it():
     other = _failed("B", "OSError: disk full")
     assert stop_reason(2, sites, [other], 2, [_train(1, [_failed("B")])], 3) is None
     assert stop_reason(4, sites, [_failed("B")], 2, [_train(3, [_failed("B")])], 5) is None
+
+
+def test_a_sampled_round_needs_its_share_of_min_sites_not_all_of_them():
+    replied = {f"tis-{i:04d}": {} for i in range(100)}
+    assert stop_reason(1, replied, [], 1000, [], 5, fraction=0.1) is None
+    fewer = dict(list(replied.items())[:80])
+    assert stop_reason(1, fewer, [], 1000, [], 5, fraction=0.1) == (
+        "round 1: 80 site(s) trained, fewer than 100 (min_sites 1000 x fraction_train 0.1) "
+        "(failed: no reply)"
+    )

@@ -144,3 +144,45 @@ def test_virtual_sites_open_their_prepared_cache_by_path(sources, tmp_path, monk
     monkeypatch.undo()  # another pipeline (or a cache removed since) is found from the source
     other = PipelineConfig(fs=50.0, length_s=8.0, lowpass_hz=20.0)
     assert str(SiteData.from_manifest(path, 0, other).cache.path) != built
+
+
+def test_20000_records_cut_into_1000_iid_sites_put_every_record_in_exactly_one_site():
+    frame = _frame(20_000, ["NORM", "AFIB", "CLBBB"])
+    sites = assign_sites(frame, "iid", 1000, 0.5, 0, np.random.default_rng(3))
+    assert sites.notna().all() and len(sites) == 20_000  # one site per record, none left out
+    sizes = sites.value_counts()
+    assert len(sizes) == 1000 and set(sizes) == {20}
+    assert sorted(sizes.index)[:2] == ["0001", "0002"] and sizes.index.max() == "1000"
+
+
+def test_many_sites_get_one_manifest_a_distribution_plot_and_are_opened_from_one_parse(
+    sources, tmp_path
+):
+    from PIL import Image
+
+    from common import site as site_module
+    from common.preprocess import PipelineConfig
+    from common.site import SiteData
+    from simulations.run import prepare_caches
+
+    plan = SourcePlan("tis", sources / "tis", 120, "tis")
+    manifest, counts = partition([plan], SPACE, "iid", tmp_path / "cache")
+    pipeline = PipelineConfig(fs=50.0, length_s=10.0, lowpass_hz=20.0)
+    prepare_caches(manifest, [plan], pipeline, workers=1, progress=False)
+    out = tmp_path / "partition"
+    write_report(manifest, counts, out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "partition.csv",
+        "partition.json",
+        "partition.png",
+        "sites.json",
+    ]
+    width, height = Image.open(out / "partition.png").size
+    assert width < 2000 and height < 1000  # a 120-row heatmap would be 5,000 px tall
+    site_module._read_manifest.cache_clear()
+    sites = [SiteData.from_manifest(out / "sites.json", i, pipeline) for i in range(120)]
+    assert site_module._read_manifest.cache_info().misses == 1
+    ids = [r for s in manifest["sites"] for split in s["records"].values() for r in split]
+    assert len(ids) == len(set(ids)) == 240
+    assert sum(sum(s.counts().values()) for s in sites) == 240
+    assert SiteData.from_manifest(out / "sites.json", "tis-007", pipeline).name == "tis-007"

@@ -1,12 +1,11 @@
 """A simulation on an existing Ray cluster: two nodes on loopback (Ray's own multi-node test
 cluster: one head and one more raylet, each with its own node id and one CPU)."""
 
-import json
-
 import pytest
 from test_simulation import tiny_config
 
 from common.errors import ConfigError
+from server import runs
 from simulations import cluster
 from simulations import run as sim
 
@@ -44,11 +43,7 @@ def test_sites_run_on_both_nodes_of_an_existing_cluster(two_nodes, tmp_path):
     cfg.partition.scheme, cfg.partition.tis_sites, cfg.partition.ptbxl_sites = "iid", 2, 2
     cfg.ray_address = two_nodes.address
     sim.run(cfg, tmp_path / "run", progress=False)
-    trains = [
-        json.loads(line)
-        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-        if json.loads(line)["phase"] == "train"
-    ]
+    trains = [e for e in runs.entries(tmp_path / "run") if e["phase"] == "train"]
     assert len(trains) == 2 and len(trains[0]["sites"]) == 4
     for entry in trains:  # every site that trained says where
         assert set(entry["placement"]) == set(entry["sites"])

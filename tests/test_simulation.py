@@ -17,6 +17,7 @@ from common.config import from_dict
 from common.experiment import ExperimentConfig
 from common.protocol import Job
 from common.site import SiteData
+from server import runs
 from server.rounds import RoundState, checkpoint_path
 from simulations import baselines, cli, engine
 from simulations import run as sim
@@ -48,7 +49,7 @@ def tiny_config(**federation) -> SimulationConfig:
 
 
 def entries(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return runs.entries(run_dir)  # metrics.jsonl with site_metrics.jsonl
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 labels a site could not score; several seeds combined; each method's mean and worst site, and
 the comparison over runs."""
 
+import csv
 import json
 import math
 from types import SimpleNamespace
@@ -118,3 +119,48 @@ def test_compare_gives_mean_and_std_over_runs(tmp_path):
         runs.append(run)
     table = report.compare(runs)
     assert "| global + ditto | 2 | 0.850 ± 0.071 | 0.650 ± 0.071 | x0, x1 |" in table
+
+
+def _many(tmp_path, n_sites: int, tuned: int):
+    """A run of ``n_sites`` of which the first ``tuned`` fine-tuned (a sample), site i scoring
+    0.5 + i / (2 tuned) after fine-tuning: the best is the last of them."""
+    names = [f"tis-{i:04d}" for i in range(n_sites)]
+    finetune = {
+        n: _reply(0.5 + i / (2 * tuned), 0.03, [3, 1, 2, 1, 3, 2, 4])
+        for i, n in enumerate(names[:tuned])
+    }
+    summary = {
+        "experiment": ExperimentConfig().to_dict(),
+        "rounds": [{"round": 1, "sites": names[: n_sites // 10]}],
+        "finetune": finetune,
+        "finetune_sampled": {"sites": tuned, "of": n_sites, "fraction": tuned / n_sites},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    counts = {"train": 16, "val": 2, "test": 2}
+    sites = [SimpleNamespace(name=n, counts=lambda: counts) for n in names]
+    return report.write(tmp_path, ExperimentConfig(), sites, {}, {}, {"federation_s": 1.0})
+
+
+def test_a_report_of_1000_sites_summarises_them_and_keeps_every_row_in_a_table_file(tmp_path):
+    from PIL import Image
+
+    text = _many(tmp_path, 1000, 100).read_text()
+    assert "a seeded sample of 100 of 1000 sites" in text
+    site_rows = [line for line in text.splitlines() if line.startswith("| tis-")]
+    assert len(site_rows) == 20  # the top and bottom 10, not 1,000 rows
+    assert site_rows[0].startswith("| tis-0099 |") and site_rows[10].startswith("| tis-0000 |")
+    stats = next(line for line in text.splitlines() if line.startswith("| global + full |"))
+    cells = [float(c) for c in stats.strip("|").split("|")[1:]]
+    # sites scored, mean, min, Q1, median, Q3, max of 0.5, 0.505, ..., 0.995
+    assert cells == pytest.approx([100, 0.7475, 0.5, 0.62375, 0.7475, 0.87125, 0.995], abs=1e-3)
+    with open(tmp_path / "sites.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 1000 and table[99]["after_auc"] == "0.995"
+    assert table[500]["after_auc"] == ""  # not in the fine-tuning sample: no score
+    assert max(Image.open(tmp_path / "sites.png").size) < 2000
+
+
+def test_a_report_of_a_few_sites_still_lists_each(tmp_path):
+    text = _many(tmp_path, 20, 20).read_text()
+    assert sum(line.startswith("| tis-") for line in text.splitlines()) == 2 * 20  # + support
+    assert "seeded sample" not in text

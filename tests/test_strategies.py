@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import ConfigError, SettingError, from_dict
 from common.experiment import FederationSettings
@@ -87,8 +88,6 @@ def test_scenario_base_overrides_only_what_it_names():
 
 
 def test_aggregated_arrays_keep_the_models_dtypes():
-    from flwr.app import ArrayRecord
-
     from server.rounds import next_global
 
     old = ArrayRecord({"w": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(10)})
@@ -102,3 +101,42 @@ def test_aggregated_arrays_keep_the_models_dtypes():
     assert out["w"].dtype == "float32"
     assert out["bn.num_batches_tracked"].dtype == "int64"
     assert out["bn.num_batches_tracked"].numpy() == 12
+
+
+class ConnectedSites:
+    """What a strategy asks of Flower's Grid when it samples: the ids of the connected nodes."""
+
+    def __init__(self, n: int) -> None:
+        self.nodes = list(range(1, n + 1))
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def test_a_sampled_round_of_1000_sites_sends_to_its_fraction_not_to_every_site(monkeypatch):
+    """min_sites (every simulated site) must not turn fraction_train into 1."""
+    for key in ("_run_id", "_node_id", "_task_id"):  # what Flower's runtime sets in a ServerApp
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    settings = FederationSettings(min_sites=1000, fraction_train=0.1, fraction_evaluate=0.05)
+    strategy = build_strategy(settings)
+    grid = ConnectedSites(1000)
+    train = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    assert len({m.metadata.dst_node_id for m in train}) == len(train) == 100
+    assert len(list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid))) == 50
+    every = build_strategy(FederationSettings(min_sites=3))
+    assert (
+        len(list(every.configure_train(1, ArrayRecord(), ConfigRecord(), ConnectedSites(3)))) == 3
+    )
+
+
+def test_the_final_fine_tuning_samples_the_same_sites_by_name_whatever_their_node_ids():
+    from server.app import finetune_sample
+
+    names = {1000 + i: f"tis-{i:04d}" for i in range(1000)}
+    chosen = finetune_sample(names, list(names), 0.1, seed=0)
+    assert len(set(chosen)) == 100
+    renumbered = {7 * node: name for node, name in names.items()}  # another run's node ids
+    again = finetune_sample(renumbered, list(renumbered)[::-1], 0.1, seed=0)
+    assert sorted(names[n] for n in chosen) == sorted(renumbered[n] for n in again)
+    assert finetune_sample(names, list(names), 1.0, seed=0) == list(names)
+    assert len(finetune_sample(names, list(names)[:5], 0.1, seed=0)) == 1  # at least one

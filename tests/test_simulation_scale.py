@@ -1,0 +1,44 @@
+"""A simulation of many small sites, sampled: each round trains its fraction of the sites, a
+sample fine-tunes, the files stay one short line per phase and the reports summarise."""
+
+import csv
+import json
+from dataclasses import replace
+
+import pytest
+from test_simulation import tiny_config
+
+from server import runs
+from simulations import run as sim
+
+SITES = 60
+
+
+@pytest.mark.e2e
+def test_a_sampled_run_of_60_sites_trains_and_tunes_its_fraction_and_summarises(tmp_path):
+    cfg = tiny_config(rounds=2, fraction_train=0.1, fraction_evaluate=0.1)
+    cfg.experiment.finetune.fraction = 0.1
+    cfg.data.ptbxl_like = None
+    cfg.data.tis = replace(cfg.data.tis, n_records=600)  # 10 a site: every one has a train split
+    cfg.partition.scheme, cfg.partition.tis_sites, cfg.partition.min_size = "iid", SITES, 1
+    cfg.baselines.local_only = cfg.baselines.centralized = False
+    run_dir = tmp_path / "run"
+    simulation_md = sim.run(cfg, run_dir, progress=False).read_text()
+    entries = runs.entries(run_dir)
+    trained = [e for e in entries if e["phase"] == "train"]
+    assert [len(e["sites"]) for e in trained] == [6, 6]
+    (tuned,) = [e for e in entries if e["phase"] == "finetune"]
+    assert len(tuned["sites"]) == 6 and tuned["sampled"] == {"sites": 6, "of": 60, "fraction": 0.1}
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["n_sites"] for line in lines] == [6] * 5  # 2 x (train, evaluate), finetune
+    assert all("sites" not in line for line in lines)  # in site_metrics.jsonl, one per line
+    assert len((run_dir / "site_metrics.jsonl").read_text().splitlines()) == 5 * 6
+    kept = sorted(p.name for p in (run_dir / "sites").iterdir())
+    assert kept == sorted(tuned["sites"])  # only the sites that keep a model have a folder
+    assert "a seeded sample of 6 of 60 sites" in simulation_md
+    with open(run_dir / "sites.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == SITES
+    scored = sum(bool(row["after_auc"]) for row in table)  # a test split of 1-2 records: few
+    shown = sum(line.startswith("| tis-") for line in simulation_md.splitlines())
+    assert shown == 2 * min(10, scored)  # the top and the bottom sites, not a row per site
