@@ -371,6 +371,7 @@ class Trainer:
         if self.private:
             optimizer.zero_grad(set_to_none=True)  # drops the per-record gradients too
             net.remove_hooks()
+        _require_finite_weights(model, cfg)
         return result
 
     def _objective(self, net, model, train_ds, device) -> _Objective:
@@ -428,23 +429,29 @@ class Trainer:
             _require_length(x, model.input_length)
             x = random_crop(x, model.input_length, generator)
             minimise, loss = objective(x.to(device), y.to(device), mask.to(device))
+            total += _finite(loss.item(), f"epoch {epoch}, batch {batches + 1}", self.cfg)
             steps.take(minimise)
-            total += _finite(loss.item(), epoch, batches + 1, self.cfg.precision)
             batches += 1
             bar.set_postfix(loss=f"{total / batches:.4f}")
         lr = steps.optimizer.param_groups[0]["lr"]
         return {"train_loss": total / batches if batches else None, "lr": lr}
 
 
-def _finite(loss: float, epoch: int, batch: int, number_format: str) -> float:
-    """The batch's loss; a NaN/inf one stops training instead of poisoning the weights (and,
+def _finite(value: float, where: str, cfg: TrainConfig) -> float:
+    """``value`` (a loss); a NaN/inf one stops training instead of poisoning the weights (and,
     at a site, the global model)."""
-    if math.isfinite(loss):
-        return loss
-    hint = "; try precision: fp32" if number_format != "fp32" else "; try a lower lr"
-    raise FloatingPointError(
-        f"training diverged: the loss is {loss} at epoch {epoch}, batch {batch}{hint}"
-    )
+    if math.isfinite(value):
+        return value
+    hint = "try precision: fp32" if cfg.precision != "fp32" else "try a lower lr"
+    raise FloatingPointError(f"training diverged: the loss is {value} at {where}; {hint}")
+
+
+def _require_finite_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    """A step whose loss was finite can still apply NaN/inf gradients (bf16 convolutions on
+    tiny inputs do): such a model is never returned."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            _finite(math.nan, f"the end of training ({name} is not finite)", cfg)
 
 
 class _Steps:

@@ -200,3 +200,16 @@ def test_a_loss_that_turns_nan_stops_training_with_where_it_happened():
     cfg = TrainConfig(epochs=1, batch_size=16)
     with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, batch \d"):
         Trainer(cfg, progress=False).fit(tiny_model(), poisoned, None)
+
+
+def test_a_model_left_with_non_finite_weights_is_never_returned():
+    """A finite loss can come with NaN/inf updates; here a BatchNorm's running variance (which
+    training mode does not use) is inf and stays so."""
+    model = tiny_model()
+    next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)).running_var.fill_(
+        float("inf")
+    )
+    with pytest.raises(FloatingPointError, match="running_var is not finite"):
+        Trainer(TrainConfig(epochs=1, batch_size=16), progress=False).fit(
+            model, sine_task(32), None
+        )
