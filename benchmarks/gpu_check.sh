@@ -48,8 +48,9 @@ echo "federation ($config): $(( $(date +%s) - started )) s; report $OUT/federati
 "$PY" - "$OUT/federation" "$device" >> "$SUMMARY" <<'PYEOF'
 import json, sys
 from pathlib import Path
+from server.runs import entries as read_entries  # metrics.jsonl with its sites joined back
 run, device = Path(sys.argv[1]), sys.argv[2]
-entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+entries = read_entries(run)
 trains = [e for e in entries if e["phase"] == "train"]
 gpus = [w["gpus"] for e in trains for w in e["placement"].values()]
 print(f"rounds trained: {len(trains)}; sites per round: {[len(e['sites']) for e in trains]}")

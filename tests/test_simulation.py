@@ -137,11 +137,16 @@ def test_round_one_is_the_weighted_mean_of_the_sites_updates(finished, tmp_path)
     job = Job.from_record(record)
     manifest = finished / "partition" / "sites.json"
     updates, weights = [], []
-    for i in range(3):
-        site = SiteData.from_manifest(manifest, i, experiment.pipeline)
-        state, metrics = train_on_site(job, site, ArrayRecord(start.arrays), tmp_path)
-        updates.append({k: v.numpy().astype(np.float64) for k, v in state.items()})
-        weights.append(metrics["num-examples"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the sites trained: a reduction's order follows the threads
+    try:
+        for i in range(3):
+            site = SiteData.from_manifest(manifest, i, experiment.pipeline)
+            state, metrics = train_on_site(job, site, ArrayRecord(start.arrays), tmp_path)
+            updates.append({k: v.numpy().astype(np.float64) for k, v in state.items()})
+            weights.append(metrics["num-examples"])
+    finally:
+        torch.set_num_threads(threads)
     w = np.array(weights, float) / sum(weights)
     after = RoundState.load(checkpoint_path(finished, 1)).arrays
     for key, value in after.items():
