@@ -8,7 +8,6 @@ as in Strodthoff et al.'s PTB-XL benchmark.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -256,10 +255,12 @@ class _Objective:
     """One batch's loss: masked BCE (class-weighted if asked), or per-record BCE under DP-SGD,
     plus FedProx's (mu/2)*||w - w_global||^2 pull towards the global weights."""
 
-    def __init__(self, net: nn.Module, private: bool, pos_weight, anchors: list, mu: float):
+    def __init__(
+        self, net: nn.Module, private: bool, pos_weight, anchors: list, mu: float, forward
+    ):
         self.net, self.private, self.pos_weight = net, private, pos_weight
         self.anchors, self.mu = anchors, mu
-        self.forward = contextlib.nullcontext  # the forward pass's number format (autocast)
+        self.forward = forward  # the forward pass's context: its number format (autocast)
 
     def __call__(self, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(what to minimise, the data loss alone: comparable with the validation loss)."""
@@ -385,10 +386,9 @@ class Trainer:
             if self.proximal_to is not None
             else []
         )
-        objective = _Objective(net, self.private, pos_weight, anchors, self.cfg.proximal_mu)
         number_format = precision.resolve(self.cfg.precision, device, self.private)
-        objective.forward = functools.partial(precision.autocast, number_format, device)
-        return objective
+        forward = functools.partial(precision.autocast, number_format, device)
+        return _Objective(net, self.private, pos_weight, anchors, self.cfg.proximal_mu, forward)
 
     def _epochs(self, model, data, objective, steps, val_ds, result: TrainResult) -> None:
         """Up to ``cfg.epochs`` epochs, each validated; early stopping restores the best."""
