@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import precision
 from common.models import MODELS, build_model, describe
 from common.training import masked_bce
 
@@ -50,19 +51,25 @@ def timed(fn, repeats: int, device: torch.device = CPU) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(
+    device: torch.device, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / timed(lambda: a @ b, repeats, device) / 1e9
 
 
-def train_step_fn(model: torch.nn.Module, x: torch.Tensor):
+def train_step_fn(model: torch.nn.Module, x: torch.Tensor, number_format: str):
+    """One step as common.training takes it: the forward pass in ``number_format``."""
     y = torch.randint(0, 2, (len(x), N_CLASSES), device=x.device).float()
     mask = torch.ones_like(y)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        masked_bce(model(x), y, mask).backward()
+        with precision.autocast(number_format, x.device):
+            logits = model(x).float()
+        masked_bce(logits, y, mask).backward()
         optimizer.step()
 
     return step
@@ -76,7 +83,7 @@ def bench(args: argparse.Namespace, name: str, device: torch.device) -> dict:
     x = torch.randn(batch, 12, length, device=device)
 
     model.train()
-    step = train_step_fn(model, x)
+    step = train_step_fn(model, x, args.precision)
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -84,7 +91,7 @@ def bench(args: argparse.Namespace, name: str, device: torch.device) -> dict:
     train_s = timed(step, steps, device)
 
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), precision.autocast(args.precision, device):
         infer_s = timed(lambda: model(x), steps, device)
     return {
         "params": n_params,
@@ -105,6 +112,9 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"), help="as training.precision"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,8 +125,13 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; on {on}"
     )
     peak = matmul_gflops(device)
-    print(f"reference: 2048x2048 float32 matmul {peak:.1f} GFLOP/s")
-    print(f"input 12 x {args.length}, batch {args.batch_size}, width {args.width}\n")
+    print(f"reference: 2048x2048 float32 matmul {peak:.1f} GFLOP/s (the %peak columns)")
+    if args.precision == "bf16":
+        low = matmul_gflops(device, dtype=torch.bfloat16)
+        print(f"           2048x2048 bfloat16 matmul {low:.1f} GFLOP/s")
+    print(
+        f"input 12 x {args.length}, batch {args.batch_size}, width {args.width}, {args.precision}\n"
+    )
     header = (
         f"{'model':<16}{'params':>12}{'fwd MFLOP':>11}{'train/s':>9}{'train GF/s':>11}"
         f"{'%peak':>7}{'infer/s':>9}{'infer GF/s':>11}{'%peak':>7}"

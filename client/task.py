@@ -138,8 +138,10 @@ def clip_update(new: dict, old: dict, max_norm: float) -> dict:
     """``old + (new - old) * min(1, max_norm / ||new - old||)``: one site's step is bounded.
 
     The L2 norm runs over every floating-point tensor (weights and normalisation statistics);
-    integer buffers (BatchNorm's batch counter) pass through.
+    integer buffers (BatchNorm's batch counter) pass through. Computed on the CPU, where the
+    received weights are: a site that trained on a GPU holds ``new`` there.
     """
+    new = {k: v.detach().cpu() for k, v in new.items()}
     floats = [k for k, v in new.items() if v.is_floating_point()]
     norm = torch.sqrt(sum(((new[k] - old[k]).double() ** 2).sum() for k in floats)).item()
     scale = min(1.0, max_norm / norm) if norm > 0 else 1.0

@@ -4,14 +4,21 @@
 - centralized: all sites' training data pooled (the non-private upper bound), then fine-tuned at
   each site like the federated model (the layers the personalisation method fine-tunes; there are
   no rounds to personalise).
-Both use the one training loop and the same budget of passes over the data as the federation.
+Both use the one training loop and the same budget of passes over the data as the federation,
+and run as jobs on one pool of single-threaded processes (``run_baselines``).
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,8 +35,6 @@ from common.metrics import Metrics
 from common.models import ECGClassifier
 from common.site import SiteData
 from common.training import Trainer
-
-log = logging.getLogger("ecgfl.baselines")
 
 
 def _fresh_model(experiment: ExperimentConfig, space: LabelSpace) -> ECGClassifier:
@@ -52,59 +57,84 @@ def local_only(experiment: ExperimentConfig, site: SiteData) -> Metrics:
     return score(model, val, site.dataset("test", space), space.labels)
 
 
+def _open(experiment: ExperimentConfig, manifest: Path, index: int) -> SiteData:
+    return SiteData.from_manifest(manifest, index, experiment.pipeline)
+
+
 def _local_only_at(experiment: ExperimentConfig, manifest: Path, index: int) -> Metrics:
-    """One site's baseline in a worker process: it opens the site itself (nothing large is
-    pickled across) and computes with one thread."""
-    cpu.apply(1)
-    return local_only(experiment, SiteData.from_manifest(manifest, index, experiment.pipeline))
+    return local_only(experiment, _open(experiment, manifest, index))
 
 
-def local_only_all(
-    experiment: ExperimentConfig, manifest: Path, sites: list[SiteData], progress: bool = True
-) -> dict[str, Metrics]:
-    """Every site's local-only baseline, one single-threaded process per available core: sites
-    are independent, and one-thread processes share busy cores far better than one process's
-    thread pool does."""
-    workers = min(len(sites), cpu.available_cores())
-    bar = tqdm(total=len(sites), desc="local-only", unit="site", disable=not progress)
-    out: dict[str, Metrics] = {}
-    if workers <= 1:
-        for site in sites:
-            out[site.name] = local_only(experiment, site)
-            bar.update()
-    else:
-        spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's torch
-        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            jobs = {
-                pool.submit(_local_only_at, experiment, manifest, i): site.name
-                for i, site in enumerate(sites)
-            }
-            for job in as_completed(jobs):
-                out[jobs[job]] = job.result()
-                bar.update()
-    bar.close()
-    return {site.name: out[site.name] for site in sites}
-
-
-def centralized(
-    experiment: ExperimentConfig, sites: list[SiteData], progress: bool = False
-) -> tuple[ECGClassifier, dict[str, Metrics]]:
-    """Pretrain on the pooled data; per site: (pooled model, then fine-tuned) test scores.
-    ``progress``: a bar per pooled epoch, one per site's fine-tuning."""
+def _finetune_pooled_at(
+    experiment: ExperimentConfig, manifest: Path, index: int, state: dict
+) -> Metrics:
+    """The pooled model fine-tuned at one site like the federated model (the layers the
+    personalisation method fine-tunes; there are no rounds to personalise)."""
     space = LabelSpace.load(experiment.labels)
+    target = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space
+    model = _fresh_model(experiment, space)
+    model.load_state_dict(state)
+    ft = replace(experiment.finetune, mode=experiment.finetune.method.layers)
+    site = _open(experiment, manifest, index)
+    return finetune_at_site(model, site, space, target, ft)[2]
+
+
+def _pooled_at(experiment: ExperimentConfig, manifest: Path, n_sites: int) -> dict:
+    """The model pretrained on every site's training data pooled (validation: theirs pooled),
+    as a CPU state dict."""
+    space = LabelSpace.load(experiment.labels)
+    sites = [_open(experiment, manifest, i) for i in range(n_sites)]
     model = _fresh_model(experiment, space)
     pooled = ConcatDataset([s.dataset("train", space) for s in sites])
     pooled_val = ConcatDataset([s.dataset("val", space) for s in sites])
     cfg = replace(experiment.local, epochs=_epochs(experiment))
-    Trainer(cfg, space.labels, progress=progress).fit(
+    Trainer(cfg, space.labels, progress=False).fit(
         model, pooled, pooled_val if len(pooled_val) else None
     )
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    target = LabelSpace.load(experiment.finetune.labels) if experiment.finetune.labels else space
-    ft = replace(experiment.finetune, mode=experiment.finetune.method.layers)
-    results = {}
-    for site in tqdm(sites, desc="fine-tuning the pooled model", disable=not progress):
-        local = _fresh_model(experiment, space)
-        local.load_state_dict(state)
-        _, _, results[site.name] = finetune_at_site(local, site, space, target, ft)
-    return model, results
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _executor(workers: int) -> Executor:
+    """One single-threaded process per available core: one-thread processes share busy cores
+    gracefully, while one process's thread pool collapses when another job takes a core
+    (docs/benchmarks.md: the pooled baseline 10x slower under a 2-thread load). With one core,
+    a thread of this process (torch's threads are this process's, one per core)."""
+    if workers <= 1:
+        return ThreadPoolExecutor(1)
+    spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's torch
+    return ProcessPoolExecutor(workers, spawn, initializer=cpu.apply, initargs=(1,))
+
+
+def run_baselines(
+    experiment: ExperimentConfig,
+    manifest: Path,
+    sites: list[str],
+    which: set[str],
+    progress: bool = True,
+) -> dict[str, dict[str, Metrics]]:
+    """The baselines in ``which`` ('local', 'central'), per site name (``sites``, in manifest
+    order), as jobs on one pool: the pooled model trains beside the sites' local-only runs, then
+    is fine-tuned at every site. Each job opens its sites itself: nothing large is pickled."""
+    out: dict[str, dict[str, Metrics]] = {kind: {} for kind in which}
+    steps = len(sites) * len(which) + ("central" in which)
+    bar = tqdm(total=steps, desc="baselines", unit="job", disable=not progress)
+    with _executor(min(steps, cpu.available_cores())) as pool:
+        pending: dict[Future, tuple[str, str | None]] = {}
+        if "central" in which:  # the longest job first
+            pending[pool.submit(_pooled_at, experiment, manifest, len(sites))] = ("pooled", None)
+        for i, name in enumerate(sites if "local" in which else []):
+            pending[pool.submit(_local_only_at, experiment, manifest, i)] = ("local", name)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for job in done:
+                kind, name = pending.pop(job)
+                bar.update()
+                if kind != "pooled":
+                    out[kind][name] = job.result()
+                    continue
+                state = job.result()
+                for i, site in enumerate(sites):
+                    args = (experiment, manifest, i, state)
+                    pending[pool.submit(_finetune_pooled_at, *args)] = ("central", site)
+    bar.close()
+    return {kind: {name: results[name] for name in sites} for kind, results in out.items()}

@@ -28,6 +28,10 @@ from simulations.synth import GENERATOR_FINGERPRINT
 from simulations.synth.build import write_ptbxl_like, write_tis_network
 
 log = logging.getLogger("ecgfl.simulate")
+BASELINE_NAMES = {
+    "local": "local-only training per site",
+    "central": "centralized pooled training + fine-tuning",
+}
 
 
 def synthetic_source(kind: str, spec, store: Path, workers: int, progress: bool) -> Path:
@@ -211,16 +215,15 @@ def run(
     federate(cfg, run_dir, len(sites), resume, progress, clientapp)
     timings = {"federation_s": round(time.perf_counter() - started, 1)}
 
-    local, central = {}, {}
-    if cfg.baselines.local_only:
-        stage("baseline: local-only training per site")
+    which = {"local"} if cfg.baselines.local_only else set()
+    which |= {"central"} if cfg.baselines.centralized else set()
+    done: dict[str, dict] = {}
+    if which:
+        stage("baselines: " + ", ".join(BASELINE_NAMES[kind] for kind in sorted(which)))
         started = time.perf_counter()
         manifest = run_dir / runs.PARTITION / runs.SITES
-        local = baselines.local_only_all(experiment, manifest, sites, progress)
-        timings["local_only_s"] = round(time.perf_counter() - started, 1)
-    if cfg.baselines.centralized:
-        stage("baseline: centralized pooled training + fine-tuning")
-        started = time.perf_counter()
-        _, central = baselines.centralized(experiment, sites, progress)
-        timings["centralized_s"] = round(time.perf_counter() - started, 1)
+        names = [site.name for site in sites]
+        done = baselines.run_baselines(experiment, manifest, names, which, progress)
+        timings["baselines_s"] = round(time.perf_counter() - started, 1)
+    local, central = done.get("local", {}), done.get("central", {})
     return report.write(run_dir, experiment, sites, local, central, timings)

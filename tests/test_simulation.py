@@ -11,6 +11,7 @@ import yaml
 from flwr.app import ArrayRecord
 
 from client.task import train_on_site
+from common import cpu
 from common.checkpoint import load_checkpoint
 from common.config import from_dict
 from common.experiment import ExperimentConfig
@@ -208,23 +209,32 @@ def test_a_natural_partition_that_merges_sites_federates_every_site(tmp_path):
 
 
 @pytest.mark.e2e
-def test_local_only_baselines_in_worker_processes_equal_the_sequential_ones(finished):
-    """Each site's baseline in its own one-thread process gives what one thread here gives."""
+def test_baselines_in_worker_processes_equal_the_ones_run_here(finished, monkeypatch):
+    """The baselines as one-thread worker processes (pooled pretraining, local-only training and
+    fine-tuning of the pooled model per site) give what one thread in this process gives."""
     experiment = ExperimentConfig.load(finished / "experiment.yaml")
     manifest = finished / "partition" / "sites.json"
     sites = [SiteData.from_manifest(manifest, i, experiment.pipeline) for i in range(2)]
-    parallel = baselines.local_only_all(experiment, manifest, sites, progress=False)
+
+    def both() -> list[dict]:
+        names = [site.name for site in sites]
+        done = baselines.run_baselines(experiment, manifest, names, {"local", "central"}, False)
+        return [done["local"], done["central"]]
+
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the pooled model trains here in both
     try:
-        sequential = {s.name: baselines.local_only(experiment, s) for s in sites}
+        parallel = both()
+        monkeypatch.setattr(cpu, "available_cores", lambda: 1)
+        here = both()
     finally:
         torch.set_num_threads(threads)
-    assert list(parallel) == [s.name for s in sites]
-    for name, metrics in sequential.items():
-        same = json.dumps(parallel[name].per_class, sort_keys=True)  # NaN where undefined
-        assert same == json.dumps(metrics.per_class, sort_keys=True)
-        assert parallel[name].macro_auc == metrics.macro_auc
+    for ours, theirs in zip(parallel, here, strict=True):
+        assert list(ours) == [s.name for s in sites]
+        for name, metrics in theirs.items():
+            same = json.dumps(ours[name].per_class, sort_keys=True)  # NaN where undefined
+            assert same == json.dumps(metrics.per_class, sort_keys=True)
+            assert ours[name].macro_auc == metrics.macro_auc
 
 
 @pytest.mark.e2e

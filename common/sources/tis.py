@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,11 +117,32 @@ def _split_header(
     raise refuse("no lead-name row (a line with commas) found")
 
 
-def _count_rows(record_id: str, path: Path, lines: Iterator[bytes], n_leads: int) -> int:
-    """Sample rows left in ``lines``, each checked to be short and no wider than the leads.
+#: Bytes of sample rows checked in one piece (a 10 s, 1000 Hz record is about 0.5 MiB).
+_CHECKED_AT_ONCE = 16 * 1024 * 1024
 
-    Before pandas parses them: it would size a table by its widest row, however wide.
-    """
+
+def _count_rows(record_id: str, path: Path, fh: BinaryIO, n_leads: int) -> int:
+    """Sample rows from ``fh``'s position on, each checked to be short and no wider than the
+    leads, before pandas parses them: it would size a table by its widest row, however wide.
+
+    A record of up to 16 MiB that passes every check is judged at C speed from its bytes (the
+    line-by-line check took 3/4 of decoding a 500 Hz record); anything else, line by line,
+    which names the first bad row."""
+    start = fh.tell()
+    rest = fh.read(_CHECKED_AT_ONCE + 1)
+    if len(rest) <= _CHECKED_AT_ONCE:
+        lines = rest.split(b"\n")
+        if (
+            len(lines) <= 2 * limits.MAX_SAMPLES
+            and max(map(len, lines)) <= limits.MAX_LINE_BYTES
+            and max(map(bytes.count, lines, repeat(b","))) < n_leads
+        ):
+            return min(sum(map(bool, map(bytes.strip, lines))), limits.MAX_SAMPLES + 1)
+    fh.seek(start)
+    return _count_rows_by_line(record_id, path, bounded_lines(fh, limits.MAX_LINE_BYTES), n_leads)
+
+
+def _count_rows_by_line(record_id: str, path: Path, lines: Iterator[bytes], n_leads: int) -> int:
     rows = 0
     for n, raw in enumerate(lines, start=1):
         if n > 2 * limits.MAX_SAMPLES:  # blank lines cost time too
@@ -187,7 +209,7 @@ def read_record(ref: RecordRef) -> Record:
             raise RecordError(rid, path, f"units {clip(header['units'], 30)!r}: expected uV or mV")
         order = lead_order(rid, path, names)
         start = fh.tell()
-        limits.check_length(rid, path, _count_rows(rid, path, lines, len(names)), fs)
+        limits.check_length(rid, path, _count_rows(rid, path, fh, len(names)), fs)
         fh.seek(start)
         samples = _samples(rid, path, fh, names)
     signal = samples[:, order].T * scale
