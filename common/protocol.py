@@ -34,6 +34,7 @@ RUN_DIR = "run-dir"  # absolute: checkpoints, metrics, report
 EXPERIMENT_FILE = "experiment"  # the run's pinned experiment.yaml; empty = defaults
 SITE_MANIFEST = "site-manifest"  # simulation: the virtual sites (docs/formats.md)
 RESUME = "resume"  # continue from the last complete round in RUN_DIR
+MAX_IN_FLIGHT = "max-in-flight"  # simulation: messages an exchange keeps in flight; 0 = all
 
 # Records of a message or a reply.
 CONFIG_RECORD, ARRAYS_RECORD, METRICS_RECORD = "config", "arrays", "metrics"

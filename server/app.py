@@ -24,6 +24,7 @@ from common.finetune import adapt_head
 from common.labels import LabelSpace
 from common.protocol import Job
 from server import privacy, report, runs, tracking
+from server.inflight import InFlightLimit
 from server.rounds import (
     MetricsLog,
     RoundLoop,
@@ -128,6 +129,8 @@ def finetune_at(grid: Grid, nodes: list[int], state: RoundState, config, timeout
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     log_through_flower()
+    if limit := int(context.run_config.get(protocol.MAX_IN_FLIGHT, 0)):
+        grid = InFlightLimit(grid, limit)
     run_dir = Path(str(context.run_config[protocol.RUN_DIR]))
     pinned = str(context.run_config.get(protocol.EXPERIMENT_FILE, ""))
     experiment = ExperimentConfig.load(pinned or None)

@@ -49,13 +49,17 @@ def pin_experiment(run_dir: Path, experiment: ExperimentConfig) -> Path:
     return path
 
 
-def write_run_config(run_dir: Path, resume: bool, site_manifest: Path | None = None) -> Path:
+def write_run_config(
+    run_dir: Path, resume: bool, site_manifest: Path | None = None, max_in_flight: int = 0
+) -> Path:
     """``run_config.toml``: what ``flwr run --run-config`` hands the ServerApp and ClientApps
-    (one writer for simulations and deployments; TOML escaping by tomli_w)."""
+    (one writer for simulations and deployments; TOML escaping by tomli_w). ``max_in_flight``:
+    a simulation's messages in flight per exchange (server/inflight.py); 0 = all at once."""
     values = {
         protocol.RUN_DIR: str(run_dir),
         protocol.EXPERIMENT_FILE: str(run_dir / EXPERIMENT),
         protocol.RESUME: resume,
+        protocol.MAX_IN_FLIGHT: max_in_flight,
     }
     if site_manifest is not None:
         values[protocol.SITE_MANIFEST] = str(site_manifest)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from common import protocol
+from common import cpu, protocol
 from common.cache import SiteCache
 from common.errors import RunFailed
 from common.labels import LabelSpace
@@ -108,6 +108,14 @@ def _resources(cfg: SimulationConfig, n_sites: int) -> str:
     return out + (f" client-resources-num-gpus={cfg.gpus_per_site:g}" if cfg.gpus_per_site else "")
 
 
+def in_flight(cfg: SimulationConfig) -> int:
+    """Messages an exchange keeps in flight (server/inflight.py): four times the sites this
+    machine runs at once, at least 8; no limit on a Ray cluster, whose size is not known here."""
+    if cfg.ray_address is not None:
+        return 0
+    return max(8, 4 * int(cpu.available_cores() // cfg.cpus_per_site))
+
+
 def prepared_caches(run_dir: Path) -> list[Path]:
     """The site caches the run's partition manifest names (every node must read them)."""
     manifest = json.loads((run_dir / runs.PARTITION / runs.SITES).read_text())
@@ -128,7 +136,8 @@ def federate(
 ) -> None:
     """The ServerApp + one ClientApp per virtual site on the Simulation Engine (the sites'
     ClientApp: simulations/site_app.py, or ``clientapp``: an attack run's)."""
-    run_config = runs.write_run_config(run_dir, resume, run_dir / runs.PARTITION / runs.SITES)
+    manifest = run_dir / runs.PARTITION / runs.SITES
+    run_config = runs.write_run_config(run_dir, resume, manifest, in_flight(cfg))
     rounds = cfg.experiment.federation.rounds
     bar = tqdm(total=rounds + 1, desc="federation", unit="round", disable=not progress)
 

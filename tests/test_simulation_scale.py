@@ -16,7 +16,8 @@ SITES = 60
 
 @pytest.mark.e2e
 def test_a_sampled_run_of_60_sites_trains_and_tunes_its_fraction_and_summarises(tmp_path):
-    cfg = tiny_config(rounds=2, fraction_train=0.1, fraction_evaluate=0.1)
+    """12 sites a round (fraction_train 0.2), sent 8 at a time (server/inflight.py)."""
+    cfg = tiny_config(rounds=2, fraction_train=0.2, fraction_evaluate=0.1)
     cfg.experiment.finetune.fraction = 0.1
     cfg.data.ptbxl_like = None
     cfg.data.tis = replace(cfg.data.tis, n_records=600)  # 10 a site: every one has a train split
@@ -26,13 +27,13 @@ def test_a_sampled_run_of_60_sites_trains_and_tunes_its_fraction_and_summarises(
     simulation_md = sim.run(cfg, run_dir, progress=False).read_text()
     entries = runs.entries(run_dir)
     trained = [e for e in entries if e["phase"] == "train"]
-    assert [len(e["sites"]) for e in trained] == [6, 6]
+    assert [len(e["sites"]) for e in trained] == [12, 12]  # more than the 8 sent at once
     (tuned,) = [e for e in entries if e["phase"] == "finetune"]
     assert len(tuned["sites"]) == 6 and tuned["sampled"] == {"sites": 6, "of": 60, "fraction": 0.1}
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [line["n_sites"] for line in lines] == [6] * 5  # 2 x (train, evaluate), finetune
+    assert [line["n_sites"] for line in lines] == [12, 6, 12, 6, 6]  # train, evaluate, ..., tune
     assert all("sites" not in line for line in lines)  # in site_metrics.jsonl, one per line
-    assert len((run_dir / "site_metrics.jsonl").read_text().splitlines()) == 5 * 6
+    assert len((run_dir / "site_metrics.jsonl").read_text().splitlines()) == 42
     kept = sorted(p.name for p in (run_dir / "sites").iterdir())
     assert kept == sorted(tuned["sites"])  # only the sites that keep a model have a folder
     assert "a seeded sample of 6 of 60 sites" in simulation_md
