@@ -42,6 +42,17 @@ def test_auc_matches_sklearn_on_annotated_entries_and_unscorable_label_is_report
     assert m.per_class["B"]["positives"] == int(y[keep, 1].sum())
 
 
+def test_tied_scores_count_half_as_in_sklearn():
+    probs, y, mask = _toy(n=200, seed=3)
+    probs = np.round(probs, 1)  # many ties within and across classes
+    m = compute_metrics(probs, y, mask, labels=["A", "B", "C"])
+    keep = mask[:, 1] > 0
+    assert math.isclose(m.per_class["A"]["auc"], roc_auc_score(y[:, 0], probs[:, 0]))
+    assert math.isclose(m.per_class["B"]["auc"], roc_auc_score(y[keep, 1], probs[keep, 1]))
+    flat_keep = mask > 0
+    assert math.isclose(m.micro_auc, roc_auc_score(y[flat_keep], probs[flat_keep]))
+
+
 def test_masked_entries_do_not_change_any_score():
     probs, y, mask = _toy()
     changed = probs.copy()
