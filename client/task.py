@@ -123,7 +123,8 @@ def _local_update(
     job: Job, model: ECGClassifier, trainer: training.Trainer, train_ds: Dataset, out_dir: Path
 ) -> tuple[training.TrainResult, dict]:
     """The personalisation method's round (``finetune.mode``): trains ``model`` in place, keeps
-    what the method keeps in ``out_dir``, and returns what is sent (all, or the body only)."""
+    what the method keeps in ``out_dir``, and returns what is sent (all but the method's
+    ``local_keys``)."""
     method = job.experiment.finetune.method
     # Round 1 starts afresh: a file from an earlier run of the same name is never read.
     own = None if job.server_round == 1 else kept(out_dir)
@@ -152,11 +153,10 @@ def clip_update(new: dict, old: dict, max_norm: float) -> dict:
 
 
 def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path) -> dict:
-    """The global model on this site's validation split; under FedRep/FedPer with the site's
-    own head (the coordinator's never trains)."""
+    """The global model on this site's validation split, with the parts the method keeps at
+    the site (FedRep/FedPer's head: the coordinator's never trains)."""
     model = global_model(job, arrays)
-    if not job.experiment.finetune.method.sends_head:
-        personalise.own_head(model, kept(out_dir))
+    personalise.own_parts(model, job.experiment.finetune.method, kept(out_dir))
     val_ds = site.dataset("val", job.space)
     if not len(val_ds):
         return {

@@ -185,15 +185,16 @@ class ExperimentConfig:
                     f"federation.dp_sgd cannot account for {', '.join(found)}: turn those off "
                     "(model.norm: group, local.class_weights: none, local.precision: fp32)"
                 )
-        if not self.finetune.method.sends_head and (
+        if self.finetune.method.local_keys is not None and (
             self.federation.strategy not in ("fedavg", "fedprox")
             or self.federation.privacy.enabled
             or self.federation.dp_sgd.enabled
         ):
             raise SettingError(
                 "finetune.mode",
-                f"{self.finetune.mode} keeps each site's head at the site and aggregates the body "
-                "only: it needs federation.strategy fedavg or fedprox, without privacy or dp_sgd",
+                f"{self.finetune.mode} keeps part of the model at each site and aggregates the "
+                "rest only: it needs federation.strategy fedavg or fedprox, without privacy or "
+                "dp_sgd",
             )
         if self.federation.privacy.enabled and self.model.norm == "batch":
             raise ValueError(

@@ -66,7 +66,7 @@ def columns(experiment: ExperimentConfig) -> list[tuple[str, str]]:
     """(title, row key) of the table's methods. The global model of FedRep/FedPer/FedBABU rounds
     is another model than FedAvg's, so it is named with its rounds."""
     ft = experiment.finetune
-    own = "global" if ft.method.sends_head else f"global ({ft.mode} rounds)"
+    own = "global" if ft.method.local_keys is None else f"global ({ft.mode} rounds)"
     return [COLUMNS[0], (own, "before"), (f"global + {ft.mode}", "after"), COLUMNS[3]]
 
 

@@ -101,6 +101,18 @@ def test_fedrep_head_never_leaves_the_site_and_the_coordinators_head_stays():
     assert changed(old, new_global, set(sent))  # the body moved
 
 
+KEEP_THE_HEAD = {"fedrep", "fedper", "fedbabu"}
+
+
+@pytest.mark.parametrize("mode", list(METHODS))
+def test_each_method_sends_the_state_in_order_without_what_it_keeps_at_the_site(mode):
+    model = tiny_model()
+    state = snapshot(model)
+    kept = head_keys(state) if mode in KEEP_THE_HEAD else set()
+    assert list(shared_state(model, METHODS[mode])) == [k for k in state if k not in kept]
+    assert (mode in personalise.CANDIDATES) == (mode != "auto" and not kept)
+
+
 def test_fedbabu_keeps_the_head_frozen_during_the_rounds():
     model = tiny_model()
     before = snapshot(model)
