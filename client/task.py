@@ -1,8 +1,8 @@
 """What a site does with each message: train, evaluate, or fine-tune on its own cached data.
 
 Everything here runs inside the hospital (or a simulated one). Only weights and metrics go back;
-what personalisation keeps between rounds (``personal.pt``: a Ditto model, a FedRep/FedPer head)
-and the fine-tuned model stay in the site's own output folder.
+what personalisation keeps between rounds (``personal.pt``: a Ditto model, a FedRep/FedPer head,
+FedBN's BatchNorm layers) and the fine-tuned model stay in the site's own output folder.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ model it ends with. ``finetune.mode`` picks one; the mode names are this registr
 - ``fedper`` (Arivazhagan et al. 2019): head and body train together; only the body is sent.
 - ``fedbabu`` (Oh et al. 2022): the head stays frozen during the rounds (only the body learns and
   is sent), then the whole model is fine-tuned locally.
+- ``fedbn`` (Li et al. 2021): plain rounds, but every BatchNorm layer (affine weights and running
+  statistics) stays at the site; the rest is sent. The site's own BatchNorm on the final global
+  model, then the whole model is fine-tuned locally. Needs a BatchNorm model (``model.norm``).
 - ``auto``: Ditto-style rounds when ``ditto`` is a candidate; afterwards each candidate in
   ``finetune.candidates`` is tried and the site keeps the best by its own validation macro AUC.
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset
 
 from common.evaluation import score
@@ -118,6 +122,17 @@ def head_keys(model: ECGClassifier) -> set[str]:
     return {k for k in model.state_dict() if k.startswith(HEAD)}
 
 
+def batchnorm_keys(model: ECGClassifier) -> set[str]:
+    """Every BatchNorm's affine weights, running statistics and batch counter: what FedBN keeps
+    at the site. Found by module type, so any architecture's BatchNorm layers are."""
+    return {
+        f"{name}.{key}"
+        for name, module in model.named_modules()
+        if isinstance(module, _BatchNorm)
+        for key in module.state_dict()
+    }
+
+
 def _local_keys(model: ECGClassifier, method: Method) -> set[str]:
     return method.local_keys(model) if method.local_keys else set()
 
@@ -174,8 +189,8 @@ def _fedrep_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dic
 
 
 def _own_parts_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dict | None]:
-    """FedPer: the site's own parts in place of the coordinator's, then a plain round; the
-    site keeps those parts."""
+    """FedPer, FedBN: the site's own parts in place of the coordinator's (none in round 1), then
+    a plain round; the site keeps those parts."""
     method = r.settings.method
     own_parts(model, method, r.personal)
     return r.trainer.fit(model, r.train_ds, None), site_parts(model, method)
@@ -218,7 +233,8 @@ def _ditto_finish(model: ECGClassifier, run: SiteRun) -> Personalised:
 
 def _own_parts_finish(model: ECGClassifier, run: SiteRun) -> Personalised:
     """The site's own parts on the final global model, then a fine-tune of the method's
-    ``layers``: FedRep/FedPer refit their own head to the final body (the body stays)."""
+    ``layers``: FedRep/FedPer refit their own head to the final body (the body stays), FedBN
+    fine-tunes the whole model from its own BatchNorm."""
     method = run.settings.method
     own_parts(model, method, run.personal)
     return _finetune(method.layers)(model, run)
@@ -260,6 +276,7 @@ register(Method("ditto", _ditto_round, _ditto_finish))
 register(Method("fedrep", _fedrep_round, _own_parts_finish, local_keys=head_keys, layers="head"))
 register(Method("fedper", _own_parts_round, _own_parts_finish, local_keys=head_keys, layers="head"))
 register(Method("fedbabu", _fedbabu_round, _finetune("full"), local_keys=head_keys))
+register(Method("fedbn", _own_parts_round, _own_parts_finish, local_keys=batchnorm_keys))
 register(Method("auto", _auto_round, _auto_finish))
 
 MODES = tuple(METHODS)
