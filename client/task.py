@@ -183,14 +183,20 @@ def finetune_on_site(
 ) -> tuple[dict, Path]:
     """Personalise the global model locally (``finetune.mode``) and keep it; report test
     scores before and after, with bootstrap intervals and per-label counts of the test split
-    computed here, at the site (and what ``auto`` tried and picked)."""
+    computed here, at the site (and what ``auto`` tried and picked).
+
+    "Before" is the final global model as the site evaluated it in the rounds: with the parts
+    the method keeps at the site (FedRep/FedPer's head, FedBN's BatchNorm), without which it is
+    not a model anyone uses (the coordinator's head and BatchNorm never train)."""
     ft = job.experiment.finetune
     model = global_model(job, arrays)
+    personal = kept(out_dir)
+    personalise.own_parts(model, ft.method, personal)
     target = job.finetune_space
     before = score(
         model, site.dataset("val", job.space), site.dataset("test", job.space), job.space.labels
     )
-    run = personalise.SiteRun(site, job.space, target, ft, kept(out_dir))
+    run = personalise.SiteRun(site, job.space, target, ft, personal)
     done = ft.method.finish(model, run)
     path = save_checkpoint(
         out_dir / "finetuned.pt",

@@ -343,6 +343,27 @@ def test_a_ditto_sites_personal_model_is_not_what_evaluation_scores(tmp_path):
     ) == task.evaluate_on_site(job("ditto"), RunSite(), received, tmp_path / "nothing-kept")
 
 
+@pytest.mark.parametrize(
+    ("mode", "own"), [("fedbn", BATCHNORM), ("fedrep", {"head.weight", "head.bias"}), ("ditto", ())]
+)
+def test_before_scores_the_global_model_with_what_the_site_keeps_of_its_own(
+    tmp_path, monkeypatch, mode, own
+):
+    received = global_arrays()
+    task.train_on_site(job(mode), RunSite(), received, tmp_path)
+    kept = task.kept(tmp_path)
+    scored, real = [], task.score
+    monkeypatch.setattr(
+        task, "score", lambda model, *a: scored.append(snapshot(model)) or real(model, *a)
+    )
+    task.finetune_on_site(job(mode), RunSite(), received, tmp_path)
+    (before,) = scored
+    coordinators = received.to_torch_state_dict()
+    assert not changed(kept, before, own)
+    assert not changed(coordinators, before, set(before) - set(own))
+    assert changed(coordinators, before, own) == set(own)
+
+
 def test_fedbn_ends_with_a_full_finetune_from_the_sites_own_batchnorm(fit_calls):
     trained = tiny_model(seed=7)
     METHODS["full"].round(trained, local_round("full"))
