@@ -4,7 +4,9 @@ Each candidate is the default scenario (simulations/configs/default.yaml: 9 hete
 6 passes over every site's data) with one thing changed, run with ``--seeds`` (mean ± std over
 seeds of the per-site mean macro AUC). The reference (plain FedAvg) also runs the centralized
 baseline: the same 6 passes over the pooled data, then the same fine-tuning. The data and caches
-are generated once and shared by every candidate (they are keyed by their spec).
+are generated once and shared by every candidate (they are keyed by their spec). Under fedbn the
+"global" column is the final global model with each site's own BatchNorm (the coordinator's
+never trains), its fine-tune the same full fine-tune from there.
 
     .venv/bin/python benchmarks/convergence_study.py [--seeds 0 1 2] [--only NAME ...]
 """
@@ -57,6 +59,19 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "fedavg-cosine": (
         "FedAvg, cosine learning-rate decay within each round's local training",
         {"experiment": {"local": {"scheduler": "cosine"}}, **FEDERATION_ONLY},
+    ),
+    "fedbn": (
+        "FedBN: each site keeps its BatchNorm layers, the rest is averaged (finetune.mode fedbn)",
+        {"experiment": {"finetune": {"mode": "fedbn"}}, **FEDERATION_ONLY},
+    ),
+    "fedavgm": (
+        "FedAvgM (server momentum 0.9, server lr 1.0), BatchNorm statistics averaged with momentum",
+        {
+            "experiment": {
+                "federation": {"strategy": "fedavgm", "server_momentum": 0.9, "server_lr": 1.0}
+            },
+            **FEDERATION_ONLY,
+        },
     ),
 }
 

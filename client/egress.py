@@ -3,8 +3,8 @@ protocol allows, whatever code produced it.
 
 Allowed in a reply (anything else raises, so the reply becomes an error and nothing else leaves):
 - ``train`` only: one ArrayRecord whose arrays are those of the model the coordinator sent in the
-  same message (all of them, or some in the same order: FedRep/FedPer/FedBABU keep the head at
-  the site), same names and shapes, numeric and no wider than what was received;
+  same message (all of them, or some in the same order: a personalisation method may keep part
+  of the model at the site), same names and shapes, numeric and no wider than what was received;
 - one MetricRecord of at most ``MAX_METRICS`` entries, short plain keys, each value a number or a
   per-class list no longer than the label space (at most ``MAX_LIST``);
 - one ConfigRecord ``site`` holding only ``name``: a short plain name, the node's own when its node

@@ -1,8 +1,8 @@
 """What a site does with each message: train, evaluate, or fine-tune on its own cached data.
 
 Everything here runs inside the hospital (or a simulated one). Only weights and metrics go back;
-what personalisation keeps between rounds (``personal.pt``: a Ditto model, a FedRep/FedPer head)
-and the fine-tuned model stay in the site's own output folder.
+what personalisation keeps between rounds (``personal.pt``: a Ditto model, a FedRep/FedPer head,
+FedBN's BatchNorm layers) and the fine-tuned model stay in the site's own output folder.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def _local_update(
     job: Job, model: ECGClassifier, trainer: training.Trainer, train_ds: Dataset, out_dir: Path
 ) -> tuple[training.TrainResult, dict]:
     """The personalisation method's round (``finetune.mode``): trains ``model`` in place, keeps
-    what the method keeps in ``out_dir``, and returns what is sent (all, or the body only)."""
+    what the method keeps in ``out_dir``, and returns what is sent (all but the method's
+    ``local_keys``)."""
     method = job.experiment.finetune.method
     # Round 1 starts afresh: a file from an earlier run of the same name is never read.
     own = None if job.server_round == 1 else kept(out_dir)
@@ -152,11 +153,10 @@ def clip_update(new: dict, old: dict, max_norm: float) -> dict:
 
 
 def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path) -> dict:
-    """The global model on this site's validation split; under FedRep/FedPer with the site's
-    own head (the coordinator's never trains)."""
+    """The global model on this site's validation split, with the parts the method keeps at
+    the site (FedRep/FedPer's head: the coordinator's never trains)."""
     model = global_model(job, arrays)
-    if not job.experiment.finetune.method.sends_head:
-        personalise.own_head(model, kept(out_dir))
+    personalise.own_parts(model, job.experiment.finetune.method, kept(out_dir))
     val_ds = site.dataset("val", job.space)
     if not len(val_ds):
         return {
@@ -183,14 +183,20 @@ def finetune_on_site(
 ) -> tuple[dict, Path]:
     """Personalise the global model locally (``finetune.mode``) and keep it; report test
     scores before and after, with bootstrap intervals and per-label counts of the test split
-    computed here, at the site (and what ``auto`` tried and picked)."""
+    computed here, at the site (and what ``auto`` tried and picked).
+
+    "Before" is the final global model as the site evaluated it in the rounds: with the parts
+    the method keeps at the site (FedRep/FedPer's head, FedBN's BatchNorm), without which it is
+    not a model anyone uses (the coordinator's head and BatchNorm never train)."""
     ft = job.experiment.finetune
     model = global_model(job, arrays)
+    personal = kept(out_dir)
+    personalise.own_parts(model, ft.method, personal)
     target = job.finetune_space
     before = score(
         model, site.dataset("val", job.space), site.dataset("test", job.space), job.space.labels
     )
-    run = personalise.SiteRun(site, job.space, target, ft, kept(out_dir))
+    run = personalise.SiteRun(site, job.space, target, ft, personal)
     done = ft.method.finish(model, run)
     path = save_checkpoint(
         out_dir / "finetuned.pt",

@@ -170,6 +170,24 @@ class ExperimentConfig:
     def validate(self) -> None:
         if not is_plain_name(self.name):  # it names the run's folder, here and at every site
             raise SettingError("name", f"{self.name!r}: a run folder's name needs {RULE}")
+        if self.finetune.method.local_keys is not None and (
+            self.federation.strategy not in ("fedavg", "fedprox")
+            or self.federation.privacy.enabled
+            or self.federation.dp_sgd.enabled
+        ):
+            raise SettingError(
+                "finetune.mode",
+                f"{self.finetune.mode} keeps part of the model at each site and aggregates the "
+                "rest only: it needs federation.strategy fedavg or fedprox, without privacy or "
+                "dp_sgd",
+            )
+        # fedbn with DP-SGD or central privacy (both need GroupNorm) is refused just above.
+        if self.finetune.mode == "fedbn" and self.model.norm != "batch":
+            raise SettingError(
+                "finetune.mode",
+                "fedbn keeps each site's BatchNorm layers at the site, and with model.norm: "
+                f"{self.model.norm} the model has none: use model.norm: batch",
+            )
         if self.federation.dp_sgd.enabled:
             local = self.local
             found = dpsgd.conflicts(
@@ -185,16 +203,6 @@ class ExperimentConfig:
                     f"federation.dp_sgd cannot account for {', '.join(found)}: turn those off "
                     "(model.norm: group, local.class_weights: none, local.precision: fp32)"
                 )
-        if not self.finetune.method.sends_head and (
-            self.federation.strategy not in ("fedavg", "fedprox")
-            or self.federation.privacy.enabled
-            or self.federation.dp_sgd.enabled
-        ):
-            raise SettingError(
-                "finetune.mode",
-                f"{self.finetune.mode} keeps each site's head at the site and aggregates the body "
-                "only: it needs federation.strategy fedavg or fedprox, without privacy or dp_sgd",
-            )
         if self.federation.privacy.enabled and self.model.norm == "batch":
             raise ValueError(
                 "federation.privacy needs model.norm: group. BatchNorm's running statistics "

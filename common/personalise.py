@@ -10,6 +10,9 @@ model it ends with. ``finetune.mode`` picks one; the mode names are this registr
 - ``fedper`` (Arivazhagan et al. 2019): head and body train together; only the body is sent.
 - ``fedbabu`` (Oh et al. 2022): the head stays frozen during the rounds (only the body learns and
   is sent), then the whole model is fine-tuned locally.
+- ``fedbn`` (Li et al. 2021): plain rounds, but every BatchNorm layer (affine weights and running
+  statistics) stays at the site; the rest is sent. The site's own BatchNorm on the final global
+  model, then the whole model is fine-tuned locally. Needs a BatchNorm model (``model.norm``).
 - ``auto``: Ditto-style rounds when ``ditto`` is a candidate; afterwards each candidate in
   ``finetune.candidates`` is tried and the site keeps the best by its own validation macro AUC.
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset
 
 from common.evaluation import score
@@ -45,7 +49,7 @@ from common.training import Trainer, TrainResult, evaluate
 if TYPE_CHECKING:  # common.experiment validates mode names against this registry
     from common.experiment import FinetuneSettings
 
-HEAD = "head."  # state-dict prefix of the final Linear: what FedRep, FedPer and FedBABU keep apart
+HEAD = "head."  # state-dict prefix of the final Linear
 
 
 @dataclass
@@ -83,19 +87,21 @@ class Personalised:
 
 Round = Callable[[ECGClassifier, LocalRound], tuple[TrainResult, dict | None]]
 Finish = Callable[[ECGClassifier, SiteRun], Personalised]
+LocalKeys = Callable[[ECGClassifier], set[str]]
 
 
 @dataclass(frozen=True)
 class Method:
     """``round`` trains the received global model in place and returns what the site keeps;
-    ``finish`` turns the final global model into the site's own. ``sends_head`` False: only
-    the body leaves the site. ``layers``: what a plain fine-tune trains where this method
-    cannot run (the centralized baseline has no rounds)."""
+    ``finish`` turns the final global model into the site's own. ``local_keys``: the state-dict
+    keys of a model that never leave the site (None: the whole model is sent). ``layers``: what
+    a plain fine-tune trains where this method cannot run (the centralized baseline has no
+    rounds)."""
 
     name: str
     round: Round
     finish: Finish
-    sends_head: bool = True
+    local_keys: LocalKeys | None = None
     layers: str = "full"
 
 
@@ -111,22 +117,45 @@ def body(model: ECGClassifier) -> list[torch.nn.Parameter]:
     return [p for name, p in model.named_parameters() if not name.startswith(HEAD)]
 
 
+def head_keys(model: ECGClassifier) -> set[str]:
+    """The final Linear: what FedRep, FedPer and FedBABU keep at the site."""
+    return {k for k in model.state_dict() if k.startswith(HEAD)}
+
+
+def batchnorm_keys(model: ECGClassifier) -> set[str]:
+    """Every BatchNorm's affine weights, running statistics and batch counter: what FedBN keeps
+    at the site. Found by module type, so any architecture's BatchNorm layers are."""
+    return {
+        f"{name}.{key}"
+        for name, module in model.named_modules()
+        if isinstance(module, _BatchNorm)
+        for key in module.state_dict()
+    }
+
+
+def _local_keys(model: ECGClassifier, method: Method) -> set[str]:
+    return method.local_keys(model) if method.local_keys else set()
+
+
 def shared_state(model: ECGClassifier, method: Method) -> dict[str, torch.Tensor]:
-    """What the site sends back: the whole state, or the body only."""
-    state = model.state_dict()
-    if method.sends_head:
-        return state
-    return {k: v for k, v in state.items() if not k.startswith(HEAD)}
+    """What the site sends back: the state without what the method keeps at the site."""
+    local = _local_keys(model, method)
+    return {k: v for k, v in model.state_dict().items() if k not in local}
 
 
-def _head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if k.startswith(HEAD)}
+def site_parts(model: ECGClassifier, method: Method) -> dict[str, torch.Tensor]:
+    """What the method keeps at the site, as it is in ``model`` now."""
+    local = _local_keys(model, method)
+    return {k: v for k, v in model.state_dict().items() if k in local}
 
 
-def own_head(model: ECGClassifier, personal: dict | None) -> None:
-    """The site's kept head (FedRep/FedPer) in place of the coordinator's."""
-    if personal is not None:
-        model.load_state_dict({**model.state_dict(), **personal})
+def own_parts(model: ECGClassifier, method: Method, personal: dict | None) -> None:
+    """The parts the site kept (``site_parts`` of an earlier round) in place of the
+    coordinator's; nothing where the method keeps none apart or the site has none yet. Only the
+    method's keys are read from ``personal`` (a Ditto site keeps a whole model there)."""
+    local = _local_keys(model, method)
+    if personal is not None and local:
+        model.load_state_dict({**model.state_dict(), **{k: personal[k] for k in local}})
 
 
 def _plain_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dict | None]:
@@ -150,18 +179,21 @@ def _ditto_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dict
 
 def _fedrep_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dict | None]:
     """The site's head first, on the received body, then the body under that head."""
-    own_head(model, r.personal)
+    own_parts(model, r.settings.method, r.personal)
     head_cfg = replace(r.trainer.cfg, epochs=r.settings.head_epochs, proximal_mu=0.0)
     with training_only(model, model.head.parameters()):
         replace(r.trainer, cfg=head_cfg, proximal_to=None).fit(model, r.train_ds, None)
     with training_only(model, body(model)):
         result = r.trainer.fit(model, r.train_ds, None)
-    return result, _head(model.state_dict())
+    return result, site_parts(model, r.settings.method)
 
 
-def _fedper_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dict | None]:
-    own_head(model, r.personal)
-    return r.trainer.fit(model, r.train_ds, None), _head(model.state_dict())
+def _own_parts_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dict | None]:
+    """FedPer, FedBN: the site's own parts in place of the coordinator's (none in round 1), then
+    a plain round; the site keeps those parts."""
+    method = r.settings.method
+    own_parts(model, method, r.personal)
+    return r.trainer.fit(model, r.train_ds, None), site_parts(model, method)
 
 
 def _fedbabu_round(model: ECGClassifier, r: LocalRound) -> tuple[TrainResult, dict | None]:
@@ -199,10 +231,13 @@ def _ditto_finish(model: ECGClassifier, run: SiteRun) -> Personalised:
     return Personalised(personal, result, score(personal, val, test, labels))
 
 
-def _kept_head_finish(model: ECGClassifier, run: SiteRun) -> Personalised:
-    """The site's own head on the final body, refitted to that body (the body stays)."""
-    own_head(model, run.personal)
-    return _finetune("head")(model, run)
+def _own_parts_finish(model: ECGClassifier, run: SiteRun) -> Personalised:
+    """The site's own parts on the final global model, then a fine-tune of the method's
+    ``layers``: FedRep/FedPer refit their own head to the final body (the body stays), FedBN
+    fine-tunes the whole model from its own BatchNorm."""
+    method = run.settings.method
+    own_parts(model, method, run.personal)
+    return _finetune(method.layers)(model, run)
 
 
 def val_macro_auc(model: ECGClassifier, run: SiteRun) -> float | None:
@@ -238,12 +273,13 @@ def _nan(value: float | None) -> float:
 for _name in LAYERS:
     register(Method(_name, _plain_round, _finetune(_name), layers=_name))
 register(Method("ditto", _ditto_round, _ditto_finish))
-register(Method("fedrep", _fedrep_round, _kept_head_finish, sends_head=False, layers="head"))
-register(Method("fedper", _fedper_round, _kept_head_finish, sends_head=False, layers="head"))
-register(Method("fedbabu", _fedbabu_round, _finetune("full"), sends_head=False))
+register(Method("fedrep", _fedrep_round, _own_parts_finish, local_keys=head_keys, layers="head"))
+register(Method("fedper", _own_parts_round, _own_parts_finish, local_keys=head_keys, layers="head"))
+register(Method("fedbabu", _fedbabu_round, _finetune("full"), local_keys=head_keys))
+register(Method("fedbn", _own_parts_round, _own_parts_finish, local_keys=batchnorm_keys))
 register(Method("auto", _auto_round, _auto_finish))
 
 MODES = tuple(METHODS)
 #: What ``auto`` may choose from: methods whose rounds are plain FedAvg (Ditto's personal model
-#: trains beside them), so one federation serves them all.
-CANDIDATES = tuple(m for m in METHODS if m != "auto" and METHODS[m].sends_head)
+#: trains beside them) and send the whole model, so one federation serves them all.
+CANDIDATES = tuple(m for m in METHODS if m != "auto" and METHODS[m].local_keys is None)

@@ -188,7 +188,7 @@ def placements(replies: list[Message]) -> dict[str, dict[str, str]]:
 
 def next_global(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
     """The new global model: the aggregate, with the previous values of arrays no site sent
-    (a head that FedRep/FedPer/FedBABU keep at the sites stays as it was).
+    (what a personalisation method keeps at the sites, such as FedRep's head, stays as it was).
 
     Aggregation is a weighted sum, which turns integer arrays (BatchNorm's batch counters)
     into floats: give every array back the dtype the model has, so what the sites receive is

@@ -63,10 +63,11 @@ def _fmt(value) -> str:
 
 
 def columns(experiment: ExperimentConfig) -> list[tuple[str, str]]:
-    """(title, row key) of the table's methods. The global model of FedRep/FedPer/FedBABU rounds
-    is another model than FedAvg's, so it is named with its rounds."""
+    """(title, row key) of the table's methods. The global model of rounds that keep parts at
+    the sites (FedRep, FedPer, FedBABU, FedBN) is another model than FedAvg's, so it is named
+    with its rounds; each site scores it with its own parts (``_own_parts_line``)."""
     ft = experiment.finetune
-    own = "global" if ft.method.sends_head else f"global ({ft.mode} rounds)"
+    own = "global" if ft.method.local_keys is None else f"global ({ft.mode} rounds)"
     return [COLUMNS[0], (own, "before"), (f"global + {ft.mode}", "after"), COLUMNS[3]]
 
 
@@ -422,6 +423,18 @@ def _per_site_body(
     return [*table(rows, cols), *_auto_table(rows), "", *support_lines(rows, labels)]
 
 
+def _own_parts_line(experiment: ExperimentConfig) -> list[str]:
+    mode = experiment.finetune.mode
+    if experiment.finetune.method.local_keys is None:
+        return []
+    return [
+        f"The global column is the final global model of the {mode} rounds as each site "
+        f"evaluated it during them: with the parts {mode} keeps at the site (never sent) in place "
+        "of the coordinator's.",
+        "",
+    ]
+
+
 def _sampled_line(summary: dict) -> list[str]:
     sampled = summary.get("finetune_sampled")
     if not sampled or sampled["sites"] >= sampled["of"]:
@@ -469,6 +482,7 @@ def write(
         "standard errors (independent splits, normal approximation). Personalisation: "
         f"`finetune.mode: {experiment.finetune.mode}`.",
         "",
+        *_own_parts_line(experiment),
         *_sampled_line(summary),
         *_per_site_body(rows, experiment, labels, run_dir),
         "",

@@ -23,6 +23,7 @@ from test_simulation import entries, tiny_config
 from client.egress import EgressViolation, check_reply, egress_guard, label_limit
 from common.errors import RunFailed
 from common.models import ModelConfig
+from common.personalise import batchnorm_keys
 from common.protocol import LABEL_SPACE
 from simulations import run as sim
 from simulations.attack_app import ATTACK_APP, Attack
@@ -85,6 +86,16 @@ def test_a_body_without_the_head_passes_and_a_reordered_or_empty_one_does_not(mo
     reply["arrays"] = ArrayRecord()
     with pytest.raises(EgressViolation, match="empty"):
         check(model, reply)
+
+
+def test_a_model_without_its_batchnorm_layers_passes(model):
+    """FedBN keeps every BatchNorm layer at the site: a subset with gaps, in the model's order."""
+    net = ModelConfig(kwargs={"width": 0.125}, input_length=500, fs=50.0).build(n_classes=7)
+    reply = honest(model)
+    for key in batchnorm_keys(net):
+        del reply["arrays"][key]
+    assert 0 < len(reply["arrays"]) < len(model)
+    check(model, reply)
 
 
 def test_a_second_array_record_is_refused(model):

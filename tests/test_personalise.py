@@ -7,12 +7,13 @@ import torch
 from flwr.app import ArrayRecord
 from torch.utils.data import TensorDataset
 
+from client import task
 from common import personalise
 from common.config import ConfigError, from_dict
 from common.experiment import ExperimentConfig, FinetuneSettings
 from common.labels import LabelSpace
 from common.metrics import Metrics
-from common.models import build_model
+from common.models import ModelSettings, build_model
 from common.personalise import (
     HEAD,
     METHODS,
@@ -20,24 +21,41 @@ from common.personalise import (
     Method,
     Personalised,
     SiteRun,
+    batchnorm_keys,
     shared_state,
 )
+from common.preprocess import PipelineConfig
+from common.protocol import VAL_LOSS, Job
 from common.training import TrainConfig, Trainer, TrainResult
 from server.rounds import next_global
 
 SPACE = LabelSpace.from_dict({"name": "s", "labels": ["A", "B", "C"], "codebooks": {}})
 
 
-def tiny_model(seed: int = 0):
+def tiny_model(seed: int = 0, norm: str = "batch"):
     torch.manual_seed(seed)
-    return build_model("ribeiro_resnet", n_classes=len(SPACE), input_length=128, width=0.125)
+    return build_model(
+        "ribeiro_resnet", n_classes=len(SPACE), input_length=128, norm=norm, width=0.125
+    )
 
 
-def data(n: int = 24, seed: int = 3) -> TensorDataset:
+class Records(TensorDataset):
+    """(x, y, mask) items, with ``y`` and ``mask`` whole as a site's datasets have them."""
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.tensors[1]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.tensors[2]
+
+
+def data(n: int = 24, seed: int = 3) -> Records:
     g = torch.Generator().manual_seed(seed)
     y = (torch.rand(n, len(SPACE), generator=g) < 0.5).float()
     x = torch.randn(n, 12, 128, generator=g) + 2 * y[:, :1, None]
-    return TensorDataset(x, y, torch.ones_like(y))
+    return Records(x, y, torch.ones_like(y))
 
 
 def local_round(mode: str, personal=None, **settings) -> LocalRound:
@@ -59,13 +77,14 @@ def head_keys(state: dict) -> set[str]:
 
 @pytest.fixture
 def fit_calls(monkeypatch):
-    """Which parameters required grad (and the head's weights) each time the Trainer fitted."""
+    """Each time the Trainer fitted: which parameters required grad, the model's state as it
+    started, and whether a validation split was given (early stopping)."""
     calls = []
     real = Trainer.fit
 
     def spy(self, model, train_ds, val_ds):
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        calls.append((trainable, model.head.weight.detach().clone()))
+        calls.append((trainable, snapshot(model), val_ds is not None))
         return real(self, model, train_ds, val_ds)
 
     monkeypatch.setattr(Trainer, "fit", spy)
@@ -77,7 +96,7 @@ def test_fedrep_trains_the_head_alone_first_then_the_body_alone(fit_calls):
     names = {n for n, _ in model.named_parameters()}
     head = {n for n in names if n.startswith(HEAD)}
     METHODS["fedrep"].round(model, local_round("fedrep"))
-    assert [trainable for trainable, _ in fit_calls] == [head, names - head]
+    assert [trainable for trainable, *_ in fit_calls] == [head, names - head]
 
 
 def test_fedrep_starts_each_round_from_the_head_the_site_kept(fit_calls):
@@ -86,7 +105,7 @@ def test_fedrep_starts_each_round_from_the_head_the_site_kept(fit_calls):
     assert set(kept) == head_keys(model.state_dict())
     received = tiny_model(seed=1)  # the next round's global model: another head
     METHODS["fedrep"].round(received, local_round("fedrep", personal=kept))
-    assert torch.equal(fit_calls[-2][1], kept["head.weight"])
+    assert torch.equal(fit_calls[-2][1]["head.weight"], kept["head.weight"])
 
 
 def test_fedrep_head_never_leaves_the_site_and_the_coordinators_head_stays():
@@ -99,6 +118,20 @@ def test_fedrep_head_never_leaves_the_site_and_the_coordinators_head_stays():
     old = before.to_torch_state_dict()
     assert not changed(old, new_global, head_keys(old))  # the coordinator's head is untouched
     assert changed(old, new_global, set(sent))  # the body moved
+
+
+KEPT_AT_THE_SITE = {"fedrep": "head", "fedper": "head", "fedbabu": "head", "fedbn": "batchnorm"}
+
+
+@pytest.mark.parametrize("mode", list(METHODS))
+def test_each_method_sends_the_state_in_order_without_what_it_keeps_at_the_site(mode):
+    model = tiny_model()
+    state = snapshot(model)
+    kept = {"head": head_keys(state), "batchnorm": batchnorm_keys(model)}.get(
+        KEPT_AT_THE_SITE.get(mode), set()
+    )
+    assert list(shared_state(model, METHODS[mode])) == [k for k in state if k not in kept]
+    assert (mode in personalise.CANDIDATES) == (mode != "auto" and not kept)
 
 
 def test_fedbabu_keeps_the_head_frozen_during_the_rounds():
@@ -216,10 +249,147 @@ def test_fedrep_ends_with_the_kept_head_refitted_on_the_final_body(fit_calls):
     settings = FinetuneSettings(mode="fedrep", train=TrainConfig(epochs=1, batch_size=8))
     body_before = {k: v for k, v in snapshot(model).items() if not k.startswith(HEAD)}
     done = METHODS["fedrep"].finish(model, SiteRun(Site(), SPACE, SPACE, settings, kept))
-    assert torch.equal(fit_calls[0][1], kept["head.weight"])
+    assert torch.equal(fit_calls[0][1]["head.weight"], kept["head.weight"])
     assert not changed(body_before, done.model.state_dict(), body_before)
     assert not torch.equal(done.model.head.weight, kept["head.weight"])
 
 
 def head_of(model) -> dict[str, torch.Tensor]:
     return {k: v for k, v in snapshot(model).items() if k.startswith(HEAD)}
+
+
+def test_fedbn_keeps_every_batchnorm_found_by_type_whatever_its_name():
+    model = build_model("xresnet1d18", n_classes=len(SPACE), input_length=128, width=0.125)
+    state = model.state_dict()
+    norms = {k.removesuffix(".running_var") for k in state if k.endswith(".running_var")}
+    assert batchnorm_keys(model) == {k for k in state if k.rsplit(".", 1)[0] in norms}
+    assert {"neck.1.weight", "neck.1.num_batches_tracked"} <= batchnorm_keys(model)  # no "norm"
+    assert "neck.3.weight" not in batchnorm_keys(model)  # the Linear between them
+    assert batchnorm_keys(tiny_model(norm="group")) == set()
+
+
+class RunSite(Site):
+    """What the site's message handlers use of SiteData."""
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(self.dataset(split, SPACE)) for split in ("train", "val", "test")}
+
+
+def job(mode: str = "fedbn", server_round: int = 1) -> Job:
+    """A message's job for the tiny model and data above."""
+    experiment = ExperimentConfig(
+        model=ModelSettings("ribeiro_resnet", "batch", {"width": 0.125}),
+        pipeline=PipelineConfig(fs=100.0, length_s=1.28),
+        local=TrainConfig(epochs=1, batch_size=8, lr=1e-2),
+        finetune=FinetuneSettings(mode=mode, train=TrainConfig(epochs=1, batch_size=8)),
+    )
+    return Job(experiment, SPACE, SPACE, "run", server_round=server_round)
+
+
+def global_arrays(seed: int = 0) -> ArrayRecord:
+    return ArrayRecord(snapshot(tiny_model(seed)))
+
+
+BATCHNORM = batchnorm_keys(tiny_model())
+
+
+def test_a_fedbn_site_keeps_its_batchnorm_sends_the_rest_and_the_coordinators_stays(tmp_path):
+    received = global_arrays()
+    sent, _ = task.train_on_site(job(), RunSite(), received, tmp_path)
+    old = received.to_torch_state_dict()
+    assert list(sent) == [k for k in old if k not in BATCHNORM]
+    kept = task.kept(tmp_path)
+    assert set(kept) == BATCHNORM and changed(old, kept, BATCHNORM) == BATCHNORM  # trained
+    new_global = next_global(ArrayRecord(sent), received).to_torch_state_dict()
+    assert not changed(old, new_global, BATCHNORM)
+    assert all(new_global[k].dtype == old[k].dtype for k in BATCHNORM)
+    assert changed(old, new_global, set(sent))
+
+
+def test_a_fedbn_round_trains_as_a_plain_round(tmp_path):
+    plain, _ = task.train_on_site(job("full"), RunSite(), global_arrays(), tmp_path / "full")
+    sent, _ = task.train_on_site(job(), RunSite(), global_arrays(), tmp_path / "fedbn")
+    kept = task.kept(tmp_path / "fedbn")
+    assert not changed(plain, {**sent, **kept}, plain)
+
+
+def test_a_fedbn_sites_next_round_starts_from_its_own_batchnorm(tmp_path, fit_calls):
+    task.train_on_site(job(), RunSite(), global_arrays(), tmp_path)
+    kept = task.kept(tmp_path)
+    received = global_arrays(seed=1)
+    task.train_on_site(job(server_round=2), RunSite(), received, tmp_path)
+    start, new = fit_calls[-1][1], received.to_torch_state_dict()
+    assert not changed(kept, start, BATCHNORM)
+    assert not changed(new, start, set(new) - BATCHNORM)
+    assert changed(kept, task.kept(tmp_path), BATCHNORM)  # round 2's now
+
+
+def test_a_fedbn_site_evaluates_the_global_model_with_its_own_batchnorm(tmp_path):
+    received = global_arrays()
+    task.train_on_site(job(), RunSite(), received, tmp_path / "site")
+    own = ArrayRecord({**received.to_torch_state_dict(), **task.kept(tmp_path / "site")})
+    at_site = task.evaluate_on_site(job(), RunSite(), received, tmp_path / "site")
+    assert at_site == task.evaluate_on_site(job(), RunSite(), own, tmp_path / "nothing-kept")
+    coordinators = task.evaluate_on_site(job(), RunSite(), received, tmp_path / "nothing-kept")
+    assert at_site[VAL_LOSS] != pytest.approx(coordinators[VAL_LOSS])
+
+
+def test_a_ditto_sites_personal_model_is_not_what_evaluation_scores(tmp_path):
+    received = global_arrays()
+    task.train_on_site(job("ditto"), RunSite(), received, tmp_path / "site")
+    assert task.kept(tmp_path / "site")  # Ditto's personal model
+    assert task.evaluate_on_site(
+        job("ditto"), RunSite(), received, tmp_path / "site"
+    ) == task.evaluate_on_site(job("ditto"), RunSite(), received, tmp_path / "nothing-kept")
+
+
+@pytest.mark.parametrize(
+    ("mode", "own"), [("fedbn", BATCHNORM), ("fedrep", {"head.weight", "head.bias"}), ("ditto", ())]
+)
+def test_before_scores_the_global_model_with_what_the_site_keeps_of_its_own(
+    tmp_path, monkeypatch, mode, own
+):
+    received = global_arrays()
+    task.train_on_site(job(mode), RunSite(), received, tmp_path)
+    kept = task.kept(tmp_path)
+    scored, real = [], task.score
+    monkeypatch.setattr(
+        task, "score", lambda model, *a: scored.append(snapshot(model)) or real(model, *a)
+    )
+    task.finetune_on_site(job(mode), RunSite(), received, tmp_path)
+    (before,) = scored
+    coordinators = received.to_torch_state_dict()
+    assert not changed(kept, before, own)
+    assert not changed(coordinators, before, set(before) - set(own))
+    assert changed(coordinators, before, own) == set(own)
+
+
+def test_fedbn_ends_with_a_full_finetune_from_the_sites_own_batchnorm(fit_calls):
+    trained = tiny_model(seed=7)
+    METHODS["full"].round(trained, local_round("full"))
+    kept = {k: v for k, v in snapshot(trained).items() if k in BATCHNORM}
+    settings = FinetuneSettings(mode="fedbn", train=TrainConfig(epochs=1, batch_size=8))
+    model = tiny_model()
+    fit_calls.clear()
+    METHODS["fedbn"].finish(model, SiteRun(Site(), SPACE, SPACE, settings, kept))
+    ((trainable, start, validated),) = fit_calls
+    assert trainable == {n for n, _ in model.named_parameters()} and validated
+    assert not changed(kept, start, BATCHNORM)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"model": {"norm": "group"}}, "with model.norm: group the model has none"),
+        ({"federation": {"dp_sgd": {"noise_multiplier": 1.0}}}, "without privacy or dp_sgd"),
+        (
+            {"model": {"norm": "group"}, "federation": {"dp_sgd": {"noise_multiplier": 1.0}}},
+            "without privacy or dp_sgd",
+        ),
+        ({"federation": {"strategy": "fedadam"}}, "fedavg or fedprox"),
+    ],
+)
+def test_fedbn_is_refused_without_batchnorm_or_with_dp_sgd_naming_the_mode(settings, says):
+    with pytest.raises(ConfigError, match=f"x.yaml: finetune.mode: fedbn .*{says}"):
+        from_dict(ExperimentConfig, {"finetune": {"mode": "fedbn"}, **settings}, "x.yaml")
+    assert from_dict(ExperimentConfig, {"finetune": {"mode": "fedbn"}}).finetune.mode == "fedbn"

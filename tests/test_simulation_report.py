@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from common import protocol
-from common.experiment import ExperimentConfig
+from common.experiment import ExperimentConfig, FinetuneSettings
 from simulations import report, seeds
 
 LABELS = ("NORM", "1AVB", "CRBBB", "CLBBB", "SBRAD", "STACH", "AFIB")
@@ -31,9 +31,10 @@ def _reply(auc: float, se: float, positives: list[int]) -> dict:
     }
 
 
-def _run(tmp_path, aucs):
+def _run(tmp_path, aucs, experiment: ExperimentConfig | None = None):
+    experiment = experiment or ExperimentConfig()
     summary = {
-        "experiment": ExperimentConfig().to_dict(),
+        "experiment": experiment.to_dict(),
         "rounds": [{"round": 1, "sites": ["a", "b"]}],
         "finetune": {
             "a": _reply(aucs[0], 0.03, [5, 0, 2, 1, 3, 2, 4]),
@@ -46,7 +47,7 @@ def _run(tmp_path, aucs):
     sites = [
         SimpleNamespace(name=n, counts=lambda: {"train": 80, "val": 10, "test": 20}) for n in "ab"
     ]
-    return run_dir, report.write(run_dir, ExperimentConfig(), sites, {}, {}, {"federation_s": 1.0})
+    return run_dir, report.write(run_dir, experiment, sites, {}, {}, {"federation_s": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,18 @@ def row(site: str, **auc) -> dict:
         "candidates": {},
         **{f"{k}_auc": auc.get(k) for k in ("local", "before", "after", "central")},
     }
+
+
+@pytest.mark.parametrize("mode", ["full", "ditto", "fedrep", "fedbabu", "fedbn"])
+def test_the_global_column_of_rounds_that_keep_parts_at_the_sites_says_how_it_was_scored(
+    tmp_path, mode
+):
+    experiment = ExperimentConfig(finetune=FinetuneSettings(mode=mode))
+    text = _run(tmp_path, (0.9, 0.8), experiment)[1].read_text()
+    keeps_parts = mode in ("fedrep", "fedbabu", "fedbn")
+    assert (f"| global ({mode} rounds) AUC" in text) == keeps_parts
+    assert ("| global AUC" in text) != keeps_parts
+    assert (f"with the parts {mode} keeps at the site" in text) == keeps_parts
 
 
 def test_each_method_has_its_mean_and_worst_site():
