@@ -33,6 +33,7 @@ def rounds_table(entries: list[dict]) -> list[dict]:
         agg = e.get("aggregate") or {}
         if e["phase"] == protocol.Phase.TRAIN:
             row["sites"] = sorted(e["sites"])
+            row["failed_sites"] = sorted({f["site"] for f in e["failed"]})  # asked, no update
             row["train_loss"] = agg.get(protocol.TRAIN_LOSS)
             row["seconds"] = e.get("seconds")
         else:

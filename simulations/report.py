@@ -137,6 +137,7 @@ def site_rows(
     rows = []
     failed = {f["site"]: f["reason"] for f in summary.get("finetune_failed", [])}
     labels = report_labels(summary["experiment"])
+    every_round = summary["experiment"]["federation"]["fraction_train"] == 1
     for site in sites:
         fed = summary["finetune"].get(site.name, {})
         positives, unscored = _support(fed, labels)
@@ -144,9 +145,13 @@ def site_rows(
             "site": site.name,
             **{f"n_{k}": int(v) for k, v in site.counts().items()},
             "failed": failed.get(site.name),
-            # rounds this site did not train in: its baselines are not comparable there
+            # rounds this site was asked to train in and did not: its baselines are not
+            # comparable there (a sampled run asks each site in some rounds only)
             "missed_rounds": [
-                r["round"] for r in summary["rounds"] if site.name not in r.get("sites", [])
+                r["round"]
+                for r in summary["rounds"]
+                if site.name in r.get("failed_sites", [])
+                or (every_round and site.name not in r.get("sites", []))
             ],
             "candidates": _candidates(fed),
             "test_positives": positives,

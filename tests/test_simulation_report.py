@@ -177,3 +177,26 @@ def test_a_report_of_a_few_sites_still_lists_each(tmp_path):
     text = _many(tmp_path, 20, 20).read_text()
     assert sum(line.startswith("| tis-") for line in text.splitlines()) == 2 * 20  # + support
     assert "seeded sample" not in text
+
+
+def test_a_sampled_run_notes_only_the_rounds_a_site_was_asked_to_train_in_and_failed(tmp_path):
+    experiment = ExperimentConfig()
+    experiment.federation.fraction_train = 0.5
+    summary = {
+        "experiment": experiment.to_dict(),
+        "rounds": [
+            {"round": 1, "sites": ["a"], "failed_sites": []},  # b not sampled: nothing to say
+            {"round": 2, "sites": ["b"], "failed_sites": ["a"]},  # a asked, no update
+        ],
+        "finetune": {
+            "a": _reply(0.9, 0.03, [5, 0, 2, 1, 3, 2, 4]),
+            "b": _reply(0.8, 0.04, [8, 1, 0, 0, 2, 20, 3]),
+        },
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    sites = [
+        SimpleNamespace(name=n, counts=lambda: {"train": 80, "val": 10, "test": 20}) for n in "ab"
+    ]
+    text = report.write(tmp_path, experiment, sites, {}, {}, {"federation_s": 1.0}).read_text()
+    assert "| a (not in the federation in round(s) 2) |" in text
+    assert "| b |" in text and "b (not in the federation" not in text
