@@ -87,11 +87,13 @@ def build_strategy(s: FederationSettings) -> Strategy:
 
 
 def _multikrum(s: FederationSettings, common: dict) -> Strategy:
-    """Average the n - f updates Krum trusts most (Blanchard et al. 2017)."""
+    """Average the n - f updates Krum trusts most (Blanchard et al. 2017); n is the sites a
+    round asks (a sampled round's fraction): Flower keeps all updates when asked to select more
+    than arrived, which would turn a sampled Multi-Krum into plain averaging."""
     return MultiKrum(
         **common,
         num_malicious_nodes=s.krum_malicious,
-        num_nodes_to_select=s.min_sites - s.krum_malicious,
+        num_nodes_to_select=max(1, common["min_train_nodes"] - s.krum_malicious),
     )
 
 

@@ -129,6 +129,16 @@ def test_a_sampled_round_of_1000_sites_sends_to_its_fraction_not_to_every_site(m
     )
 
 
+def test_a_sampled_multikrum_keeps_n_minus_f_of_the_sites_a_round_asks():
+    """Selecting min_sites - f of 100 replies would keep them all: plain averaging."""
+    sampled = FederationSettings(
+        strategy="multikrum", min_sites=1000, fraction_train=0.1, krum_malicious=10
+    )
+    assert build_strategy(sampled).num_nodes_to_select == 90
+    every = FederationSettings(strategy="multikrum", min_sites=9, krum_malicious=2)
+    assert build_strategy(every).num_nodes_to_select == 7
+
+
 def test_the_final_fine_tuning_samples_the_same_sites_by_name_whatever_their_node_ids():
     from server.app import finetune_sample
 
