@@ -6,6 +6,7 @@ Shared by the PTB-XL and CinC readers; every problem becomes a per-record ``Reco
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -103,35 +104,86 @@ def read_signal(
     order = lead_order(record_id, hea, names)
     if any((n or 1) != 1 for n in header.samps_per_frame or []):
         raise RecordError(record_id, hea, "several samples per frame: not supported")
-    units = {str(u).strip().lower() for u in (header.units or [])}  # wfdb may give None
-    if units - {"mv", "uv", "μv"}:
-        raise RecordError(record_id, hea, f"unsupported signal units {sorted(units)}")
-    for data in {base.parent / f for f in (header.file_name or [])}:
-        size = check_regular(data, "signal file", limits.MAX_RECORD_BYTES, record_id, root)
-        expected, exact = _expected_bytes(header, data.name) or (0, False)
-        # A longer file is as wrong as a shorter one: wfdb would silently read a prefix.
-        if size < expected or (exact and size != expected):
-            why = "truncated?" if size < expected else "header and signal file disagree"
-            raise RecordError(record_id, data, f"{size} bytes, header promises {expected} ({why})")
-    limits.check_length(record_id, hea, header.sig_len, header.fs)
-    try:
-        record = wfdb.rdrecord(str(base), physical=True)
-    except Exception as exc:
-        raise RecordError(record_id, hea, f"unreadable signal ({exc})") from exc
-    signal = record.p_signal
+    units = [str(u).strip().lower() for u in (header.units or [])]  # wfdb may give None
+    if set(units) - {"mv", "uv", "μv"}:
+        raise RecordError(record_id, hea, f"unsupported signal units {sorted(set(units))}")
+    signal = read_samples(record_id, base, header, root)
     if signal is None or signal.ndim != 2 or signal.shape[1] != len(order):
         raise RecordError(record_id, hea, "signal does not match the header's channels")
     if signal.shape[0] != header.sig_len:
         raise RecordError(
             record_id, hea, f"{signal.shape[0]} samples, header promises {header.sig_len}"
         )
-    scale = np.array(
-        [1e-3 if str(u).strip().lower() in ("uv", "μv") else 1.0 for u in record.units]
-    )
+    scale = np.array([1e-3 if u in ("uv", "μv") else 1.0 for u in units])
     signal = (signal * scale)[:, order].T
     if not np.isfinite(signal).all():
         raise RecordError(record_id, hea, "NaN or infinite samples")
     return np.ascontiguousarray(signal, np.float32), float(header.fs), header
+
+
+def read_samples(
+    record_id: str, base: Path, header: wfdb.Record, root: Path | None = None
+) -> np.ndarray:
+    """(samples, signals) float64 in the header's units and signal order, as
+    ``wfdb.rdrecord(base, physical=True).p_signal`` reads them, once the files' sizes pass.
+
+    One format-16 file without skew (PTB-XL, CinC) is decoded here from the header already read
+    and the file already opened and checked: ``wfdb.rdrecord`` cannot take a parsed header, so
+    it would parse the text again (pandas lookups: most of a record's decoding time) and reopen
+    the files by name after they were checked. Every other layout is wfdb's to read.
+    """
+    hea = base.with_name(base.name + ".hea")
+    files = set(header.file_name)
+    if len(files) == 1 and set(header.fmt) == {"16"} and not any(header.skew):
+        return _read_format16(record_id, hea, base.parent / files.pop(), header, root)
+    for data in {base.parent / f for f in files}:
+        size = check_regular(data, "signal file", limits.MAX_RECORD_BYTES, record_id, root)
+        _check_size(record_id, data, size, header)
+    limits.check_length(record_id, hea, header.sig_len, header.fs)
+    try:
+        return wfdb.rdrecord(str(base), physical=True).p_signal
+    except Exception as exc:
+        raise RecordError(record_id, hea, f"unreadable signal ({exc})") from exc
+
+
+def _read_format16(
+    record_id: str, hea: Path, data: Path, header: wfdb.Record, root: Path | None
+) -> np.ndarray:
+    """The samples of format-16 ``data``: frames of little-endian int16, one per signal.
+
+    Read from the file whose size was checked, so what is decoded is what was checked; the
+    physical conversion is wfdb's own (``Record.dac``: (d - baseline) / gain, -32768 as NaN).
+    """
+    with open_regular(data, "signal file", limits.MAX_RECORD_BYTES, record_id, root) as fh:
+        expected = _check_size(record_id, data, os.fstat(fh.fileno()).st_size, header)
+        limits.check_length(record_id, hea, header.sig_len, header.fs)
+        raw = fh.read(expected)
+    if len(raw) != expected:
+        reason = f"{len(raw)} bytes, header promises {expected} (shrunk while being read)"
+        raise RecordError(record_id, data, reason)
+    digital = np.frombuffer(
+        raw,
+        "<i2",
+        count=header.sig_len * header.n_sig,
+        offset=(header.byte_offset or [0])[0] or 0,  # wfdb reads a file from its first signal's
+    ).reshape(header.sig_len, header.n_sig)
+    decoded = wfdb.Record(
+        d_signal=digital, fmt=header.fmt, adc_gain=header.adc_gain, baseline=header.baseline
+    )
+    try:
+        return decoded.dac()
+    except Exception as exc:  # numpy refuses a baseline that fits no 64-bit integer
+        raise RecordError(record_id, hea, f"unreadable signal ({exc})") from exc
+
+
+def _check_size(record_id: str, data: Path, size: int, header: wfdb.Record) -> int:
+    """The bytes signal file ``data`` must hold, refused if its ``size`` disagrees."""
+    expected, exact = _expected_bytes(header, data.name) or (0, False)
+    # A longer file is as wrong as a shorter one: wfdb would silently read a prefix.
+    if size < expected or (exact and size != expected):
+        why = "truncated?" if size < expected else "header and signal file disagree"
+        raise RecordError(record_id, data, f"{size} bytes, header promises {expected} ({why})")
+    return expected
 
 
 #: Bytes per sample of WFDB's fixed-width formats.
