@@ -134,7 +134,7 @@ def read_samples(
     """
     hea = base.with_name(base.name + ".hea")
     files = set(header.file_name)
-    if len(files) == 1 and set(header.fmt) == {"16"} and not any(header.skew):
+    if len(files) == 1 and set(header.fmt) == {"16"} and not any(header.skew or []):
         return _read_format16(record_id, hea, base.parent / files.pop(), header, root)
     for data in {base.parent / f for f in files}:
         size = check_regular(data, "signal file", limits.MAX_RECORD_BYTES, record_id, root)
