@@ -108,12 +108,20 @@ def _resources(cfg: SimulationConfig, n_sites: int) -> str:
     return out + (f" client-resources-num-gpus={cfg.gpus_per_site:g}" if cfg.gpus_per_site else "")
 
 
-def in_flight(cfg: SimulationConfig) -> int:
-    """Messages an exchange keeps in flight (server/inflight.py): four times the sites this
-    machine runs at once, at least 8; no limit on a Ray cluster, whose size is not known here."""
+#: Waiting messages x sites that Flower's engine may scan per sweep (ten sweeps a second, about
+#: 2 us a pair on the 2-core machine: 20 ms a sweep).
+SWEEP_PAIRS = 10_000
+
+
+def in_flight(cfg: SimulationConfig, n_sites: int) -> int:
+    """Messages an exchange keeps in flight (server/inflight.py): as many as keep Flower's
+    engine sweep within ``SWEEP_PAIRS`` (every message of a 64-site round), and never fewer
+    than four times the sites this machine runs at once (at least 8), so its workers never wait
+    for work.
+    No limit on a Ray cluster, whose size is not known here."""
     if cfg.ray_address is not None:
         return 0
-    return max(8, 4 * int(cpu.available_cores() // cfg.cpus_per_site))
+    return max(8, 4 * int(cpu.available_cores() // cfg.cpus_per_site), SWEEP_PAIRS // n_sites)
 
 
 def prepared_caches(run_dir: Path) -> list[Path]:
@@ -137,7 +145,7 @@ def federate(
     """The ServerApp + one ClientApp per virtual site on the Simulation Engine (the sites'
     ClientApp: simulations/site_app.py, or ``clientapp``: an attack run's)."""
     manifest = run_dir / runs.PARTITION / runs.SITES
-    run_config = runs.write_run_config(run_dir, resume, manifest, in_flight(cfg))
+    run_config = runs.write_run_config(run_dir, resume, manifest, in_flight(cfg, n_sites))
     rounds = cfg.experiment.federation.rounds
     bar = tqdm(total=rounds + 1, desc="federation", unit="round", disable=not progress)
 

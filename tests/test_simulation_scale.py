@@ -15,8 +15,12 @@ SITES = 60
 
 
 @pytest.mark.e2e
-def test_a_sampled_run_of_60_sites_trains_and_tunes_its_fraction_and_summarises(tmp_path):
-    """12 sites a round (fraction_train 0.2), sent 8 at a time (server/inflight.py)."""
+def test_a_sampled_run_of_60_sites_trains_and_tunes_its_fraction_and_summarises(
+    tmp_path, monkeypatch
+):
+    """12 sites a round (fraction_train 0.2), sent 8 at a time (server/inflight.py) as a
+    1,000-site run sends them."""
+    monkeypatch.setattr(sim, "in_flight", lambda cfg, n_sites: 8)
     cfg = tiny_config(rounds=2, fraction_train=0.2, fraction_evaluate=0.1)
     cfg.experiment.finetune.fraction = 0.1
     cfg.data.ptbxl_like = None
@@ -25,6 +29,7 @@ def test_a_sampled_run_of_60_sites_trains_and_tunes_its_fraction_and_summarises(
     cfg.baselines.local_only = cfg.baselines.centralized = False
     run_dir = tmp_path / "run"
     simulation_md = sim.run(cfg, run_dir, progress=False).read_text()
+    assert "max-in-flight = 8" in (run_dir / runs.RUN_CONFIG).read_text()
     entries = runs.entries(run_dir)
     trained = [e for e in entries if e["phase"] == "train"]
     assert [len(e["sites"]) for e in trained] == [12, 12]  # more than the 8 sent at once
@@ -43,3 +48,13 @@ def test_a_sampled_run_of_60_sites_trains_and_tunes_its_fraction_and_summarises(
     scored = sum(bool(row["after_auc"]) for row in table)  # a test split of 1-2 records: few
     shown = sum(line.startswith("| tis-") for line in simulation_md.splitlines())
     assert shown == 2 * min(10, scored)  # the top and the bottom sites, not a row per site
+
+
+def test_messages_in_flight_keep_the_engines_sweep_short_and_its_workers_busy():
+    cfg = tiny_config(rounds=1)
+    cfg.cpus_per_site = 1.0
+    cores = int(sim.cpu.available_cores())
+    assert sim.in_flight(cfg, 1000) == max(8, 4 * cores, 10)  # 1,000 x 10 pairs a sweep
+    assert sim.in_flight(cfg, 64) == max(4 * cores, 156)  # every message of a round
+    cfg.ray_address = "127.0.0.1:6379"
+    assert sim.in_flight(cfg, 1000) == 0  # a cluster's size is unknown here
