@@ -211,21 +211,33 @@ def sites1000(workdir: Path) -> None:
 
 def messages(workdir: Path) -> None:
     """Per-message cost with a near-empty model (ribeiro_resnet width 1/32, 7,903 parameters),
-    64 sites x 5 rounds, each ClientApp process reopening its site for every message
-    (ECGFL_SITE_CACHE=0, as before sites were kept open) beside keeping 32 and 64 open."""
+    64 sites x 5 rounds, in one run: as messages went before (each ClientApp process reopening
+    its site for every message, ECGFL_SITE_CACHE=0, and a round's every message in flight)
+    beside keeping 32 or 64 sites open per process with the in-flight window of
+    ``simulations.run.in_flight``; then the same handlers called in this process on the last
+    run's sites (no Flower, one thread), which splits a message's cost into the site's own work
+    and Flower's path."""
     cfg = config(
         **{"partition.tis_sites": 64, "experiment.model.kwargs": {"width": 1 / 32}},
     )
     sim.source_plans(cfg, workdir / ".data", progress=False)  # generate the data untimed
     print("\n## 3c. per-message cost: 64 sites x 5 rounds, near-empty model")
-    print("| sites kept open per process | train + evaluate exchanges (s) | per message (ms) |")
+    print("| messages | train + evaluate exchanges (s) | per message (ms) |")
     print("|---|---|---|")
-    for kept in ("0", "32", "64"):
+    in_flight = sim.in_flight
+    for kept, label in (
+        ("0", "as before: reopened, all in flight"),
+        ("32", "32 kept open"),
+        ("64", "64 kept open"),
+    ):
         os.environ[node.SITE_CACHE_ENV] = kept
+        if kept == "0":
+            sim.in_flight = lambda cfg, n_sites: 0
         try:
             run_dir, _, _ = simulate(cfg, workdir, f"messages-{kept}")
         finally:
             os.environ.pop(node.SITE_CACHE_ENV)
+            sim.in_flight = in_flight
         parts = phases(run_dir)
         sent = sum(
             len(e["sites"]) + len(e["failed"])
@@ -233,7 +245,60 @@ def messages(workdir: Path) -> None:
             if e["phase"] in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE)
         )
         busy = parts["train exchanges"] + parts["evaluate exchanges"]
-        print(f"| {kept} | {busy:.1f} | {1000 * busy / sent:.0f} |", flush=True)
+        print(f"| {label} | {busy:.1f} | {1000 * busy / sent:.0f} |", flush=True)
+    print("\nThe same handlers in this process (one thread), ms per message:")
+    print("| sites | train | evaluate |\n|---|---|---|")
+    for reopen in (True, False):
+        train_ms, evaluate_ms = handler_ms(run_dir, reopen)
+        label = "reopened per message" if reopen else "kept open"
+        print(f"| {label} | {train_ms:.1f} | {evaluate_ms:.1f} |", flush=True)
+
+
+def handler_ms(run_dir: Path, reopen: bool, rounds: int = 2) -> tuple[float, float]:
+    """ms per train and per evaluate message of the ClientApp's own handlers (client/app.py)
+    over a finished run's sites, opening each site anew per message or once."""
+    from flwr.app import ArrayRecord, Context, Metadata, RecordDict
+    from flwr.app.message.message import make_message
+
+    from client import app
+    from common.experiment import ExperimentConfig
+
+    experiment = ExperimentConfig.load(run_dir / runs.EXPERIMENT)
+    job = protocol.Job.for_run(experiment, "handlers")
+    arrays = ArrayRecord(experiment.model_config().build(n_classes=len(job.space)).state_dict())
+    manifest = run_dir / runs.PARTITION / runs.SITES
+    scratch = {protocol.SITE_MANIFEST: str(manifest), protocol.RUN_DIR: str(run_dir / "handlers")}
+    n_sites = len(json.loads(manifest.read_text())["sites"])
+    contexts = [Context(1, i, {"partition-id": i}, RecordDict(), scratch) for i in range(n_sites)]
+    kept: dict[int, SiteData] = {}
+
+    def open_site(context: Context, exp: ExperimentConfig) -> SiteData:
+        i = int(context.node_config["partition-id"])
+        if reopen or i not in kept:
+            kept[i] = SiteData.from_manifest(manifest, i, exp.pipeline)
+        return kept[i]
+
+    def send(kind: str, handler, rnd: int) -> float:
+        record = job.to_record()
+        record[protocol.SERVER_ROUND] = rnd
+        started = time.perf_counter()
+        for context in contexts:
+            meta = Metadata(1, f"{kind}{rnd}", 0, context.node_id, "", "1", time.time(), 600, kind)
+            message = make_message(meta, RecordDict({"arrays": arrays, "config": record}))
+            handler(message, context, open_site)
+        return (time.perf_counter() - started) / len(contexts) * 1000
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each virtual site runs (cpus_per_site 1)
+    try:
+        send(protocol.TRAIN, app.train, 1)  # warm: caches, the kept sites
+        timed = [
+            (send(protocol.TRAIN, app.train, r), send(protocol.EVALUATE, app.evaluate, r))
+            for r in range(2, 2 + rounds)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    return min(t for t, _ in timed), min(e for _, e in timed)
 
 
 def communication(workdir: Path) -> None:
