@@ -31,7 +31,7 @@ from server import runs
 from server.strategies import STRATEGIES
 from simulations import run as sim
 from simulations.attack_app import ATTACK_APP, KINDS, Attack
-from simulations.config import SimulationConfig, _resolve
+from simulations.config import SimulationConfig, with_base
 
 DEFAULT_STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum"]
 
@@ -67,7 +67,7 @@ class AttackExperiment:
 
     @classmethod
     def load(cls, path: str | Path) -> AttackExperiment:
-        data = _resolve(Path(path))
+        data = with_base(Path(path))
         if "attack" in data and "attacks" in data:
             raise config.ConfigError(f"{path}: give 'attack' or 'attacks', not both")
         raw = data.pop("attacks", None) or [data.pop("attack", {}) or {}]

@@ -33,7 +33,7 @@ from common.metrics import Metrics
 from common.models import ECGClassifier
 from common.site import SiteData
 from common.training import Trainer, TrainResult, default_device
-from simulations.config import DataSettings
+from simulations.config import DataSettings, with_base
 from simulations.report import over_seeds, spread_cell
 from simulations.run import synthetic_source
 
@@ -74,8 +74,9 @@ class CentralizedConfig:
     def load(
         cls, path: str | Path, seeds: list[int] | None = None, ptbxl: Path | None = None
     ) -> CentralizedConfig:
-        """The YAML file, with the command line's ``--seeds`` and ``--ptbxl`` over its own."""
-        data = config.load_yaml(path)
+        """The YAML file (over its ``base`` chain, as a scenario's), with the command line's
+        ``--seeds`` and ``--ptbxl`` over its own."""
+        data = with_base(Path(path))
         if seeds:
             data["seeds"] = seeds
         if ptbxl is not None:

@@ -110,7 +110,7 @@ class SimulationConfig:
         """A scenario may name a ``base`` file (relative to itself) and override parts of it;
         ``ptbxl`` (a command-line flag) replaces ``data.ptbxl``."""
         path = Path(path or DEFAULT_CONFIG)
-        data = _resolve(path)
+        data = with_base(path)
         if ptbxl is not None:
             data = _merge(data, {"data": {"ptbxl": str(ptbxl)}})
         return config.from_dict(cls, data, str(path), local=True)
@@ -124,7 +124,7 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The file's settings over those of its ``base`` chain; a problem in the chain is named
     from the file the user gave ('run.yaml: base: common.yaml: ...')."""
     data = config.load_yaml(path)
@@ -142,6 +142,6 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if base_path in here:
         raise config.ConfigError(f"{where}: loops back to {base_path}")
     try:
-        return _merge(_resolve(base_path, here), data)
+        return _merge(with_base(base_path, here), data)
     except config.ConfigError as exc:
         raise config.ConfigError(f"{where}: {exc}") from exc

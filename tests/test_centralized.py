@@ -1,6 +1,7 @@
 """The paper's centralized experiment on tiny synthetic data: three arms, several seeds, a table."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,3 +94,16 @@ def test_a_label_unscorable_in_one_seed_is_averaged_over_the_others():
 def test_a_bad_config_is_refused_with_its_key(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         CentralizedConfig.load(write_config(tmp_path / "bad.yaml", **changes))
+
+
+def test_the_superclasses_variant_is_the_papers_experiment_on_other_labels():
+    """paper_superclasses.yaml names paper.yaml as its base: same arms, budgets and data sizes."""
+    configs = Path(__file__).resolve().parents[1] / "simulations" / "configs"
+    paper = CentralizedConfig.load(configs / "paper.yaml")
+    variant = CentralizedConfig.load(configs / "paper_superclasses.yaml")
+    assert variant.experiment.labels == "superclasses" and paper.experiment.labels == "seed6"
+    assert variant.experiment.pipeline.normalise == "none"
+    assert variant.experiment.local == paper.experiment.local
+    assert variant.experiment.finetune == paper.experiment.finetune
+    assert variant.data.tis.n_records == paper.data.tis.n_records and variant.seeds == paper.seeds
+    assert variant.data.tis.prevalence["IMI"] == 0.13
