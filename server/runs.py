@@ -18,7 +18,7 @@ import yaml
 
 from common import protocol
 from common.config import ConfigError
-from server import metricslog
+from server import metricslog, sitesummary
 
 if TYPE_CHECKING:  # torch: only where an experiment is run
     from common.experiment import ExperimentConfig
@@ -90,14 +90,20 @@ def entries(run_dir: Path) -> list[dict]:
 
 
 def progress_line(entry: dict) -> str:
-    """One metrics.jsonl entry as the console shows it: the phase and the sites by name."""
-    failed = ", ".join(f"{f['site']} ({f['reason']})" for f in entry.get("failed", []))
-    sites = ", ".join(sorted(entry.get("sites", {})))
+    """One metrics.jsonl entry as the console shows it: the phase and the sites by name; above
+    ``SUMMARY_ABOVE`` sites, how many answered and the first ``SHOWN`` failures (a round of
+    1,000 sites would be a line of 1,000 names)."""
     if entry.get("phase") == protocol.Phase.STOPPED:
         return f"[ecgfl] round {entry['round']}: the run stopped: {entry.get('reason', '')}"
-    return f"[ecgfl] round {entry['round']} {entry['phase']}: {sites or 'no site'}" + (
-        f"; failed: {failed}" if failed else ""
-    )
+    names, failures = sorted(entry.get("sites", {})), entry.get("failed", [])
+    head = f"[ecgfl] round {entry['round']} {entry['phase']}: "
+    if not sitesummary.summarised(len(names) + len(failures)):
+        failed = ", ".join(f"{f['site']} ({f['reason']})" for f in failures)
+        return head + (", ".join(names) or "no site") + (f"; failed: {failed}" if failed else "")
+    shown = ", ".join(f"{f['site']} ({f['reason']})" for f in failures[: sitesummary.SHOWN])
+    more = len(failures) - sitesummary.SHOWN
+    shown += f" and {more} more (all reasons: {FAILURES})" if more > 0 else ""
+    return head + f"{len(names)} sites" + (f"; {len(failures)} failed: {shown}" if shown else "")
 
 
 @dataclass
