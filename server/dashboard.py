@@ -488,7 +488,7 @@ def entries_of(folder: RunFolder) -> list[dict]:
 
 
 def _run_signature(folder: RunFolder) -> tuple:
-    names = (runs.METRICS, runs.SUMMARY, f"{runs.PARTITION}/partition.json")
+    names = (runs.METRICS, runs.SUMMARY, runs.PARTITION_JSON)
     return tuple(file_signature(folder.path / n) for n in names)
 
 

@@ -28,9 +28,12 @@ EXPERIMENT = "experiment.yaml"  # the pinned experiment the ServerApp runs
 RUN_CONFIG = "run_config.toml"  # what ``flwr run --run-config`` hands the apps
 SITES = "sites.json"  # deployment: Flower node id -> hospital; simulation: PARTITION/SITES
 PARTITION = "partition"  # simulation: the virtual sites' manifest and partition report
+PARTITION_CSV = f"{PARTITION}/partition.csv"  # simulation: records and positives per site, split
+PARTITION_JSON = f"{PARTITION}/partition.json"  # simulation: the same summed over the splits
 METRICS = "metrics.jsonl"  # one line per phase of a round (server.metricslog.MetricsLog)
 SITE_METRICS = metricslog.SITE_METRICS  # one line per site per round and phase (server.metricslog)
 SUMMARY = "summary.json"  # written when the run ends
+SITES_CSV = "sites.csv"  # simulation: every site's scores as a flat table (simulations/report.py)
 REPORT = "report.md"
 ROUNDS_PLOT = "rounds.png"
 FAILURES = "failures.log"  # each failure's full reason
@@ -221,7 +224,7 @@ def _entry_shape(e: object) -> dict | None:
 def partition_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     """A simulation's sites -> label -> records (``partition/partition.json``); {} when absent."""
     with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: no dicts
-        data = json.loads((run_dir / PARTITION / "partition.json").read_text())
+        data = json.loads((run_dir / PARTITION_JSON).read_text())
         counts = [n for v in data.values() for n in v.values()]
         if all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
             return data
