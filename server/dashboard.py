@@ -20,7 +20,7 @@ from flask import Response, abort
 from common import protocol
 from common.dashboard import Link, create_app, file_signature, table
 from common.errors import EcgflError
-from server import runs
+from server import runs, sitesummary
 from server.report import finetune_table, rounds_table
 from server.runs import (
     RunFolder,
@@ -143,7 +143,10 @@ def line(x: list, y: list, name: str, **style) -> dict:
 
 def site_traces(series: dict[str, tuple[list, list]], suffix: str = "") -> list[dict]:
     """One thin line per site; past MAX_SITE_LINES, all sites as one grey trace (named on
-    hover): a hundred traces of their own would take the browser seconds to draw."""
+    hover): a hundred traces of their own would take the browser seconds to draw; past
+    SUMMARY_ABOVE, their median and inter-quartile band (``band``)."""
+    if sitesummary.summarised(len(series)):
+        return band(series, suffix)
     if len(series) <= MAX_SITE_LINES:
         return [
             line(xs, ys, f"{site}{suffix}", line=SITE_LINE, opacity=0.6)
@@ -169,6 +172,37 @@ def site_traces(series: dict[str, tuple[list, list]], suffix: str = "") -> list[
     ]
 
 
+def band(series: dict[str, tuple[list, list]], suffix: str = "") -> list[dict]:
+    """Per round, the median over the sites that reported in it and the band from their first to
+    their third quartile: 1,000 grey lines are a grey smear, and megabytes to the browser."""
+    per_round: dict[int, list] = {}
+    for xs, ys in series.values():
+        for x, y in zip(xs, ys, strict=True):
+            per_round.setdefault(x, []).append(y)
+    rounds = sorted(per_round)
+    q = [sitesummary.quartiles(per_round[r]) for r in rounds]
+    edge = {"line": {"width": 0}, "mode": "lines", "hoverinfo": "skip"}
+    return [
+        line(rounds, [s["q1"] for s in q], f"sites' Q1{suffix}", showlegend=False, **edge),
+        line(
+            rounds,
+            [s["q3"] for s in q],
+            f"sites' Q1-Q3{suffix}",
+            fill="tonexty",
+            fillcolor="rgba(120,120,120,0.25)",
+            **edge,
+        ),
+        line(
+            rounds,
+            [s["median"] for s in q],
+            f"median of {len(series)} sites{suffix}",
+            text=[s["n"] for s in q],
+            line={"width": 1.5, "color": "rgb(90,90,90)"},
+            hovertemplate="median of %{text} sites: %{y:.3f}<extra>round %{x}</extra>",
+        ),
+    ]
+
+
 def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Graph:
     last = max((x for t in traces for x in t["x"] if x is not None), default=1)
     layout = {
@@ -188,8 +222,8 @@ def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Gr
 
 
 def curves(run_id: str, entries: list[dict], rows: list[dict]) -> html.Div:
-    """Loss and validation macro AUC per round: each site thin, the aggregate bold on top (drawn
-    last, listed first)."""
+    """Loss and validation macro AUC per round: each site thin (or the sites' median and band),
+    the aggregate bold on top (drawn last, listed first)."""
     rounds = [r["round"] for r in rows]
     bold = {"line": GLOBAL_LINE, "legendrank": 1}
     loss = site_traces(site_series(entries, "train", protocol.TRAIN_LOSS), " train") + [

@@ -3,6 +3,7 @@ of finished, failing and running runs, live updates, and who may look."""
 
 import base64
 import json
+import re
 import shutil
 import socket
 import threading
@@ -85,6 +86,73 @@ def simulated(runs) -> Path:
     cfg.baselines.local_only = cfg.baselines.centralized = False
     sim.run(cfg, runs / "tiny-sim", progress=False)
     return runs
+
+
+MANY = 200  # sites of the large run: summarised (sitesummary.SUMMARY_ABOVE is 50)
+
+
+def many_sites_run(path: Path, rounds: int = 3) -> None:
+    """A finished run of MANY sites written by the real MetricsLog: each round asks half of them
+    (odd, even, odd), the first asked fails; every site fine-tunes but the last; a partition.
+    Site ``site-i`` scores grow with i: the top sites are the last, the bottom the first."""
+    names = [f"site-{i:03d}" for i in range(MANY)]
+    log = fake_run(path, rounds, 0, [])
+    for rnd in range(1, rounds + 1):
+        down, *up = names[rnd % 2 :: 2]
+        failed = [{"site": down, "reason": f"no reply within 600 s (round {rnd})"}]
+        train = {s: {"train-loss": 1 / rnd + int(s[5:]) / 1000, "bytes-up": 1000} for s in up}
+        loss = sum(m["train-loss"] for m in train.values()) / len(train)
+        log.write(
+            {
+                "round": rnd,
+                "phase": "train",
+                "sites": train,
+                "failed": failed,
+                "aggregate": {"train-loss": loss},
+                "seconds": 1.5,
+            }
+        )
+        evaluate = {
+            s: {"val-loss": 0.5, "macro-auc": 0.5 + rnd / 100 + int(s[5:]) / 1000} for s in up
+        }
+        aggregate = {"macro-auc": 0.6, "val-loss": 0.5}
+        log.write(
+            {
+                "round": rnd,
+                "phase": "evaluate",
+                "sites": evaluate,
+                "failed": failed,
+                "aggregate": aggregate,
+            }
+        )
+    tuned = {
+        s: {
+            "train-examples": 80,
+            "num-examples": 20,
+            "before-macro-auc": 0.6,
+            "before-macro-f1": 0.3,
+            "after-macro-auc": 0.6 + i / 1000,
+            "after-macro-f1": 0.4,
+        }
+        for i, s in enumerate(names[:-1])
+    }
+    broken = [{"site": names[-1], "reason": "too few records to fine-tune"}]
+    log.write({"round": rounds, "phase": "finetune", "sites": tuned, "failed": broken})
+    counts = {s: {"records": 100 + i, "NORM": 50, "AFIB": i % 20} for i, s in enumerate(names)}
+    (path / "partition").mkdir()
+    (path / "partition" / "partition.json").write_text(json.dumps(counts))
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    """A folder of runs holding one run of MANY sites."""
+    root = tmp_path_factory.mktemp("many") / "runs"
+    many_sites_run(root / "many")
+    return root
+
+
+def site_names(components) -> set[str]:
+    return set(re.findall(r"site-\d{3}", str(components)))
 
 
 class Served:
@@ -260,6 +328,29 @@ def test_the_privacy_budget_is_drawn_per_round_with_the_stop(tmp_path):
     traces = {t["name"]: t["y"] for t in graph.figure["data"]}
     assert traces == {"central DP": [1.5, 3.0], "budget": [4.0, 4.0], "alpha DP-SGD": [0.7, 1.4]}
     assert "round 3 would take epsilon past 4" in str(section)
+
+
+def test_many_sites_draw_as_median_and_band_with_the_aggregate(many):
+    entries = run_entries(many / "many")
+    rows = dashboard.rounds_table(entries)
+    loss, auc = dashboard.curves("many", entries, rows).children
+    names = [t["name"] for t in loss.figure["data"]]
+    assert names == [
+        "sites' Q1 train",
+        "sites' Q1-Q3 train",
+        "median of 198 sites train",
+        "train loss (mean)",
+        "val loss (mean)",
+    ]
+    assert all(t["x"] == [1, 2, 3] for g in (loss, auc) for t in g.figure["data"]), (
+        "a point a round"
+    )
+    median = loss.figure["data"][2]
+    assert median["text"] == [99, 99, 99]  # the sites that replied in each round
+    # round 1: odd sites 3..199 replied, loss 1 + i/1000: their median is site-101's
+    assert median["y"][0] == pytest.approx(1.101)
+    assert [t["name"] for t in auc.figure["data"]][-1] == "global"
+    assert not site_names([loss.figure, auc.figure])
 
 
 def non_loopback_address() -> str | None:
