@@ -17,7 +17,7 @@ import yaml
 from test_provision import _train_message
 from test_simulation import tiny_config
 
-from server import dashboard
+from server import dashboard, sitesummary
 from server.rounds import MetricsLog
 from server.runs import entries as run_entries
 from simulations import run as sim
@@ -351,6 +351,58 @@ def test_many_sites_draw_as_median_and_band_with_the_aggregate(many):
     assert median["y"][0] == pytest.approx(1.101)
     assert [t["name"] for t in auc.figure["data"]][-1] == "global"
     assert not site_names([loss.figure, auc.figure])
+
+
+def test_many_sites_tables_show_their_spread_and_only_the_top_and_bottom_sites(many):
+    folder = dashboard.RunFolder(many / "many")
+    entries = run_entries(folder.path)
+    shown = 2 * sitesummary.SHOWN
+    sites = dashboard.sites_section(entries, "many", folder)
+    assert "200 sites answered or failed" in str(sites)
+    top, bottom = (
+        c.children for c in sites if getattr(c, "id", "") in ("sites-top", "sites-bottom")
+    )
+    assert top.index("site-199") < top.index("site-197") < top.index("site-198")  # 198: round 2
+    assert "site-002" in bottom and "site-000" not in str(sites)  # never replied: no AUC
+    assert len(site_names(sites)) == shown
+    spread = next(c for c in sites if getattr(c, "id", "") == "sites").children
+    assert "<td>rounds trained</td><td>200</td>" in spread
+    assert "/files/many/site_metrics.jsonl" in str(sites)
+
+    finetune = dashboard.finetune_section(entries, "many", folder)
+    assert "199 sites fine-tuned, 1 failed." in str(finetune)
+    assert "<td>tuned AUC</td><td>199</td><td>0.699</td>" in str(finetune)  # n and mean
+    assert "1 site(s): too few records to fine-tune (site-199)" in str(finetune)
+    assert len(site_names(finetune)) == shown + 1 and "site-100" not in str(finetune)
+
+    (partition,) = dashboard.partition_section("many", folder)[-1:]
+    heatmap = partition.figure["data"][0]
+    assert heatmap["y"][0] == "site-199 (n=299)" and heatmap["y"][-1] == "site-000 (n=100)"
+    assert len(heatmap["y"]) == shown and len(heatmap["z"]) == shown
+
+    rounds = dashboard.rounds_section(dashboard.rounds_table(entries))[-1].children
+    assert "<td>99</td>" in rounds and site_names(rounds) == {"site-000", "site-001"}  # failed
+    page = dashboard.run_page("many", folder)
+    assert len(str(page)) < 60_000, "no row or point per site"
+
+
+def test_fifty_sites_are_still_listed_one_by_one(tmp_path):
+    names = [f"site-{i:03d}" for i in range(sitesummary.SUMMARY_ABOVE)]
+    fake_run(tmp_path / "fifty", 1, 1, names)
+    folder = dashboard.RunFolder(tmp_path / "fifty")
+    entries = run_entries(folder.path)
+    assert site_names(dashboard.sites_section(entries, "fifty", folder)) == set(names)
+    rounds = dashboard.rounds_section(dashboard.rounds_table(entries))
+    assert "50: site-000, site-001" in str(rounds)
+
+
+def test_the_files_a_summary_points_to_are_served_and_no_others(many):
+    client = dashboard.build([many], None).server.test_client()
+    reply = client.get("/files/many/site_metrics.jsonl")
+    assert reply.status_code == 200 and b'"site": "site-150"' in reply.data
+    assert client.get("/files/many/partition/partition.json").status_code == 200
+    assert client.get("/files/many/partition/../metrics.jsonl").status_code == 404
+    assert client.get("/files/many/metrics.jsonl").status_code == 404
 
 
 def non_loopback_address() -> str | None:
