@@ -264,7 +264,8 @@ def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Gr
         "height": 380,
         "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
         "uirevision": revision,  # keeps the reader's zoom when new rounds arrive
-        "legend": {"font": {"size": 10}},
+        # plotly lists traces in reverse once one fills to the next (the sites' band)
+        "legend": {"font": {"size": 10}, "traceorder": "normal"},
     }
     return dcc.Graph(
         figure={"data": traces, "layout": layout},

@@ -258,6 +258,34 @@ def test_a_run_page_shows_every_round_and_site_of_its_metrics(site, browser, sim
 
 
 @needs_chromium
+def test_a_run_of_200_sites_shows_their_summary(many, browser, tmp_path):
+    served = Served(many, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{served.port}"
+        browser.get(url + "/run/many")
+        top = wait_for(browser, "#sites-top", "site-199")
+        assert len(top.text.splitlines()) == 1 + sitesummary.SHOWN
+        assert "200 sites answered or failed" in browser.page_source
+        assert "tuned AUC 199" in browser.find_element("css selector", "#finetune").text
+        rounds = browser.find_element("css selector", "#rounds").text.splitlines()[1:]
+        assert [r.split()[:2] for r in rounds] == [["1", "99"], ["2", "99"], ["3", "99"]]
+        partition = browser.find_element("css selector", "#partition").text
+        assert "records per site 200 200 100 150 200 249 299" in partition  # n, mean, min, ...
+        time.sleep(0.5)
+        traces = browser.execute_script(
+            "return [...document.querySelectorAll('.js-plotly-plot')].map(g => g.data.length)"
+        )
+        assert traces == [5, 4, 1], traces  # band + aggregates twice, the partition's heatmap
+        legend = browser.find_element("css selector", ".js-plotly-plot .legend").text
+        assert legend.index("train loss (mean)") < legend.index("median of 198 sites train")
+        shot(browser, tmp_path, "many")
+        browser.find_element("css selector", "a[href='/files/many/site_metrics.jsonl']").click()
+        assert '"site": "site-150"' in browser.page_source
+    finally:
+        served.close()
+
+
+@needs_chromium
 def test_a_failed_sites_reason_appears(site, browser, tmp_path):
     browser.get(site + "/run/flaky")
     failures = wait_for(browser, "#failures", "gamma")
