@@ -1,6 +1,8 @@
 """The dashboard over run folders, the coordinator's and simulations' alike: the run list, a page
 per run (status, curves per round and site, failures with reasons, privacy, partition,
 fine-tuning), and 2-4 runs compared. It only reads the folders; a page redraws when they change.
+Above ``sitesummary.SUMMARY_ABOVE`` sites a run page shows the sites' distribution and the top and
+bottom sites instead of a row or line per site, and links the files that hold every site's rows.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote
 
 from dash import Dash, Input, Output, dcc, html
-from flask import Response, abort
+from flask import Response, abort, send_file
 
 from common import protocol
 from common.dashboard import Link, create_app, file_signature, table
 from common.errors import EcgflError
-from server import runs
-from server.report import finetune_table, rounds_table
+from server import runs, sitesummary
+from server.report import failure_summary, finetune_table, rounds_table
 from server.runs import (
     RunFolder,
     last_seen,
@@ -36,6 +38,14 @@ if TYPE_CHECKING:  # the simulations' dashboard starts without the coordinator's
     from server.coordinator import CoordinatorConfig
 
 FILES = (runs.REPORT, "simulation.md", runs.EXPERIMENT, "config.yaml", runs.FAILURES)
+# Served too, linked from a page that summarises its sites: where every site's rows are.
+SITE_FILES = (
+    runs.SITE_METRICS,
+    runs.SUMMARY,
+    runs.SITES_CSV,
+    runs.PARTITION_CSV,
+    runs.PARTITION_JSON,
+)
 MAX_COMPARE = 4
 MAX_SITE_LINES = 12
 POLL_S = 15.0  # how often the coordinator's dashboard asks its SuperLink
@@ -67,8 +77,50 @@ def number(value: object, digits: int = 3) -> str:
 
 
 def value(metrics: dict, key: str) -> float | None:
+    """A metric as a float; None when absent or not a number (NaN included: sites are ranked)."""
     v = metrics.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    if not isinstance(v, int | float) or isinstance(v, bool) or v != v:
+        return None
+    return float(v)
+
+
+def file_link(run_id: str, name: str) -> html.A:
+    return html.A(name, href=f"/files/{quote(run_id, safe='')}/{name}")
+
+
+def every_site(run_id: str, folder: RunFolder, what: str, names: tuple[str, ...]) -> html.P:
+    """A summary's line saying which of the run's files hold every site's rows, linked."""
+    found = [n for n in names if (folder.path / n).is_file()]
+    items: list = [f"Every site's {what}: "]
+    for i, name in enumerate(found):
+        items += [", " if i else "", file_link(run_id, name)]
+    return html.P(items if found else [*items, "not written yet"], className="every-site")
+
+
+def spread_table(columns: dict[str, tuple[list, int]], table_id: str) -> dcc.Markdown:
+    """Per row a quantity's distribution over the sites (``sitesummary.quartiles``); each row
+    is (values, digits shown)."""
+    rows = []
+    for name, (values, digits) in columns.items():
+        q = sitesummary.quartiles(values)
+        stats = ("mean", "min", "q1", "median", "q3", "max")
+        rows.append([name, q["n"], *(number(q[k], digits) for k in stats)])
+    header = ["", "sites", "mean", "min", "Q1", "median", "Q3", "max"]
+    return table(header, rows, table_id)
+
+
+def ends_tables(
+    scores: dict[str, float | None], by: str, header: list[str], row: dict, table_id: str
+) -> list:
+    """The ``SHOWN`` sites with the highest and the lowest ``scores``, with their rows
+    (site -> cells)."""
+    top, bottom = sitesummary.ends(scores)
+    return [
+        html.P(f"The {len(top)} sites with the highest {by}:"),
+        table(header, [row[s] for s in top], f"{table_id}-top"),
+        html.P(f"The {len(bottom)} with the lowest:"),
+        table(header, [row[s] for s in bottom], f"{table_id}-bottom"),
+    ]
 
 
 def status(folder: RunFolder, entries: list[dict], flower: dict[int, str] | None = None) -> str:
@@ -143,7 +195,10 @@ def line(x: list, y: list, name: str, **style) -> dict:
 
 def site_traces(series: dict[str, tuple[list, list]], suffix: str = "") -> list[dict]:
     """One thin line per site; past MAX_SITE_LINES, all sites as one grey trace (named on
-    hover): a hundred traces of their own would take the browser seconds to draw."""
+    hover): a hundred traces of their own would take the browser seconds to draw; past
+    SUMMARY_ABOVE, their median and inter-quartile band (``band``)."""
+    if sitesummary.summarised(len(series)):
+        return band(series, suffix)
     if len(series) <= MAX_SITE_LINES:
         return [
             line(xs, ys, f"{site}{suffix}", line=SITE_LINE, opacity=0.6)
@@ -169,6 +224,37 @@ def site_traces(series: dict[str, tuple[list, list]], suffix: str = "") -> list[
     ]
 
 
+def band(series: dict[str, tuple[list, list]], suffix: str = "") -> list[dict]:
+    """Per round, the median over the sites that reported in it and the band from their first to
+    their third quartile: 1,000 grey lines are a grey smear, and megabytes to the browser."""
+    per_round: dict[int, list] = {}
+    for xs, ys in series.values():
+        for x, y in zip(xs, ys, strict=True):
+            per_round.setdefault(x, []).append(y)
+    rounds = sorted(per_round)
+    q = [sitesummary.quartiles(per_round[r]) for r in rounds]
+    edge = {"line": {"width": 0}, "mode": "lines", "hoverinfo": "skip"}
+    return [
+        line(rounds, [s["q1"] for s in q], f"sites' Q1{suffix}", showlegend=False, **edge),
+        line(
+            rounds,
+            [s["q3"] for s in q],
+            f"sites' Q1-Q3{suffix}",
+            fill="tonexty",
+            fillcolor="rgba(120,120,120,0.25)",
+            **edge,
+        ),
+        line(
+            rounds,
+            [s["median"] for s in q],
+            f"median of {len(series)} sites{suffix}",
+            text=[s["n"] for s in q],
+            line={"width": 1.5, "color": "rgb(90,90,90)"},
+            hovertemplate="median of %{text} sites: %{y:.3f}<extra>round %{x}</extra>",
+        ),
+    ]
+
+
 def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Graph:
     last = max((x for t in traces for x in t["x"] if x is not None), default=1)
     layout = {
@@ -178,7 +264,8 @@ def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Gr
         "height": 380,
         "margin": {"l": 50, "r": 10, "t": 40, "b": 40},
         "uirevision": revision,  # keeps the reader's zoom when new rounds arrive
-        "legend": {"font": {"size": 10}},
+        # plotly lists traces in reverse once one fills to the next (the sites' band)
+        "legend": {"font": {"size": 10}, "traceorder": "normal"},
     }
     return dcc.Graph(
         figure={"data": traces, "layout": layout},
@@ -188,8 +275,8 @@ def figure(title: str, ytitle: str, traces: list[dict], revision: str) -> dcc.Gr
 
 
 def curves(run_id: str, entries: list[dict], rows: list[dict]) -> html.Div:
-    """Loss and validation macro AUC per round: each site thin, the aggregate bold on top (drawn
-    last, listed first)."""
+    """Loss and validation macro AUC per round: each site thin (or the sites' median and band),
+    the aggregate bold on top (drawn last, listed first)."""
     rounds = [r["round"] for r in rows]
     bold = {"line": GLOBAL_LINE, "legendrank": 1}
     loss = site_traces(site_series(entries, "train", protocol.TRAIN_LOSS), " train") + [
@@ -233,12 +320,37 @@ def privacy_section(run_id: str, entries: list[dict]) -> list:
     return out
 
 
-def partition_section(run_dir: Path) -> list:
-    counts = partition_counts(run_dir)
+def partition_section(run_id: str, folder: RunFolder) -> list:
+    """Positives per label and site as a heatmap; above SUMMARY_ABOVE sites, the spread of the
+    sites' sizes and label prevalences, and the heatmap of the largest and smallest sites."""
+    counts = partition_counts(folder.path)
     if not counts:
         return []
-    sites = list(counts)
     labels = [k for k in next(iter(counts.values())) if k != "records"]
+    if not sitesummary.summarised(len(counts)):
+        return [html.H2("Partition"), partition_map(counts, list(counts), labels)]
+    size = {s: counts[s].get("records", 0) for s in counts}
+    largest, smallest = sitesummary.ends(size)
+    spread = {"records per site": (list(size.values()), 0)}
+    for label in labels:
+        prevalence = [counts[s].get(label, 0) / n for s, n in size.items() if n]
+        spread[f"{label} prevalence"] = (prevalence, 3)
+    title = f"Positives at the {len(largest)} largest and {len(smallest)} smallest of"
+    return [
+        html.H2("Partition"),
+        html.P(f"{len(counts)} sites: their sizes and label prevalences (positives / records)."),
+        spread_table(spread, "partition"),
+        every_site(
+            run_id, folder, "records and positives", (runs.PARTITION_CSV, runs.PARTITION_JSON)
+        ),
+        partition_map(counts, largest + smallest[::-1], labels, f"{title} {len(counts)} sites"),
+    ]
+
+
+def partition_map(
+    counts: dict[str, dict[str, int]], sites: list[str], labels: list[str], title: str = ""
+) -> dcc.Graph:
+    """A row per site of ``sites``: its positives per label, coloured by prevalence."""
     text = [[counts[s].get(label, 0) for label in labels] for s in sites]
     heatmap = {
         "type": "heatmap",
@@ -254,38 +366,59 @@ def partition_section(run_dir: Path) -> list:
         "colorbar": {"title": {"text": "prevalence"}},
     }
     layout = {
-        "title": {"text": "Positives per site (colour: prevalence)"},
+        "title": {"text": f"{title or 'Positives per site'} (colour: prevalence)"},
         "height": max(300, 100 + 22 * len(sites)),
         "yaxis": {"autorange": "reversed"},
         "margin": {"l": 140, "r": 10, "t": 40, "b": 60},
     }
     fig = {"data": [heatmap], "layout": layout}
-    return [html.H2("Partition"), dcc.Graph(figure=fig, config={"displaylogo": False})]
+    return dcc.Graph(figure=fig, config={"displaylogo": False})
 
 
-def finetune_section(entries: list[dict]) -> list:
+FINETUNE_COLUMNS = (  # (header, metric, digits)
+    ("train", protocol.TRAIN_EXAMPLES, 0),
+    ("test", protocol.NUM_EXAMPLES, 0),
+    ("global AUC", protocol.BEFORE_MACRO_AUC, 3),
+    ("global F1", protocol.BEFORE_MACRO_F1, 3),
+    ("tuned AUC", protocol.AFTER_MACRO_AUC, 3),
+    ("tuned F1", protocol.AFTER_MACRO_F1, 3),
+)
+
+
+def finetune_section(entries: list[dict], run_id: str, folder: RunFolder) -> list:
+    """A row per site; above SUMMARY_ABOVE sites, the scores' spread and the top and bottom
+    sites by tuned AUC (as server/report.py writes it)."""
     sites, failed, _ = finetune_table(entries)
     if not sites and not failed:
         return []
-    rows = [
-        [
-            name,
-            number(m.get(protocol.TRAIN_EXAMPLES), 0),
-            number(m.get(protocol.NUM_EXAMPLES), 0),
-            number(m.get(protocol.BEFORE_MACRO_AUC)),
-            number(m.get(protocol.BEFORE_MACRO_F1)),
-            number(m.get(protocol.AFTER_MACRO_AUC)),
-            number(m.get(protocol.AFTER_MACRO_F1)),
-        ]
-        for name, m in sorted(sites.items())
+    title = html.H2("Fine-tuning at each site (local test split)")
+    header = ["site", *(h for h, _, _ in FINETUNE_COLUMNS)]
+    row = {
+        name: [name, *(number(m.get(key), digits) for _, key, digits in FINETUNE_COLUMNS)]
+        for name, m in sites.items()
+    }
+    if not sitesummary.summarised(len(sites) + len(failed)):
+        rows = [row[name] for name in sorted(sites)]
+        rows += [[f["site"], f"failed: {f['reason']}", "", "", "", "", ""] for f in failed]
+        return [title, table(header, rows, "finetune")]
+    spread = {
+        h: ([value(m, key) for m in sites.values()], digits) for h, key, digits in FINETUNE_COLUMNS
+    }
+    tuned = {name: value(m, protocol.AFTER_MACRO_AUC) for name, m in sites.items()}
+    failures = [html.P("Failed:"), dcc.Markdown("\n".join(failure_summary(failed)))]
+    return [
+        title,
+        html.P(f"{len(sites)} sites fine-tuned, {len(failed)} failed."),
+        spread_table(spread, "finetune"),
+        every_site(run_id, folder, "scores", (runs.SITE_METRICS, runs.SUMMARY, runs.SITES_CSV)),
+        *ends_tables(tuned, "tuned AUC", header, row, "finetune"),
+        *(failures if failed else []),
     ]
-    rows += [[f["site"], f"failed: {f['reason']}", "", "", "", "", ""] for f in failed]
-    header = ["site", "train", "test", "global AUC", "global F1", "tuned AUC", "tuned F1"]
-    return [html.H2("Fine-tuning at each site (local test split)"), table(header, rows, "finetune")]
 
 
-def sites_section(entries: list[dict]) -> list:
-    """One row per site: how many rounds it answered and failed, its latest scores."""
+def sites_section(entries: list[dict], run_id: str, folder: RunFolder) -> list:
+    """One row per site: how many rounds it answered and failed, its latest scores; above
+    SUMMARY_ABOVE sites, their spread and the top and bottom sites by val macro AUC."""
     seen: dict[str, dict] = {}
     for e in entries:
         if e["phase"] not in (protocol.Phase.TRAIN, protocol.Phase.EVALUATE):
@@ -303,8 +436,8 @@ def sites_section(entries: list[dict]) -> list:
             row = seen.setdefault(f["site"], {"train": 0, "failed": set()})
             row["failed"].add(e["round"])
             row["reason"] = f"round {e['round']}: {f['reason']}"
-    rows = [
-        [
+    row = {
+        site: [
             site,
             r["train"],
             len(r["failed"]),
@@ -314,8 +447,8 @@ def sites_section(entries: list[dict]) -> list:
             number(r.get("up"), 0),
             r.get("reason", ""),
         ]
-        for site, r in sorted(seen.items())
-    ]
+        for site, r in seen.items()
+    }
     header = [
         "site",
         "rounds trained",
@@ -325,7 +458,23 @@ def sites_section(entries: list[dict]) -> list:
         "val macro AUC",
     ]
     header += ["bytes up (last)", "last failure"]
-    return [html.H2("Sites"), table(header, rows, "sites")]
+    if not sitesummary.summarised(len(seen)):
+        return [html.H2("Sites"), table(header, [row[s] for s in sorted(seen)], "sites")]
+    spread = {
+        "rounds trained": ([r["train"] for r in seen.values()], 1),
+        "rounds failed": ([len(r["failed"]) for r in seen.values()], 1),
+        "train loss (last)": ([r.get("loss") for r in seen.values()], 3),
+        "val macro AUC (last)": ([r.get("auc") for r in seen.values()], 3),
+        "bytes up (last)": ([r.get("up") for r in seen.values()], 0),
+    }
+    auc = {site: r.get("auc") for site, r in seen.items()}
+    return [
+        html.H2("Sites"),
+        html.P(f"{len(seen)} sites answered or failed; their latest values:"),
+        spread_table(spread, "sites"),
+        every_site(run_id, folder, "replies, round by round", (runs.SITE_METRICS,)),
+        *ends_tables(auc, "latest val macro AUC", header, row, "sites"),
+    ]
 
 
 def failures_section(entries: list[dict]) -> list:
@@ -344,9 +493,23 @@ def failures_section(entries: list[dict]) -> list:
 
 
 def rounds_section(rows: list[dict]) -> list:
+    """A row per round; above SUMMARY_ABOVE sites in the run, a round's sites are a count and
+    its failures the first SHOWN (all are in the failures' table)."""
+    every = {s for r in rows for s in (*r.get("sites", []), *r.get("failed_sites", []))}
+    many = sitesummary.summarised(len(every))
+
     def sites(names: list[str]) -> str:
+        if many:
+            return str(len(names))
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         return f"{len(names)}: {shown}" if names else "-"
+
+    def failed(lines: list[str]) -> str:
+        lines = list(dict.fromkeys(lines))  # a site down fails both phases
+        more = len(lines) - sitesummary.SHOWN if many else 0
+        if more > 0:
+            return "; ".join(lines[: sitesummary.SHOWN]) + f"; and {more} more (below)"
+        return "; ".join(lines) or "-"
 
     body = [
         [
@@ -356,7 +519,7 @@ def rounds_section(rows: list[dict]) -> list:
             number(r.get("val_loss")),
             number(r.get("val_macro_auc")),
             number(r.get("seconds"), 1),
-            "; ".join(dict.fromkeys(r["failed"])) or "-",  # a site down fails both phases
+            failed(r["failed"]),
         ]
         for r in rows
     ]
@@ -368,7 +531,7 @@ def links(run_id: str, folder: RunFolder) -> html.P:
     files = [n for n in FILES if (folder.path / n).is_file()]
     items: list = [dcc.Link("all runs", href="/")]
     for name in files:
-        items += [" | ", html.A(name, href=f"/files/{quote(run_id, safe='')}/{name}")]
+        items += [" | ", file_link(run_id, name)]
     return html.P(items)
 
 
@@ -382,10 +545,10 @@ def run_page(run_id: str, folder: RunFolder, flower: dict[int, str] | None = Non
         curves(run_id, entries, rows),
         *rounds_section(rows),
         *failures_section(entries),
-        *sites_section(entries),
+        *sites_section(entries, run_id, folder),
         *privacy_section(run_id, entries),
-        *finetune_section(entries),
-        *partition_section(folder.path),
+        *finetune_section(entries, run_id, folder),
+        *partition_section(run_id, folder),
     ]
 
 
@@ -488,7 +651,7 @@ def entries_of(folder: RunFolder) -> list[dict]:
 
 
 def _run_signature(folder: RunFolder) -> tuple:
-    names = (runs.METRICS, runs.SUMMARY, f"{runs.PARTITION}/partition.json")
+    names = (runs.METRICS, runs.SUMMARY, runs.PARTITION_JSON)
     return tuple(file_signature(folder.path / n) for n in names)
 
 
@@ -528,12 +691,12 @@ def build(paths: list[Path], token_file: Path | None, federation: Federation | N
     def compare_link(picked: list[str] | None) -> str:
         return "/compare?runs=" + ",".join(quote(r, safe="") for r in picked or [])
 
-    @app.server.route("/files/<run_id>/<name>")
+    @app.server.route("/files/<run_id>/<path:name>")
     def run_file(run_id: str, name: str) -> Response:
         folder = catalog.runs().get(run_id)
-        if folder is None or name not in FILES or not (folder.path / name).is_file():
+        if folder is None or name not in FILES + SITE_FILES or not (folder.path / name).is_file():
             abort(404)
-        text = (folder.path / name).read_text(errors="replace")
-        return Response(text, mimetype="text/plain")
+        # streamed: a 1,000-site run's site_metrics.jsonl is tens of MB
+        return send_file((folder.path / name).absolute(), mimetype="text/plain")
 
     return app

@@ -18,7 +18,7 @@ import yaml
 
 from common import protocol
 from common.config import ConfigError
-from server import metricslog
+from server import metricslog, sitesummary
 
 if TYPE_CHECKING:  # torch: only where an experiment is run
     from common.experiment import ExperimentConfig
@@ -28,9 +28,12 @@ EXPERIMENT = "experiment.yaml"  # the pinned experiment the ServerApp runs
 RUN_CONFIG = "run_config.toml"  # what ``flwr run --run-config`` hands the apps
 SITES = "sites.json"  # deployment: Flower node id -> hospital; simulation: PARTITION/SITES
 PARTITION = "partition"  # simulation: the virtual sites' manifest and partition report
+PARTITION_CSV = f"{PARTITION}/partition.csv"  # simulation: records and positives per site, split
+PARTITION_JSON = f"{PARTITION}/partition.json"  # simulation: the same summed over the splits
 METRICS = "metrics.jsonl"  # one line per phase of a round (server.metricslog.MetricsLog)
 SITE_METRICS = metricslog.SITE_METRICS  # one line per site per round and phase (server.metricslog)
 SUMMARY = "summary.json"  # written when the run ends
+SITES_CSV = "sites.csv"  # simulation: every site's scores as a flat table (simulations/report.py)
 REPORT = "report.md"
 ROUNDS_PLOT = "rounds.png"
 FAILURES = "failures.log"  # each failure's full reason
@@ -90,14 +93,20 @@ def entries(run_dir: Path) -> list[dict]:
 
 
 def progress_line(entry: dict) -> str:
-    """One metrics.jsonl entry as the console shows it: the phase and the sites by name."""
-    failed = ", ".join(f"{f['site']} ({f['reason']})" for f in entry.get("failed", []))
-    sites = ", ".join(sorted(entry.get("sites", {})))
+    """One metrics.jsonl entry as the console shows it: the phase and the sites by name; above
+    ``SUMMARY_ABOVE`` sites, how many answered and the first ``SHOWN`` failures (a round of
+    1,000 sites would be a line of 1,000 names)."""
     if entry.get("phase") == protocol.Phase.STOPPED:
         return f"[ecgfl] round {entry['round']}: the run stopped: {entry.get('reason', '')}"
-    return f"[ecgfl] round {entry['round']} {entry['phase']}: {sites or 'no site'}" + (
-        f"; failed: {failed}" if failed else ""
-    )
+    names, failures = sorted(entry.get("sites", {})), entry.get("failed", [])
+    head = f"[ecgfl] round {entry['round']} {entry['phase']}: "
+    if not sitesummary.summarised(len(names) + len(failures)):
+        failed = ", ".join(f"{f['site']} ({f['reason']})" for f in failures)
+        return head + (", ".join(names) or "no site") + (f"; failed: {failed}" if failed else "")
+    shown = ", ".join(f"{f['site']} ({f['reason']})" for f in failures[: sitesummary.SHOWN])
+    more = len(failures) - sitesummary.SHOWN
+    shown += f" and {more} more (all reasons: {FAILURES})" if more > 0 else ""
+    return head + f"{len(names)} sites" + (f"; {len(failures)} failed: {shown}" if shown else "")
 
 
 @dataclass
@@ -215,7 +224,7 @@ def _entry_shape(e: object) -> dict | None:
 def partition_counts(run_dir: Path) -> dict[str, dict[str, int]]:
     """A simulation's sites -> label -> records (``partition/partition.json``); {} when absent."""
     with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: no dicts
-        data = json.loads((run_dir / PARTITION / "partition.json").read_text())
+        data = json.loads((run_dir / PARTITION_JSON).read_text())
         counts = [n for v in data.values() for n in v.values()]
         if all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
             return data

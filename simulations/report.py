@@ -22,7 +22,7 @@ from server import runs, sitesummary
 
 LOCAL, CENTRAL = "local-only", "centralized + fine-tune"
 RESULTS = "results.json"  # in the run folder: every number of the report, per method and site
-SITES_CSV = "sites.csv"  # in the run folder: every site's row as a flat table
+SITES_CSV = runs.SITES_CSV  # in the run folder: every site's row as a flat table
 SITES_PLOT = "sites.png"
 #: (title, row key) of the compared columns; ``columns`` names them for one experiment.
 COLUMNS = (

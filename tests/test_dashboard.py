@@ -3,6 +3,7 @@ of finished, failing and running runs, live updates, and who may look."""
 
 import base64
 import json
+import re
 import shutil
 import socket
 import threading
@@ -16,7 +17,7 @@ import yaml
 from test_provision import _train_message
 from test_simulation import tiny_config
 
-from server import dashboard
+from server import dashboard, sitesummary
 from server.rounds import MetricsLog
 from server.runs import entries as run_entries
 from simulations import run as sim
@@ -85,6 +86,73 @@ def simulated(runs) -> Path:
     cfg.baselines.local_only = cfg.baselines.centralized = False
     sim.run(cfg, runs / "tiny-sim", progress=False)
     return runs
+
+
+MANY = 200  # sites of the large run: summarised (sitesummary.SUMMARY_ABOVE is 50)
+
+
+def many_sites_run(path: Path, rounds: int = 3) -> None:
+    """A finished run of MANY sites written by the real MetricsLog: each round asks half of them
+    (odd, even, odd), the first asked fails; every site fine-tunes but the last; a partition.
+    Site ``site-i`` scores grow with i: the top sites are the last, the bottom the first."""
+    names = [f"site-{i:03d}" for i in range(MANY)]
+    log = fake_run(path, rounds, 0, [])
+    for rnd in range(1, rounds + 1):
+        down, *up = names[rnd % 2 :: 2]
+        failed = [{"site": down, "reason": f"no reply within 600 s (round {rnd})"}]
+        train = {s: {"train-loss": 1 / rnd + int(s[5:]) / 1000, "bytes-up": 1000} for s in up}
+        loss = sum(m["train-loss"] for m in train.values()) / len(train)
+        log.write(
+            {
+                "round": rnd,
+                "phase": "train",
+                "sites": train,
+                "failed": failed,
+                "aggregate": {"train-loss": loss},
+                "seconds": 1.5,
+            }
+        )
+        evaluate = {
+            s: {"val-loss": 0.5, "macro-auc": 0.5 + rnd / 100 + int(s[5:]) / 1000} for s in up
+        }
+        aggregate = {"macro-auc": 0.6, "val-loss": 0.5}
+        log.write(
+            {
+                "round": rnd,
+                "phase": "evaluate",
+                "sites": evaluate,
+                "failed": failed,
+                "aggregate": aggregate,
+            }
+        )
+    tuned = {
+        s: {
+            "train-examples": 80,
+            "num-examples": 20,
+            "before-macro-auc": 0.6,
+            "before-macro-f1": 0.3,
+            "after-macro-auc": 0.6 + i / 1000,
+            "after-macro-f1": 0.4,
+        }
+        for i, s in enumerate(names[:-1])
+    }
+    broken = [{"site": names[-1], "reason": "too few records to fine-tune"}]
+    log.write({"round": rounds, "phase": "finetune", "sites": tuned, "failed": broken})
+    counts = {s: {"records": 100 + i, "NORM": 50, "AFIB": i % 20} for i, s in enumerate(names)}
+    (path / "partition").mkdir()
+    (path / "partition" / "partition.json").write_text(json.dumps(counts))
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> Path:
+    """A folder of runs holding one run of MANY sites."""
+    root = tmp_path_factory.mktemp("many") / "runs"
+    many_sites_run(root / "many")
+    return root
+
+
+def site_names(components) -> set[str]:
+    return set(re.findall(r"site-\d{3}", str(components)))
 
 
 class Served:
@@ -190,6 +258,34 @@ def test_a_run_page_shows_every_round_and_site_of_its_metrics(site, browser, sim
 
 
 @needs_chromium
+def test_a_run_of_200_sites_shows_their_summary(many, browser, tmp_path):
+    served = Served(many, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{served.port}"
+        browser.get(url + "/run/many")
+        top = wait_for(browser, "#sites-top", "site-199")
+        assert len(top.text.splitlines()) == 1 + sitesummary.SHOWN
+        assert "200 sites answered or failed" in browser.page_source
+        assert "tuned AUC 199" in browser.find_element("css selector", "#finetune").text
+        rounds = browser.find_element("css selector", "#rounds").text.splitlines()[1:]
+        assert [r.split()[:2] for r in rounds] == [["1", "99"], ["2", "99"], ["3", "99"]]
+        partition = browser.find_element("css selector", "#partition").text
+        assert "records per site 200 200 100 150 200 249 299" in partition  # n, mean, min, ...
+        time.sleep(0.5)
+        traces = browser.execute_script(
+            "return [...document.querySelectorAll('.js-plotly-plot')].map(g => g.data.length)"
+        )
+        assert traces == [5, 4, 1], traces  # band + aggregates twice, the partition's heatmap
+        legend = browser.find_element("css selector", ".js-plotly-plot .legend").text
+        assert legend.index("train loss (mean)") < legend.index("median of 198 sites train")
+        shot(browser, tmp_path, "many")
+        browser.find_element("css selector", "a[href='/files/many/site_metrics.jsonl']").click()
+        assert '"site": "site-150"' in browser.page_source
+    finally:
+        served.close()
+
+
+@needs_chromium
 def test_a_failed_sites_reason_appears(site, browser, tmp_path):
     browser.get(site + "/run/flaky")
     failures = wait_for(browser, "#failures", "gamma")
@@ -260,6 +356,81 @@ def test_the_privacy_budget_is_drawn_per_round_with_the_stop(tmp_path):
     traces = {t["name"]: t["y"] for t in graph.figure["data"]}
     assert traces == {"central DP": [1.5, 3.0], "budget": [4.0, 4.0], "alpha DP-SGD": [0.7, 1.4]}
     assert "round 3 would take epsilon past 4" in str(section)
+
+
+def test_many_sites_draw_as_median_and_band_with_the_aggregate(many):
+    entries = run_entries(many / "many")
+    rows = dashboard.rounds_table(entries)
+    loss, auc = dashboard.curves("many", entries, rows).children
+    names = [t["name"] for t in loss.figure["data"]]
+    assert names == [
+        "sites' Q1 train",
+        "sites' Q1-Q3 train",
+        "median of 198 sites train",
+        "train loss (mean)",
+        "val loss (mean)",
+    ]
+    assert all(t["x"] == [1, 2, 3] for g in (loss, auc) for t in g.figure["data"]), (
+        "a point a round"
+    )
+    median = loss.figure["data"][2]
+    assert median["text"] == [99, 99, 99]  # the sites that replied in each round
+    # round 1: odd sites 3..199 replied, loss 1 + i/1000: their median is site-101's
+    assert median["y"][0] == pytest.approx(1.101)
+    assert [t["name"] for t in auc.figure["data"]][-1] == "global"
+    assert not site_names([loss.figure, auc.figure])
+
+
+def test_many_sites_tables_show_their_spread_and_only_the_top_and_bottom_sites(many):
+    folder = dashboard.RunFolder(many / "many")
+    entries = run_entries(folder.path)
+    shown = 2 * sitesummary.SHOWN
+    sites = dashboard.sites_section(entries, "many", folder)
+    assert "200 sites answered or failed" in str(sites)
+    top, bottom = (
+        c.children for c in sites if getattr(c, "id", "") in ("sites-top", "sites-bottom")
+    )
+    assert top.index("site-199") < top.index("site-197") < top.index("site-198")  # 198: round 2
+    assert "site-002" in bottom and "site-000" not in str(sites)  # never replied: no AUC
+    assert len(site_names(sites)) == shown
+    spread = next(c for c in sites if getattr(c, "id", "") == "sites").children
+    assert "<td>rounds trained</td><td>200</td>" in spread
+    assert "/files/many/site_metrics.jsonl" in str(sites)
+
+    finetune = dashboard.finetune_section(entries, "many", folder)
+    assert "199 sites fine-tuned, 1 failed." in str(finetune)
+    assert "<td>tuned AUC</td><td>199</td><td>0.699</td>" in str(finetune)  # n and mean
+    assert "1 site(s): too few records to fine-tune (site-199)" in str(finetune)
+    assert len(site_names(finetune)) == shown + 1 and "site-100" not in str(finetune)
+
+    (partition,) = dashboard.partition_section("many", folder)[-1:]
+    heatmap = partition.figure["data"][0]
+    assert heatmap["y"][0] == "site-199 (n=299)" and heatmap["y"][-1] == "site-000 (n=100)"
+    assert len(heatmap["y"]) == shown and len(heatmap["z"]) == shown
+
+    rounds = dashboard.rounds_section(dashboard.rounds_table(entries))[-1].children
+    assert "<td>99</td>" in rounds and site_names(rounds) == {"site-000", "site-001"}  # failed
+    page = dashboard.run_page("many", folder)
+    assert len(str(page)) < 60_000, "no row or point per site"
+
+
+def test_fifty_sites_are_still_listed_one_by_one(tmp_path):
+    names = [f"site-{i:03d}" for i in range(sitesummary.SUMMARY_ABOVE)]
+    fake_run(tmp_path / "fifty", 1, 1, names)
+    folder = dashboard.RunFolder(tmp_path / "fifty")
+    entries = run_entries(folder.path)
+    assert site_names(dashboard.sites_section(entries, "fifty", folder)) == set(names)
+    rounds = dashboard.rounds_section(dashboard.rounds_table(entries))
+    assert "50: site-000, site-001" in str(rounds)
+
+
+def test_the_files_a_summary_points_to_are_served_and_no_others(many):
+    client = dashboard.build([many], None).server.test_client()
+    reply = client.get("/files/many/site_metrics.jsonl")
+    assert reply.status_code == 200 and b'"site": "site-150"' in reply.data
+    assert client.get("/files/many/partition/partition.json").status_code == 200
+    assert client.get("/files/many/partition/../metrics.jsonl").status_code == 404
+    assert client.get("/files/many/metrics.jsonl").status_code == 404
 
 
 def non_loopback_address() -> str | None:

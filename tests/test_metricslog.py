@@ -75,3 +75,17 @@ def test_a_phase_in_which_no_site_replied_reads_back_with_no_sites(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.write({**_train(1, 0), "failed": [{"site": "A", "reason": "boom"}]})
     assert log.read()[0]["sites"] == {} and runs.entries(tmp_path)[0]["sites"] == {}
+
+
+def test_the_console_line_names_a_few_sites_but_counts_1000():
+    few = {**_train(3, 2), "failed": [{"site": "tis-9999", "reason": "no reply"}]}
+    assert runs.progress_line(few) == (
+        "[ecgfl] round 3 train: tis-0001, tis-0002; failed: tis-9999 (no reply)"
+    )
+    down = [{"site": f"tis-{i}", "reason": "no reply within 600 s"} for i in range(2000, 2012)]
+    line = runs.progress_line({**_train(3, 1000), "failed": down})
+    assert line.startswith("[ecgfl] round 3 train: 1000 sites; 12 failed: tis-2000 (no reply")
+    assert line.endswith("tis-2009 (no reply within 600 s) and 2 more (all reasons: failures.log)")
+    assert "tis-0001" not in line and "tis-2010" not in line and len(line) < 600
+    one = runs.progress_line(_train(3, 1000))
+    assert one == "[ecgfl] round 3 train: 1000 sites; 1 failed: tis-9999 (no reply within 600 s)"
