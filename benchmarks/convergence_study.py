@@ -56,6 +56,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
             **FEDERATION_ONLY,
         },
     ),
+    "fedavg-round-cosine": (
+        "FedAvg, the local learning rate decayed along a cosine over the rounds",
+        {"experiment": {"federation": {"round_lr": "cosine"}}, **FEDERATION_ONLY},
+    ),
     "fedavg-cosine": (
         "FedAvg, cosine learning-rate decay within each round's local training",
         {"experiment": {"local": {"scheduler": "cosine"}}, **FEDERATION_ONLY},

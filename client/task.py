@@ -80,10 +80,12 @@ def train_on_site(
     """
     model = global_model(job, arrays)
     train_ds = site.dataset("train", job.space)
+    local = job.experiment.local
     cfg = replace(
-        job.experiment.local,
+        local,
+        lr=job.experiment.federation.lr_at(local.lr, job.server_round),
         proximal_mu=job.proximal_mu,
-        seed=job.experiment.local.seed + job.server_round,
+        seed=local.seed + job.server_round,
     )
     anchor = arrays.to_torch_state_dict() if job.proximal_mu > 0 else None
     dp = job.experiment.federation.dp_sgd

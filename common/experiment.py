@@ -6,6 +6,7 @@ validated on load; the coordinator sends the parts a site needs inside its messa
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +27,8 @@ from common.transport import TRANSPORTS
 MAX_ROUNDS = 10_000
 MAX_SITES = 10_000
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600.0
+#: How the sites' local learning rate moves over the rounds (``FederationSettings.lr_at``).
+ROUND_LR = ("constant", "cosine")
 
 
 @dataclass
@@ -80,6 +83,8 @@ class FederationSettings:
     #: Start from these weights instead of from scratch.
     init_checkpoint: Annotated[str, Local(config.existing_file)] | None = None
     transport: str = "float32"  # or float16: half the bytes on the wire each way
+    #: The sites' local learning rate over the rounds: constant, or cosine (decayed towards 0).
+    round_lr: str = "constant"
     #: Sites clip w_local - w_global to this L2 norm.
     update_clip_norm: Annotated[float, above(0)] | None = None
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
@@ -88,6 +93,8 @@ class FederationSettings:
     def validate(self) -> None:
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport={self.transport!r}: expected one of {TRANSPORTS}")
+        if self.round_lr not in ROUND_LR:
+            raise SettingError("round_lr", f"{self.round_lr!r}: expected one of {ROUND_LR}")
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal_mu > 0 (0 is plain fedavg)")
         if self.privacy.enabled and (
@@ -97,6 +104,15 @@ class FederationSettings:
                 "privacy needs strategy fedavg or fedprox with fraction_train 1: the noise is "
                 "calibrated to an unweighted mean over a fixed set of sites"
             )
+
+    def lr_at(self, lr: float, rnd: int) -> float:
+        """The sites' learning rate in round ``rnd`` (from 1): ``lr`` in every round, or along
+        half a cosine over the rounds, ``lr`` in round 1 and about 7 % of it in the last of 6.
+        Each site computes it from the round Flower sends, as each round starts a new optimiser
+        (a schedule within a round's few local steps decays too early: docs/results.md)."""
+        if self.round_lr == "constant":
+            return lr
+        return lr * (1 + math.cos(math.pi * (max(rnd, 1) - 1) / self.rounds)) / 2
 
 
 @dataclass

@@ -393,3 +393,27 @@ def test_fedbn_is_refused_without_batchnorm_or_with_dp_sgd_naming_the_mode(setti
     with pytest.raises(ConfigError, match=f"x.yaml: finetune.mode: fedbn .*{says}"):
         from_dict(ExperimentConfig, {"finetune": {"mode": "fedbn"}, **settings}, "x.yaml")
     assert from_dict(ExperimentConfig, {"finetune": {"mode": "fedbn"}}).finetune.mode == "fedbn"
+
+
+def test_a_cosine_over_the_rounds_sets_each_rounds_local_learning_rate(tmp_path, monkeypatch):
+    """federation.round_lr: each site computes its round's rate from the round Flower sends."""
+    rates = []
+    real = Trainer.fit
+
+    def spy(self, model, train_ds, val_ds):
+        rates.append(self.cfg.lr)
+        return real(self, model, train_ds, val_ds)
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    for schedule in ("constant", "cosine"):
+        for rnd in (1, 2, 3):
+            j = job("full", server_round=rnd)
+            j.experiment.federation.rounds, j.experiment.federation.round_lr = 3, schedule
+            task.train_on_site(j, RunSite(), global_arrays(), tmp_path / f"{schedule}{rnd}")
+    assert rates[:3] == [1e-2] * 3
+    assert rates[3:] == pytest.approx([1e-2, 1e-2 * 0.75, 1e-2 * 0.25])
+
+
+def test_an_unknown_round_lr_schedule_is_refused_by_name():
+    with pytest.raises(ConfigError, match="x.yaml: federation.round_lr"):
+        from_dict(ExperimentConfig, {"federation": {"round_lr": "step"}}, "x.yaml")
