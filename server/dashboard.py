@@ -477,7 +477,9 @@ def sites_section(entries: list[dict], run_id: str, folder: RunFolder) -> list:
     ]
 
 
-def failures_section(entries: list[dict]) -> list:
+def failures_section(entries: list[dict], run_id: str, folder: RunFolder) -> list:
+    """A row per failed reply; above SUMMARY_ABOVE of them, their reasons, each with how many
+    sites gave it and a few of them (``failure_summary``), and failures.log linked."""
     rows = [[e["round"], e["phase"], f["site"], f["reason"]] for e in entries for f in e["failed"]]
     stopped = [e for e in entries if e["phase"] == protocol.Phase.STOPPED]
     if not rows and not stopped:
@@ -487,14 +489,28 @@ def failures_section(entries: list[dict]) -> list:
         html.P(f"The run stopped in round {e['round']}: {e.get('reason', '')}", className="stop")
         for e in stopped
     ]
-    if rows:
+    if rows and not sitesummary.summarised(len(rows)):
         out.append(table(["round", "phase", "site", "reason"], rows, "failures"))
+    elif rows:
+        # a site that fails both phases of a round counts once under its reason
+        failed = {(f["site"], f["reason"]): f for e in entries for f in e["failed"]}
+        sites = {site for site, _ in failed}
+        in_rounds = len({e["round"] for e in entries if e["failed"]})
+        out += [
+            html.P(
+                f"{len(rows)} failed replies from {len(sites)} sites in {in_rounds} round(s),"
+                " by reason:"
+            ),
+            dcc.Markdown("\n".join(failure_summary(list(failed.values()))), id="failures"),
+        ]
+        if (folder.path / runs.FAILURES).is_file():  # only error replies: not a timeout
+            out.append(every_site(run_id, folder, "error replies in full", (runs.FAILURES,)))
     return out
 
 
 def rounds_section(rows: list[dict]) -> list:
     """A row per round; above SUMMARY_ABOVE sites in the run, a round's sites are a count and
-    its failures the first SHOWN (all are in the failures' table)."""
+    its failures the first SHOWN (all are in the failures' section, by reason)."""
     every = {s for r in rows for s in (*r.get("sites", []), *r.get("failed_sites", []))}
     many = sitesummary.summarised(len(every))
 
@@ -544,7 +560,7 @@ def run_page(run_id: str, folder: RunFolder, flower: dict[int, str] | None = Non
         html.P(["Status: ", html.B(status(folder, entries, flower), id="status")]),
         curves(run_id, entries, rows),
         *rounds_section(rows),
-        *failures_section(entries),
+        *failures_section(entries, run_id, folder),
         *sites_section(entries, run_id, folder),
         *privacy_section(run_id, entries),
         *finetune_section(entries, run_id, folder),
