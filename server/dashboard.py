@@ -2,7 +2,8 @@
 per run (status, curves per round and site, failures with reasons, privacy, partition,
 fine-tuning), and 2-4 runs compared. It only reads the folders; a page redraws when they change.
 Above ``sitesummary.SUMMARY_ABOVE`` sites a run page shows the sites' distribution and the top and
-bottom sites instead of a row or line per site, and links the files that hold every site's rows.
+bottom sites instead of a row or line per site, and links the files that hold every site's rows;
+failures and the run list's sites are counted and grouped by reason, a few of them named.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote
@@ -580,10 +582,11 @@ def list_page(
             html.P(f"No run folder (with experiment.yaml) in {where}."),
         ]
     flower = federation.flower if federation else None
-    rows, seen = [], {}
+    rows, seen_in, reasons = [], {}, {}
     for run_id, folder in runs.items():  # oldest first: where a site was seen last wins
         entries = entries_of(folder)
-        note_seen(seen, run_id, entries)
+        note_seen(seen_in.setdefault(run_id, {}), run_id, entries)
+        reasons |= {f["site"]: f["reason"] for e in entries for f in e["failed"]}
         trained = {s for e in entries for s in e["sites"] if e["phase"] == protocol.Phase.TRAIN}
         failures = sum(len(e["failed"]) for e in entries)
         rows.append(
@@ -611,9 +614,56 @@ def list_page(
             inputStyle={"marginLeft": "1em"},
         ),
         html.P(dcc.Link("compare", id="compare-link", href="/compare")),
-        html.H2("Sites: the last round each answered or failed"),
-        table(["site", "last seen"], sorted(map(list, seen.items())), "seen"),
+        *seen_section(runs, seen_in, reasons),
     ]
+
+
+def seen_section(
+    folders: dict[str, RunFolder], seen_in: dict[str, dict[str, str]], reasons: dict[str, str]
+) -> list:
+    """Where each site last answered or failed (``seen_in``: run -> site -> where, oldest run
+    first; ``reasons``: site -> its last failure's); above SUMMARY_ABOVE sites, how many answered
+    and failed there, the failed ones' reasons grouped and the first SHOWN of them, and the runs
+    whose pages hold the others."""
+    seen: dict[str, str] = {}
+    last_run: dict[str, str] = {}
+    for run_id, where in seen_in.items():
+        seen |= where
+        last_run |= dict.fromkeys(where, run_id)
+    title = html.H2("Sites: the last round each answered or failed")
+    if not sitesummary.summarised(len(seen)):
+        return [title, table(["site", "last seen"], sorted(map(list, seen.items())), "seen")]
+    failing = sorted(s for s, where in seen.items() if where.endswith("(failed)"))  # note_seen's
+    out: list = [
+        title,
+        html.P(
+            f"{len(seen)} sites: {len(seen) - len(failing)} answered when last asked,"
+            f" {len(failing)} failed."
+        ),
+    ]
+    if failing:
+        shown = failing[: sitesummary.SHOWN]
+        out += [
+            html.P("Why those failed:"),
+            dcc.Markdown(
+                "\n".join(failure_summary([{"site": s, "reason": reasons[s]} for s in failing])),
+                id="seen-reasons",
+            ),
+            html.P(f"The first {len(shown)} of them:"),
+            table(
+                ["site", "last seen", "reason"], [[s, seen[s], reasons[s]] for s in shown], "seen"
+            ),
+        ]
+    items: list = ["Each site's latest rounds are on the page of the run it was last seen in: "]
+    count = Counter(last_run.values())
+    for i, run_id in enumerate(r for r in seen_in if count[r]):
+        n = count[run_id]
+        items += [", " if i else "", dcc.Link(run_id, href=f"/run/{quote(run_id, safe='')}")]
+        if (folders[run_id].path / runs.SITE_METRICS).is_file():
+            items += [f" ({n} sites; ", file_link(run_id, runs.SITE_METRICS), ")"]
+        else:
+            items.append(f" ({n} sites)")
+    return [*out, html.P(items, className="every-site")]
 
 
 def compare_page(runs: dict[str, RunFolder], chosen: list[str]) -> list:

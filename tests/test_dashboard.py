@@ -447,6 +447,36 @@ def test_many_failures_are_grouped_by_reason_with_a_few_sites_each(many):
     assert len(str(page)) < 60_000, "no row or point per site"
 
 
+def test_the_run_list_counts_many_sites_and_shows_only_the_first_failing_ones(many):
+    folders = {r: dashboard.RunFolder(many / r) for r in ("many", "many-failing")}  # oldest first
+    page = dashboard.list_page(folders, [many])
+    title = "Sites: the last round each answered or failed"
+    section = page[[getattr(c, "children", "") for c in page].index(title) :]
+    (seen,) = [c for c in section if getattr(c, "id", "") == "seen"]
+    text = str(section)
+    # site-150 to site-199 were last seen in "many" (site-199 failing to fine-tune), the others
+    # in "many-failing", where site-000 to site-059 failed
+    assert "200 sites: 139 answered when last asked, 61 failed." in text
+    assert "40 site(s): no reply within 600 s (site-000, site-001, site-002 and 37 more)" in text
+    assert "and 3 other reasons" in text  # failure_summary shows 5 of the 8
+    rows = re.findall(r"<tr><td>(site-\d{3})</td><td>([^<]*)</td>", seen.children)
+    assert rows == [(f"site-{i:03d}", "many-failing round 1 evaluate (failed)") for i in range(10)]
+    examples = [*range(sitesummary.SHOWN), 40, 41, 42, 55, 56, 57]
+    assert site_names(section) == {f"site-{i:03d}" for i in examples}, "no row per site"
+    assert re.search(r"/run/many'.*50 sites.*/run/many-failing'.*150 sites", text)
+    assert "/files/many-failing/site_metrics.jsonl" in text
+    assert len(str(page)) < 6_000, "no row per site"
+
+
+def test_fifty_sites_are_still_listed_one_by_one_on_the_run_list(tmp_path):
+    names = [f"site-{i:03d}" for i in range(sitesummary.SUMMARY_ABOVE)]
+    fake_run(tmp_path / "fifty", 1, 1, names[:-1], failing=names[-1])
+    page = dashboard.list_page({"fifty": dashboard.RunFolder(tmp_path / "fifty")}, [tmp_path])
+    assert page[-2].children == "Sites: the last round each answered or failed"
+    assert site_names(page[-1]) == set(names) and page[-1].children.count("<tr>") == 1 + 50
+    assert "<td>site-049</td><td>fifty round 1 evaluate (failed)</td>" in page[-1].children
+
+
 def test_fifty_failed_replies_are_still_a_row_each(tmp_path):
     names = [f"site-{i:03d}" for i in range(sitesummary.SUMMARY_ABOVE // 2)]
     log = fake_run(tmp_path / "fifty", 1, 0, [])
