@@ -2,7 +2,8 @@
 per run (status, curves per round and site, failures with reasons, privacy, partition,
 fine-tuning), and 2-4 runs compared. It only reads the folders; a page redraws when they change.
 Above ``sitesummary.SUMMARY_ABOVE`` sites a run page shows the sites' distribution and the top and
-bottom sites instead of a row or line per site, and links the files that hold every site's rows.
+bottom sites instead of a row or line per site, and links the files that hold every site's rows;
+failures and the run list's sites are counted and grouped by reason, a few of them named.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote
@@ -477,7 +479,9 @@ def sites_section(entries: list[dict], run_id: str, folder: RunFolder) -> list:
     ]
 
 
-def failures_section(entries: list[dict]) -> list:
+def failures_section(entries: list[dict], run_id: str, folder: RunFolder) -> list:
+    """A row per failed reply; above SUMMARY_ABOVE of them, their reasons, each with how many
+    sites gave it and a few of them (``failure_summary``), and failures.log linked."""
     rows = [[e["round"], e["phase"], f["site"], f["reason"]] for e in entries for f in e["failed"]]
     stopped = [e for e in entries if e["phase"] == protocol.Phase.STOPPED]
     if not rows and not stopped:
@@ -487,14 +491,28 @@ def failures_section(entries: list[dict]) -> list:
         html.P(f"The run stopped in round {e['round']}: {e.get('reason', '')}", className="stop")
         for e in stopped
     ]
-    if rows:
+    if rows and not sitesummary.summarised(len(rows)):
         out.append(table(["round", "phase", "site", "reason"], rows, "failures"))
+    elif rows:
+        # a site that fails both phases of a round counts once under its reason
+        failed = {(f["site"], f["reason"]): f for e in entries for f in e["failed"]}
+        sites = {site for site, _ in failed}
+        in_rounds = len({e["round"] for e in entries if e["failed"]})
+        out += [
+            html.P(
+                f"{len(rows)} failed replies from {len(sites)} sites in {in_rounds} round(s),"
+                " by reason:"
+            ),
+            dcc.Markdown("\n".join(failure_summary(list(failed.values()))), id="failures"),
+        ]
+        if (folder.path / runs.FAILURES).is_file():  # only error replies: not a timeout
+            out.append(every_site(run_id, folder, "error replies in full", (runs.FAILURES,)))
     return out
 
 
 def rounds_section(rows: list[dict]) -> list:
     """A row per round; above SUMMARY_ABOVE sites in the run, a round's sites are a count and
-    its failures the first SHOWN (all are in the failures' table)."""
+    its failures the first SHOWN (all are in the failures' section, by reason)."""
     every = {s for r in rows for s in (*r.get("sites", []), *r.get("failed_sites", []))}
     many = sitesummary.summarised(len(every))
 
@@ -544,7 +562,7 @@ def run_page(run_id: str, folder: RunFolder, flower: dict[int, str] | None = Non
         html.P(["Status: ", html.B(status(folder, entries, flower), id="status")]),
         curves(run_id, entries, rows),
         *rounds_section(rows),
-        *failures_section(entries),
+        *failures_section(entries, run_id, folder),
         *sites_section(entries, run_id, folder),
         *privacy_section(run_id, entries),
         *finetune_section(entries, run_id, folder),
@@ -564,10 +582,11 @@ def list_page(
             html.P(f"No run folder (with experiment.yaml) in {where}."),
         ]
     flower = federation.flower if federation else None
-    rows, seen = [], {}
+    rows, seen_in, reasons = [], {}, {}
     for run_id, folder in runs.items():  # oldest first: where a site was seen last wins
         entries = entries_of(folder)
-        note_seen(seen, run_id, entries)
+        note_seen(seen_in.setdefault(run_id, {}), run_id, entries)
+        reasons |= {f["site"]: f["reason"] for e in entries for f in e["failed"]}
         trained = {s for e in entries for s in e["sites"] if e["phase"] == protocol.Phase.TRAIN}
         failures = sum(len(e["failed"]) for e in entries)
         rows.append(
@@ -595,9 +614,56 @@ def list_page(
             inputStyle={"marginLeft": "1em"},
         ),
         html.P(dcc.Link("compare", id="compare-link", href="/compare")),
-        html.H2("Sites: the last round each answered or failed"),
-        table(["site", "last seen"], sorted(map(list, seen.items())), "seen"),
+        *seen_section(runs, seen_in, reasons),
     ]
+
+
+def seen_section(
+    folders: dict[str, RunFolder], seen_in: dict[str, dict[str, str]], reasons: dict[str, str]
+) -> list:
+    """Where each site last answered or failed (``seen_in``: run -> site -> where, oldest run
+    first; ``reasons``: site -> its last failure's); above SUMMARY_ABOVE sites, how many answered
+    and failed there, the failed ones' reasons grouped and the first SHOWN of them, and the runs
+    whose pages hold the others."""
+    seen: dict[str, str] = {}
+    last_run: dict[str, str] = {}
+    for run_id, where in seen_in.items():
+        seen |= where
+        last_run |= dict.fromkeys(where, run_id)
+    title = html.H2("Sites: the last round each answered or failed")
+    if not sitesummary.summarised(len(seen)):
+        return [title, table(["site", "last seen"], sorted(map(list, seen.items())), "seen")]
+    failing = sorted(s for s, where in seen.items() if where.endswith("(failed)"))  # note_seen's
+    out: list = [
+        title,
+        html.P(
+            f"{len(seen)} sites: {len(seen) - len(failing)} answered when last asked,"
+            f" {len(failing)} failed."
+        ),
+    ]
+    if failing:
+        shown = failing[: sitesummary.SHOWN]
+        out += [
+            html.P("Why those failed:"),
+            dcc.Markdown(
+                "\n".join(failure_summary([{"site": s, "reason": reasons[s]} for s in failing])),
+                id="seen-reasons",
+            ),
+            html.P(f"The first {len(shown)} of them:"),
+            table(
+                ["site", "last seen", "reason"], [[s, seen[s], reasons[s]] for s in shown], "seen"
+            ),
+        ]
+    items: list = ["Each site's latest rounds are on the page of the run it was last seen in: "]
+    count = Counter(last_run.values())
+    for i, run_id in enumerate(r for r in seen_in if count[r]):
+        n = count[run_id]
+        items += [", " if i else "", dcc.Link(run_id, href=f"/run/{quote(run_id, safe='')}")]
+        if (folders[run_id].path / runs.SITE_METRICS).is_file():
+            items += [f" ({n} sites; ", file_link(run_id, runs.SITE_METRICS), ")"]
+        else:
+            items.append(f" ({n} sites)")
+    return [*out, html.P(items, className="every-site")]
 
 
 def compare_page(runs: dict[str, RunFolder], chosen: list[str]) -> list:

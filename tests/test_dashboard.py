@@ -143,11 +143,28 @@ def many_sites_run(path: Path, rounds: int = 3) -> None:
     (path / "partition" / "partition.json").write_text(json.dumps(counts))
 
 
+def failing_sites_run(path: Path) -> None:
+    """A later run of 150 of the MANY sites (site-000 to site-149) whose first round 60 fail in
+    both phases: 40 time out, 15 run out of memory, 5 with a cache stale in its own words; the
+    error replies' full reasons in failures.log."""
+    names = [f"site-{i:03d}" for i in range(150)]
+    reasons = ["no reply within 600 s"] * 40 + ["CUDA out of memory"] * 15
+    reasons += [f"cache of {s} is stale" for s in names[55:60]]
+    failed = [{"site": s, "reason": r} for s, r in zip(names, reasons, strict=False)]
+    log = fake_run(path, 2, 0, [])
+    for phase, key in (("train", "train-loss"), ("evaluate", "macro-auc")):
+        sites = {s: {key: 0.7} for s in names[60:]}
+        log.write({"round": 1, "phase": phase, "sites": sites, "failed": failed})
+    full = [f"--- 2026-12-01 04:00:00 train {f['site']}\n{f['reason']}\n" for f in failed[40:]]
+    (path / "failures.log").write_text("".join(full))
+
+
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> Path:
-    """A folder of runs holding one run of MANY sites."""
+    """A folder of runs holding one run of MANY sites, and a later one where many fail."""
     root = tmp_path_factory.mktemp("many") / "runs"
     many_sites_run(root / "many")
+    failing_sites_run(root / "many-failing")
     return root
 
 
@@ -412,6 +429,63 @@ def test_many_sites_tables_show_their_spread_and_only_the_top_and_bottom_sites(m
     assert "<td>99</td>" in rounds and site_names(rounds) == {"site-000", "site-001"}  # failed
     page = dashboard.run_page("many", folder)
     assert len(str(page)) < 60_000, "no row or point per site"
+
+
+def test_many_failures_are_grouped_by_reason_with_a_few_sites_each(many):
+    folder = dashboard.RunFolder(many / "many-failing")
+    section = dashboard.failures_section(run_entries(folder.path), "many-failing", folder)
+    text = str(section)
+    assert "120 failed replies from 60 sites in 1 round(s)" in text
+    assert "40 site(s): no reply within 600 s (site-000, site-001, site-002 and 37 more)" in text
+    assert "15 site(s): CUDA out of memory (site-040, site-041, site-042 and 12 more)" in text
+    assert "1 site(s): cache of site-055 is stale (site-055)" in text
+    assert "and 2 other reasons" in text  # failure_summary shows 5 of the 7
+    assert "/files/many-failing/failures.log" in text
+    examples = [0, 1, 2, 40, 41, 42, 55, 56, 57]
+    assert site_names(section) == {f"site-{i:03d}" for i in examples}, "no row per failure"
+    page = dashboard.run_page("many-failing", folder)
+    assert len(str(page)) < 60_000, "no row or point per site"
+
+
+def test_the_run_list_counts_many_sites_and_shows_only_the_first_failing_ones(many):
+    folders = {r: dashboard.RunFolder(many / r) for r in ("many", "many-failing")}  # oldest first
+    page = dashboard.list_page(folders, [many])
+    title = "Sites: the last round each answered or failed"
+    section = page[[getattr(c, "children", "") for c in page].index(title) :]
+    (seen,) = [c for c in section if getattr(c, "id", "") == "seen"]
+    text = str(section)
+    # site-150 to site-199 were last seen in "many" (site-199 failing to fine-tune), the others
+    # in "many-failing", where site-000 to site-059 failed
+    assert "200 sites: 139 answered when last asked, 61 failed." in text
+    assert "40 site(s): no reply within 600 s (site-000, site-001, site-002 and 37 more)" in text
+    assert "and 3 other reasons" in text  # failure_summary shows 5 of the 8
+    rows = re.findall(r"<tr><td>(site-\d{3})</td><td>([^<]*)</td>", seen.children)
+    assert rows == [(f"site-{i:03d}", "many-failing round 1 evaluate (failed)") for i in range(10)]
+    examples = [*range(sitesummary.SHOWN), 40, 41, 42, 55, 56, 57]
+    assert site_names(section) == {f"site-{i:03d}" for i in examples}, "no row per site"
+    assert re.search(r"/run/many'.*50 sites.*/run/many-failing'.*150 sites", text)
+    assert "/files/many-failing/site_metrics.jsonl" in text
+    assert len(str(page)) < 6_000, "no row per site"
+
+
+def test_fifty_sites_are_still_listed_one_by_one_on_the_run_list(tmp_path):
+    names = [f"site-{i:03d}" for i in range(sitesummary.SUMMARY_ABOVE)]
+    fake_run(tmp_path / "fifty", 1, 1, names[:-1], failing=names[-1])
+    page = dashboard.list_page({"fifty": dashboard.RunFolder(tmp_path / "fifty")}, [tmp_path])
+    assert page[-2].children == "Sites: the last round each answered or failed"
+    assert site_names(page[-1]) == set(names) and page[-1].children.count("<tr>") == 1 + 50
+    assert "<td>site-049</td><td>fifty round 1 evaluate (failed)</td>" in page[-1].children
+
+
+def test_fifty_failed_replies_are_still_a_row_each(tmp_path):
+    names = [f"site-{i:03d}" for i in range(sitesummary.SUMMARY_ABOVE // 2)]
+    log = fake_run(tmp_path / "fifty", 1, 0, [])
+    failed = [{"site": s, "reason": "no reply within 600 s"} for s in names]
+    for phase in ("train", "evaluate"):
+        log.write({"round": 1, "phase": phase, "sites": {}, "failed": failed})
+    folder = dashboard.RunFolder(tmp_path / "fifty")
+    (rows,) = dashboard.failures_section(run_entries(folder.path), "fifty", folder)[1:]
+    assert rows.children.count("<tr>") == 1 + 50 and site_names(rows) == set(names)
 
 
 def test_fifty_sites_are_still_listed_one_by_one(tmp_path):
