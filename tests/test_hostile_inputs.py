@@ -543,6 +543,7 @@ def assert_hostile_skipped(site: Site, skipped: list[dict]) -> None:
     assert set(found) == set(site.hostile), set(found) ^ set(site.hostile)
 
 
+@pytest.mark.e2e  # the console scripts in real processes (the quick tier reads in-process)
 @pytest.mark.parametrize("fmt", ["ptbxl", "tis", "cinc"])
 def test_check_skips_every_hostile_record_by_id_and_reason_and_reads_the_rest(corpus, runs, fmt):
     run, site = runs[f"check {fmt}"], corpus.sites[fmt]
@@ -553,6 +554,7 @@ def test_check_skips_every_hostile_record_by_id_and_reason_and_reads_the_rest(co
     assert_hostile_skipped(site, report["skipped"])
 
 
+@pytest.mark.e2e  # the console scripts in real processes (the quick tier reads in-process)
 @pytest.mark.parametrize("fmt", ["ptbxl", "tis", "cinc"])
 def test_prepare_caches_exactly_the_readable_records_and_lists_the_rest(corpus, runs, fmt):
     run, site = runs[f"prepare {fmt}"], corpus.sites[fmt]
@@ -581,6 +583,7 @@ def test_daemon_data_check_logs_every_hostile_record_and_goes_on(corpus, fmt, ca
 # --- folders no command can use: one message, exit code 2 ---------------------------------------
 
 
+@pytest.mark.e2e  # the console scripts in real processes
 @pytest.mark.parametrize("command", ["check", "prepare"])
 def test_an_unusable_folder_ends_in_one_message_naming_the_file_and_exit_code_2(
     corpus, runs, command
