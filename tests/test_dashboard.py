@@ -44,8 +44,22 @@ def fake_run(path: Path, rounds: int, done: int, sites: list[str], failing: str 
 
 def add_round(log: MetricsLog, rnd: int, sites: list[str], failing: str | None = None) -> None:
     failed = [{"site": failing, "reason": f"cache of {failing} is stale (round {rnd})"}]
-    failed = failed if failing else []
     train = {s: {"num-examples": 50, "train-loss": 1 / (rnd + i)} for i, s in enumerate(sites)}
+    evaluate = {s: {"val-loss": 0.5, "macro-auc": 0.5 + rnd / 100} for s in sites}
+    log_round(log, rnd, train, evaluate, failed if failing else [], 0.5 + rnd / 100, privacy=None)
+
+
+def log_round(
+    log: MetricsLog,
+    rnd: int,
+    train: dict,
+    evaluate: dict,
+    failed: list[dict],
+    macro_auc: float,
+    **train_fields,
+) -> None:
+    """A round's train and evaluate entries as the coordinator writes them (train loss: the
+    sites' mean)."""
     loss = sum(m["train-loss"] for m in train.values()) / len(train)
     log.write(
         {
@@ -54,18 +68,17 @@ def add_round(log: MetricsLog, rnd: int, sites: list[str], failing: str | None =
             "sites": train,
             "failed": failed,
             "aggregate": {"train-loss": loss},
-            "privacy": None,
             "seconds": 1.5,
+            **train_fields,
         }
     )
-    evaluate = {s: {"val-loss": 0.5, "macro-auc": 0.5 + rnd / 100} for s in sites}
     log.write(
         {
             "round": rnd,
             "phase": "evaluate",
             "sites": evaluate,
             "failed": failed,
-            "aggregate": {"macro-auc": 0.5 + rnd / 100, "val-loss": 0.5},
+            "aggregate": {"macro-auc": macro_auc, "val-loss": 0.5},
         }
     )
 
@@ -101,30 +114,10 @@ def many_sites_run(path: Path, rounds: int = 3) -> None:
         down, *up = names[rnd % 2 :: 2]
         failed = [{"site": down, "reason": f"no reply within 600 s (round {rnd})"}]
         train = {s: {"train-loss": 1 / rnd + int(s[5:]) / 1000, "bytes-up": 1000} for s in up}
-        loss = sum(m["train-loss"] for m in train.values()) / len(train)
-        log.write(
-            {
-                "round": rnd,
-                "phase": "train",
-                "sites": train,
-                "failed": failed,
-                "aggregate": {"train-loss": loss},
-                "seconds": 1.5,
-            }
-        )
         evaluate = {
             s: {"val-loss": 0.5, "macro-auc": 0.5 + rnd / 100 + int(s[5:]) / 1000} for s in up
         }
-        aggregate = {"macro-auc": 0.6, "val-loss": 0.5}
-        log.write(
-            {
-                "round": rnd,
-                "phase": "evaluate",
-                "sites": evaluate,
-                "failed": failed,
-                "aggregate": aggregate,
-            }
-        )
+        log_round(log, rnd, train, evaluate, failed, 0.6)
     tuned = {
         s: {
             "train-examples": 80,
