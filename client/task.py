@@ -46,19 +46,23 @@ def global_model(job: Job, arrays: ArrayRecord) -> ECGClassifier:
     return model
 
 
-def kept(out_dir: Path) -> dict[str, torch.Tensor] | None:
-    """What this site kept from its last round of this run, if anything."""
+def kept(out_dir: Path, job: Job) -> dict[str, torch.Tensor] | None:
+    """What this site kept from an earlier round of this run, if anything: a file another run
+    of the same name left (its ``run_id`` differs) is not read."""
     path = out_dir / PERSONAL
-    return torch.load(path, weights_only=True) if path.exists() else None
+    if not path.exists():
+        return None
+    saved = torch.load(path, weights_only=True)
+    return saved["state"] if saved.get("run_id") == job.run_id else None
 
 
-def keep(out_dir: Path, state: dict[str, torch.Tensor]) -> None:
+def keep(out_dir: Path, job: Job, state: dict[str, torch.Tensor]) -> None:
     """Atomically, readable by the site's own user only (mode 0600, like ``finetuned.pt``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{PERSONAL}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+            torch.save({"run_id": job.run_id, "state": state}, fh)
         os.replace(tmp, out_dir / PERSONAL)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -128,12 +132,11 @@ def _local_update(
     what the method keeps in ``out_dir``, and returns what is sent (all but the method's
     ``local_keys``)."""
     method = job.experiment.finetune.method
-    # Round 1 starts afresh: a file from an earlier run of the same name is never read.
-    own = None if job.server_round == 1 else kept(out_dir)
+    own = None if job.server_round == 1 else kept(out_dir, job)  # round 1 afresh, also if redone
     local = personalise.LocalRound(trainer, train_ds, job.experiment.finetune, own)
     result, own = method.round(model, local)
     if own is not None:
-        keep(out_dir, own)
+        keep(out_dir, job, own)
     return result, personalise.shared_state(model, method)
 
 
@@ -158,7 +161,7 @@ def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Pat
     """The global model on this site's validation split, with the parts the method keeps at
     the site (FedRep/FedPer's head: the coordinator's never trains)."""
     model = global_model(job, arrays)
-    personalise.own_parts(model, job.experiment.finetune.method, kept(out_dir))
+    personalise.own_parts(model, job.experiment.finetune.method, kept(out_dir, job))
     val_ds = site.dataset("val", job.space)
     if not len(val_ds):
         return {
@@ -192,7 +195,7 @@ def finetune_on_site(
     not a model anyone uses (the coordinator's head and BatchNorm never train)."""
     ft = job.experiment.finetune
     model = global_model(job, arrays)
-    personal = kept(out_dir)
+    personal = kept(out_dir, job)
     personalise.own_parts(model, ft.method, personal)
     target = job.finetune_space
     before = score(

@@ -48,6 +48,7 @@ EXPERIMENT = "experiment"  # the experiment as JSON
 LABEL_SPACE = "label-space"  # the label space as JSON (it may exist only at the coordinator)
 FINETUNE_LABEL_SPACE = "finetune-label-space"  # the space fine-tuning grows/shrinks the head to
 RUN_NAME = "run-name"  # the run folder's name: also the run's folder at every site
+RUN_ID = "run-id"  # drawn when the run starts, kept on resume: whose files a site reads
 SERVER_ROUND = "server-round"  # added by Flower's strategies
 PROXIMAL_MU = "proximal-mu"  # added by Flower's FedProx
 
@@ -97,15 +98,17 @@ class Job:
     space: LabelSpace
     finetune_space: LabelSpace
     run_name: str
+    run_id: str = ""
     server_round: int = 0
     proximal_mu: float = 0.0
 
     @classmethod
-    def for_run(cls, experiment: ExperimentConfig, run_name: str) -> Job:
+    def for_run(cls, experiment: ExperimentConfig, run_name: str, run_id: str = "") -> Job:
         """The job of a run, as the coordinator composes it once."""
         space = LabelSpace.load(experiment.labels)
         labels = experiment.finetune.labels
-        return cls(experiment, space, LabelSpace.load(labels) if labels else space, run_name)
+        ft_space = LabelSpace.load(labels) if labels else space
+        return cls(experiment, space, ft_space, run_name, run_id)
 
     def to_record(self) -> ConfigRecord:
         """What the coordinator sends; Flower's strategies add the round (and FedProx's mu)."""
@@ -115,6 +118,7 @@ class Job:
                 LABEL_SPACE: json.dumps(self.space.to_dict()),
                 FINETUNE_LABEL_SPACE: json.dumps(self.finetune_space.to_dict()),
                 RUN_NAME: self.run_name,
+                RUN_ID: self.run_id,
             }
         )
 
@@ -137,6 +141,7 @@ class Job:
             space=space,
             finetune_space=ft_space,
             run_name=str(record.get(RUN_NAME, "run")),
+            run_id=str(record.get(RUN_ID, "")),
             server_round=int(record.get(SERVER_ROUND, 0)),
             proximal_mu=float(record.get(PROXIMAL_MU, 0.0)),
         )

@@ -140,7 +140,7 @@ def main(grid: Grid, context: Context) -> None:
     tracker = tracking.Tracker(experiment, run_dir)
     metrics = MetricsLog(run_dir / runs.METRICS, tracker.entry)
     state = start_state(context, run_dir, experiment, space, metrics)
-    config = Job.for_run(experiment, run_dir.name).to_record()
+    config = Job.for_run(experiment, run_dir.name, state.run_id).to_record()
     fed = experiment.federation
     save_global = global_model_saver(run_dir, experiment, space)
     loop = RoundLoop(grid, build_strategy(fed), fed, config, run_dir, metrics, save_global)

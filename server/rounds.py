@@ -9,6 +9,7 @@ in the same order.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class RoundState:
     arrays: dict[str, torch.Tensor]
     strategy: dict = field(default_factory=dict)
     sites: dict[int, str] = field(default_factory=dict)  # node id -> site name
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # protocol.RUN_ID
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -67,6 +69,7 @@ class RoundState:
             "arrays": self.arrays,
             "strategy": {a: _to_torch(v) for a, v in self.strategy.items()},
             "sites": {str(k): v for k, v in self.sites.items()},
+            "run_id": self.run_id,
         }
         torch.save(payload, tmp)
         tmp.replace(path)
@@ -79,6 +82,7 @@ class RoundState:
             arrays=payload["arrays"],
             strategy={a: _to_numpy(v) for a, v in payload["strategy"].items()},
             sites={int(k): v for k, v in payload["sites"].items()},
+            run_id=payload.get("run_id", ""),
         )
 
 
@@ -284,7 +288,9 @@ class RoundLoop:
                 break
             self.evaluate(rnd, arrays, state.sites)
             strategy = strategy_state(self.strategy)
-            state = RoundState(rnd, arrays.to_torch_state_dict(), strategy, state.sites)
+            state = RoundState(
+                rnd, arrays.to_torch_state_dict(), strategy, state.sites, state.run_id
+            )
             state.save(checkpoint_path(self.run_dir, rnd))
             if self.on_round is not None:
                 self.on_round(rnd, state.arrays)

@@ -275,7 +275,7 @@ class RunSite(Site):
         return {split: len(self.dataset(split, SPACE)) for split in ("train", "val", "test")}
 
 
-def job(mode: str = "fedbn", server_round: int = 1) -> Job:
+def job(mode: str = "fedbn", server_round: int = 1, run_id: str = "a1") -> Job:
     """A message's job for the tiny model and data above."""
     experiment = ExperimentConfig(
         model=ModelSettings("ribeiro_resnet", "batch", {"width": 0.125}),
@@ -283,7 +283,7 @@ def job(mode: str = "fedbn", server_round: int = 1) -> Job:
         local=TrainConfig(epochs=1, batch_size=8, lr=1e-2),
         finetune=FinetuneSettings(mode=mode, train=TrainConfig(epochs=1, batch_size=8)),
     )
-    return Job(experiment, SPACE, SPACE, "run", server_round=server_round)
+    return Job(experiment, SPACE, SPACE, "run", run_id, server_round=server_round)
 
 
 def global_arrays(seed: int = 0) -> ArrayRecord:
@@ -298,7 +298,7 @@ def test_a_fedbn_site_keeps_its_batchnorm_sends_the_rest_and_the_coordinators_st
     sent, _ = task.train_on_site(job(), RunSite(), received, tmp_path)
     old = received.to_torch_state_dict()
     assert list(sent) == [k for k in old if k not in BATCHNORM]
-    kept = task.kept(tmp_path)
+    kept = task.kept(tmp_path, job())
     assert set(kept) == BATCHNORM and changed(old, kept, BATCHNORM) == BATCHNORM  # trained
     new_global = next_global(ArrayRecord(sent), received).to_torch_state_dict()
     assert not changed(old, new_global, BATCHNORM)
@@ -309,25 +309,35 @@ def test_a_fedbn_site_keeps_its_batchnorm_sends_the_rest_and_the_coordinators_st
 def test_a_fedbn_round_trains_as_a_plain_round(tmp_path):
     plain, _ = task.train_on_site(job("full"), RunSite(), global_arrays(), tmp_path / "full")
     sent, _ = task.train_on_site(job(), RunSite(), global_arrays(), tmp_path / "fedbn")
-    kept = task.kept(tmp_path / "fedbn")
+    kept = task.kept(tmp_path / "fedbn", job())
     assert not changed(plain, {**sent, **kept}, plain)
 
 
 def test_a_fedbn_sites_next_round_starts_from_its_own_batchnorm(tmp_path, fit_calls):
     task.train_on_site(job(), RunSite(), global_arrays(), tmp_path)
-    kept = task.kept(tmp_path)
+    kept = task.kept(tmp_path, job())
     received = global_arrays(seed=1)
     task.train_on_site(job(server_round=2), RunSite(), received, tmp_path)
     start, new = fit_calls[-1][1], received.to_torch_state_dict()
     assert not changed(kept, start, BATCHNORM)
     assert not changed(new, start, set(new) - BATCHNORM)
-    assert changed(kept, task.kept(tmp_path), BATCHNORM)  # round 2's now
+    assert changed(kept, task.kept(tmp_path, job()), BATCHNORM)  # round 2's now
+
+
+def test_what_an_earlier_run_of_the_same_name_kept_is_not_read(tmp_path, fit_calls):
+    task.train_on_site(job(run_id="a1"), RunSite(), global_arrays(seed=2), tmp_path)
+    assert task.kept(tmp_path, job(run_id="b2")) is None
+    received = global_arrays(seed=1)
+    task.train_on_site(job(server_round=2, run_id="b2"), RunSite(), received, tmp_path)
+    start = fit_calls[-1][1]
+    assert not changed(received.to_torch_state_dict(), start, BATCHNORM)  # the coordinator's
+    assert set(task.kept(tmp_path, job(run_id="b2"))) == BATCHNORM  # now this run's
 
 
 def test_a_fedbn_site_evaluates_the_global_model_with_its_own_batchnorm(tmp_path):
     received = global_arrays()
     task.train_on_site(job(), RunSite(), received, tmp_path / "site")
-    own = ArrayRecord({**received.to_torch_state_dict(), **task.kept(tmp_path / "site")})
+    own = ArrayRecord({**received.to_torch_state_dict(), **task.kept(tmp_path / "site", job())})
     at_site = task.evaluate_on_site(job(), RunSite(), received, tmp_path / "site")
     assert at_site == task.evaluate_on_site(job(), RunSite(), own, tmp_path / "nothing-kept")
     coordinators = task.evaluate_on_site(job(), RunSite(), received, tmp_path / "nothing-kept")
@@ -337,7 +347,7 @@ def test_a_fedbn_site_evaluates_the_global_model_with_its_own_batchnorm(tmp_path
 def test_a_ditto_sites_personal_model_is_not_what_evaluation_scores(tmp_path):
     received = global_arrays()
     task.train_on_site(job("ditto"), RunSite(), received, tmp_path / "site")
-    assert task.kept(tmp_path / "site")  # Ditto's personal model
+    assert task.kept(tmp_path / "site", job())  # Ditto's personal model
     assert task.evaluate_on_site(
         job("ditto"), RunSite(), received, tmp_path / "site"
     ) == task.evaluate_on_site(job("ditto"), RunSite(), received, tmp_path / "nothing-kept")
@@ -351,7 +361,7 @@ def test_before_scores_the_global_model_with_what_the_site_keeps_of_its_own(
 ):
     received = global_arrays()
     task.train_on_site(job(mode), RunSite(), received, tmp_path)
-    kept = task.kept(tmp_path)
+    kept = task.kept(tmp_path, job())
     scored, real = [], task.score
     monkeypatch.setattr(
         task, "score", lambda model, *a: scored.append(snapshot(model)) or real(model, *a)

@@ -59,7 +59,9 @@ def test_fedrep_coordinators_head_never_changes(fedrep):
 
 
 def test_fedrep_heads_stay_at_their_sites_and_differ(fedrep):
-    heads = [torch.load(f / "personal.pt", weights_only=True) for f in site_folders(fedrep)]
+    kept = [torch.load(f / "personal.pt", weights_only=True) for f in site_folders(fedrep)]
+    heads = [k["state"] for k in kept]
+    assert len({k["run_id"] for k in kept}) == 1  # the run's own id, at every site
     assert len(heads) == 3 and all(set(h) == {"head.weight", "head.bias"} for h in heads)
     assert not torch.equal(heads[0]["head.weight"], heads[1]["head.weight"])
     assert all((f / "finetuned.pt").exists() for f in site_folders(fedrep))
