@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from client.budget import SiteBudget, dp_limits, dp_metrics, refuse_past_budget
 from common import dpsgd, personalise, protocol, training
 from common.checkpoint import save_checkpoint
-from common.evaluation import score
+from common.evaluation import nothing_scored, score
 from common.metrics import Metrics, compute_metrics
 from common.models import ECGClassifier
 from common.protocol import Job
@@ -159,17 +159,21 @@ def clip_update(new: dict, old: dict, max_norm: float) -> dict:
 
 def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Path) -> dict:
     """The global model on this site's validation split, with the parts the method keeps at
-    the site (FedRep/FedPer's head: the coordinator's never trains)."""
-    model = global_model(job, arrays)
-    personalise.own_parts(model, job.experiment.finetune.method, kept(out_dir, job))
+    the site (FedRep/FedPer's head, FedBN's BatchNorm: the coordinator's never train). A site
+    that keeps such parts but has not trained in this run yet (a sampled run) has no model to
+    score and reports none, as a site without a validation split does."""
+    method = job.experiment.finetune.method
+    own = kept(out_dir, job)
     val_ds = site.dataset("val", job.space)
-    if not len(val_ds):
+    if not len(val_ds) or (method.local_keys is not None and own is None):
         return {
             protocol.NUM_EXAMPLES: 0,
             protocol.VAL_LOSS: math.nan,
             protocol.MACRO_AUC: math.nan,
             protocol.MICRO_AUC: math.nan,
         }
+    model = global_model(job, arrays)
+    personalise.own_parts(model, method, own)
     probs, y, mask = training.evaluate(model, val_ds)
     loss = training.masked_bce(
         torch.logit(torch.from_numpy(probs), eps=1e-6), torch.from_numpy(y), torch.from_numpy(mask)
@@ -192,15 +196,18 @@ def finetune_on_site(
 
     "Before" is the final global model as the site evaluated it in the rounds: with the parts
     the method keeps at the site (FedRep/FedPer's head, FedBN's BatchNorm), without which it is
-    not a model anyone uses (the coordinator's head and BatchNorm never train)."""
+    not a model anyone uses (the coordinator's head and BatchNorm never train); a site that never
+    trained in this run (sampled out) has no "before" score."""
     ft = job.experiment.finetune
     model = global_model(job, arrays)
     personal = kept(out_dir, job)
     personalise.own_parts(model, ft.method, personal)
     target = job.finetune_space
-    before = score(
-        model, site.dataset("val", job.space), site.dataset("test", job.space), job.space.labels
-    )
+    val_ds, test_ds = site.dataset("val", job.space), site.dataset("test", job.space)
+    if ft.method.local_keys is not None and personal is None:
+        before = nothing_scored(job.space.labels)
+    else:
+        before = score(model, val_ds, test_ds, job.space.labels)
     run = personalise.SiteRun(site, job.space, target, ft, personal)
     done = ft.method.finish(model, run)
     path = save_checkpoint(

@@ -21,8 +21,13 @@ def score(
     if val_ds is not None and len(val_ds):
         probs, y, mask = evaluate(model, val_ds)
         thresholds = choose_thresholds(probs, y, mask)
-    if len(test_ds):
-        probs, y, mask = evaluate(model, test_ds)
-    else:  # a site without test records still reports, as "no annotated samples"
-        probs = y = mask = np.zeros((0, len(labels)), np.float32)
+    if not len(test_ds):  # a site without test records still reports, as "no annotated samples"
+        return nothing_scored(labels)
+    probs, y, mask = evaluate(model, test_ds)
     return compute_metrics(probs, y, mask, labels, thresholds, intervals=True)
+
+
+def nothing_scored(labels: tuple[str, ...]) -> Metrics:
+    """The scores of no records: every label "no annotated samples", every figure undefined."""
+    none = np.zeros((0, len(labels)), np.float32)
+    return compute_metrics(none, none, none, labels, intervals=True)

@@ -25,7 +25,14 @@ from common.personalise import (
     shared_state,
 )
 from common.preprocess import PipelineConfig
-from common.protocol import VAL_LOSS, Job
+from common.protocol import (
+    AFTER_MACRO_AUC,
+    BEFORE_MACRO_AUC,
+    MACRO_AUC,
+    NUM_EXAMPLES,
+    VAL_LOSS,
+    Job,
+)
 from common.training import TrainConfig, Trainer, TrainResult
 from server.rounds import next_global
 
@@ -339,9 +346,18 @@ def test_a_fedbn_site_evaluates_the_global_model_with_its_own_batchnorm(tmp_path
     task.train_on_site(job(), RunSite(), received, tmp_path / "site")
     own = ArrayRecord({**received.to_torch_state_dict(), **task.kept(tmp_path / "site", job())})
     at_site = task.evaluate_on_site(job(), RunSite(), received, tmp_path / "site")
-    assert at_site == task.evaluate_on_site(job(), RunSite(), own, tmp_path / "nothing-kept")
-    coordinators = task.evaluate_on_site(job(), RunSite(), received, tmp_path / "nothing-kept")
+    assert at_site == task.evaluate_on_site(job("full"), RunSite(), own, tmp_path / "nothing")
+    coordinators = task.evaluate_on_site(job("full"), RunSite(), received, tmp_path / "nothing")
     assert at_site[VAL_LOSS] != pytest.approx(coordinators[VAL_LOSS])
+
+
+@pytest.mark.parametrize("mode", ["fedbn", "fedrep", "fedper"])
+def test_a_site_that_keeps_parts_but_never_trained_scores_nothing_before(tmp_path, mode):
+    """Sampled out of every round: its head or BatchNorm would be the coordinator's untrained."""
+    at_site = task.evaluate_on_site(job(mode, server_round=3), RunSite(), global_arrays(), tmp_path)
+    assert at_site[NUM_EXAMPLES] == 0 and math.isnan(at_site[MACRO_AUC])
+    metrics, _ = task.finetune_on_site(job(mode), RunSite(), global_arrays(), tmp_path)
+    assert math.isnan(metrics[BEFORE_MACRO_AUC]) and not math.isnan(metrics[AFTER_MACRO_AUC])
 
 
 def test_a_ditto_sites_personal_model_is_not_what_evaluation_scores(tmp_path):
