@@ -60,9 +60,9 @@ def simulation_superlink(flwr_home: Path, ray_address: str | None = None) -> Ite
     # A site given no GPU must not see one: Ray hides them from it only with this set (a
     # CPU-only run stays CPU-only, and numerically the same, on a GPU machine).
     env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "1"
-    env.pop("RAY_ADDRESS", None)  # a cluster only when asked for, never by accident
-    if ray_address is not None:
-        env["RAY_ADDRESS"] = ray_address
+    # A cluster only when asked for: left unset, Ray attaches to the machine's latest cluster
+    # (/tmp/ray/ray_current_cluster), anyone's; "local" always starts a private one.
+    env["RAY_ADDRESS"] = ray_address or "local"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             command,

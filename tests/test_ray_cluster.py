@@ -58,3 +58,14 @@ def test_a_path_some_node_cannot_see_is_refused_by_name(two_nodes, tmp_path):
         ConfigError, match="cannot see .*/not-shared \\(and 1 other node\\(s\\)\\): the run folder"
     ):
         cluster.require_shared(two_nodes.address, [tmp_path, tmp_path / "not-shared"])
+
+
+@pytest.mark.e2e
+def test_a_run_not_given_the_cluster_keeps_to_a_ray_of_its_own(two_nodes, tmp_path):
+    """Ray would attach to the machine's latest cluster by itself (/tmp/ray): not ours."""
+    cfg = tiny_config(rounds=1, fraction_evaluate=0.0)
+    cfg.baselines.local_only = cfg.baselines.centralized = False
+    sim.run(cfg, tmp_path / "run", progress=False)
+    (train,) = [e for e in runs.entries(tmp_path / "run") if e["phase"] == "train"]
+    used = {where["ray-node"] for where in train["placement"].values()}
+    assert used and not used & _node_ids(two_nodes.address)
