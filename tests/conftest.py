@@ -29,7 +29,12 @@ def cinc_sample() -> Path:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A slow test is never in the quick tier: ``-m "not e2e"`` replaces the default
-    ``-m "not slow"``, so slow tests (the 10,000-example fuzz runs) count as e2e too."""
+    ``-m "not slow"``, so slow tests (the 10,000-example fuzz runs) count as e2e too. Files
+    with e2e tests run first."""
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(pytest.mark.e2e)
+    # Two test processes take a file at a time (pyproject: -n 2 --dist loadfile): the files with
+    # whole runs go first, so the minutes-long ones start at once and quick files fill the end.
+    whole_runs = {item.path for item in items if item.get_closest_marker("e2e") is not None}
+    items.sort(key=lambda item: item.path not in whole_runs)
