@@ -61,6 +61,7 @@ def test_adaptive_optimiser_state_survives_a_checkpoint(tmp_path):
     np.testing.assert_array_equal(fresh.m_t["w"], np.arange(4.0))
     np.testing.assert_array_equal(fresh.v_t["w"], np.ones(4) * 0.5)
     assert loaded.round == 3 and loaded.sites == {7: "H1"}
+    assert loaded.run_id == state.run_id != RoundState(0, {}).run_id  # what sites' files carry
 
 
 def test_resumed_metrics_log_forgets_rounds_it_will_redo(tmp_path):
