@@ -68,6 +68,24 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
         "FedBN: each site keeps its BatchNorm layers, the rest is averaged (finetune.mode fedbn)",
         {"experiment": {"finetune": {"mode": "fedbn"}}, **FEDERATION_ONLY},
     ),
+    "fedavg-batch16": (
+        "FedAvg, local batch 16 instead of 64: 4x the local steps in the same passes",
+        {"experiment": {"local": {"batch_size": 16}}, **FEDERATION_ONLY},
+    ),
+    "fedavg-batch8": (
+        "FedAvg, local batch 8: 8x the local steps in the same passes",
+        {"experiment": {"local": {"batch_size": 8}}, **FEDERATION_ONLY},
+    ),
+    "fedavgm-batch16": (
+        "FedAvgM (server momentum 0.9, server lr 1.0) with local batch 16",
+        {
+            "experiment": {
+                "local": {"batch_size": 16},
+                "federation": {"strategy": "fedavgm", "server_momentum": 0.9, "server_lr": 1.0},
+            },
+            **FEDERATION_ONLY,
+        },
+    ),
     "fedavgm": (
         "FedAvgM (server momentum 0.9, server lr 1.0), BatchNorm statistics averaged with momentum",
         {
