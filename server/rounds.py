@@ -196,13 +196,17 @@ def next_global(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
 
     Aggregation is a weighted sum, which turns integer arrays (BatchNorm's batch counters)
     into floats: give every array back the dtype the model has, so what the sites receive is
-    exactly the model's own state."""
+    exactly the model's own state. A server that steps past the average (FedAvgM's momentum,
+    FedAdam) can take a BatchNorm running variance below zero, which would make every site's
+    forward pass NaN: variances are kept at zero or above."""
     out = {}
     for key, previous in old.items():
         array = new.get(key, previous)
         value, want = array.numpy(), np.dtype(previous.dtype)
         if np.issubdtype(want, np.integer):
             value = np.rint(value)
+        if key.endswith("running_var"):  # PyTorch's name for every BatchNorm's variance
+            value = np.maximum(value, 0)
         out[key] = Array(np.asarray(value, dtype=want))  # rint of a 0-d array is a scalar
     return ArrayRecord(out)
 

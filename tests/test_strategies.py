@@ -104,6 +104,20 @@ def test_aggregated_arrays_keep_the_models_dtypes():
     assert out["bn.num_batches_tracked"].numpy() == 12
 
 
+def test_a_server_step_past_the_average_keeps_batchnorm_variances_at_or_above_zero():
+    from server.rounds import next_global
+
+    bn = torch.nn.BatchNorm1d(3).eval()
+    stepped = {k: v.double() for k, v in bn.state_dict().items()}  # as FedAvgM's momentum
+    stepped["running_var"] = torch.tensor([-0.5, 0.2, 1.0], dtype=torch.float64)
+    stepped["weight"] = torch.tensor([-1.0, 1.0, 2.0], dtype=torch.float64)  # not a variance
+    out = next_global(ArrayRecord(stepped), ArrayRecord(bn.state_dict())).to_torch_state_dict()
+    assert out["running_var"].tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert out["weight"].tolist() == [-1.0, 1.0, 2.0]
+    bn.load_state_dict(out)
+    assert torch.isfinite(bn(torch.randn(4, 3))).all()
+
+
 class ConnectedSites:
     """What a strategy asks of Flower's Grid when it samples: the ids of the connected nodes."""
 
