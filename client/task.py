@@ -165,7 +165,7 @@ def evaluate_on_site(job: Job, site: SiteData, arrays: ArrayRecord, out_dir: Pat
     method = job.experiment.finetune.method
     own = kept(out_dir, job)
     val_ds = site.dataset("val", job.space)
-    if not len(val_ds) or (method.local_keys is not None and own is None):
+    if not len(val_ds) or personalise.lacks_own_parts(method, own):
         return {
             protocol.NUM_EXAMPLES: 0,
             protocol.VAL_LOSS: math.nan,
@@ -203,10 +203,10 @@ def finetune_on_site(
     personal = kept(out_dir, job)
     personalise.own_parts(model, ft.method, personal)
     target = job.finetune_space
-    val_ds, test_ds = site.dataset("val", job.space), site.dataset("test", job.space)
-    if ft.method.local_keys is not None and personal is None:
+    if personalise.lacks_own_parts(ft.method, personal):
         before = nothing_scored(job.space.labels)
     else:
+        val_ds, test_ds = site.dataset("val", job.space), site.dataset("test", job.space)
         before = score(model, val_ds, test_ds, job.space.labels)
     run = personalise.SiteRun(site, job.space, target, ft, personal)
     done = ft.method.finish(model, run)

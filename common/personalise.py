@@ -149,6 +149,12 @@ def site_parts(model: ECGClassifier, method: Method) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in local}
 
 
+def lacks_own_parts(method: Method, personal: dict | None) -> bool:
+    """The method keeps parts at the site (a head, BatchNorm) but the site has none yet: it has
+    not trained in this run, so the model it would score has the coordinator's untrained ones."""
+    return method.local_keys is not None and personal is None
+
+
 def own_parts(model: ECGClassifier, method: Method, personal: dict | None) -> None:
     """The parts the site kept (``site_parts`` of an earlier round) in place of the
     coordinator's; nothing where the method keeps none apart or the site has none yet. Only the

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -291,10 +291,8 @@ class RoundLoop:
             if arrays is None:  # the privacy budget is spent
                 break
             self.evaluate(rnd, arrays, state.sites)
-            strategy = strategy_state(self.strategy)
-            state = RoundState(
-                rnd, arrays.to_torch_state_dict(), strategy, state.sites, state.run_id
-            )
+            new = arrays.to_torch_state_dict()
+            state = replace(state, round=rnd, arrays=new, strategy=strategy_state(self.strategy))
             state.save(checkpoint_path(self.run_dir, rnd))
             if self.on_round is not None:
                 self.on_round(rnd, state.arrays)
