@@ -10,6 +10,7 @@ from common.config import ConfigError, SettingError, from_dict
 from common.experiment import FederationSettings
 from server.rounds import MetricsLog, RoundState
 from server.strategies import (
+    MAX_SERVER_STEP,
     STRATEGIES,
     build_strategy,
     check,
@@ -165,3 +166,61 @@ def test_the_final_fine_tuning_samples_the_same_sites_by_name_whatever_their_nod
     assert sorted(names[n] for n in chosen) == sorted(renumbered[n] for n in again)
     assert finetune_sample(names, list(names), 1.0, seed=0) == list(names)
     assert len(finetune_sample(names, list(names)[:5], 0.1, seed=0)) == 1  # at least one
+
+
+def test_fedexp_steps_past_the_average_when_updates_disagree_and_averages_bn_statistics(
+    monkeypatch,
+):
+    from flwr.app import Array, Message, Metadata, MetricRecord
+    from flwr.app.message.message import make_message
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):  # Message() reads the runtime's identity
+        monkeypatch.setattr(TaskIdentity, attr, 1 if attr == "_run_id" else 0)
+
+    class Grid:
+        def get_node_ids(self):
+            return [11, 12]
+
+    strategy = build_strategy(FederationSettings(strategy="fedexp", min_sites=2))
+    start = {"w": np.zeros(2, np.float32), "bn.running_var": np.ones(2, np.float32)}
+    sent = list(
+        strategy.configure_train(
+            1, ArrayRecord({k: Array(v) for k, v in start.items()}), ConfigRecord({}), Grid()
+        )
+    )
+
+    def reply(to: Message, w, var) -> Message:
+        md = to.metadata
+        meta = Metadata(1, f"r{md.dst_node_id}", md.dst_node_id, 0, "", md.group_id, 0.0,
+                        600, md.message_type)  # fmt: skip
+        arrays = {
+            "w": Array(np.asarray(w, np.float32)),
+            "bn.running_var": Array(np.asarray(var, np.float32)),
+        }
+        metrics = MetricRecord({"num-examples": 10})
+        return make_message(meta, RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}))
+
+    # Updates (1, 1) and (1, -1): mean (1, 0), |mean|^2 = 1, mean |d|^2 = 2 -> step max(1, 2/2) = 1
+    arrays, metrics = strategy.aggregate_train(
+        1, [reply(sent[0], [1, 1], [2, 2]), reply(sent[1], [1, -1], [4, 4])]
+    )
+    np.testing.assert_allclose(arrays["w"].numpy(), [1, 0])
+    # Nearly opposite updates (3, 1) and (-1, 1): mean (1, 1), |mean|^2 2, mean |d|^2 6 -> 1.5
+    arrays, metrics = strategy.aggregate_train(
+        1, [reply(sent[0], [3, 1], [2, 2]), reply(sent[1], [-1, 1], [4, 4])]
+    )
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.5, 1.5])
+    assert metrics["server-step"] == 1.5
+    np.testing.assert_allclose(arrays["bn.running_var"].numpy(), [3, 3])  # averaged only
+    # Updates that nearly cancel ask for a step of 20,000: it stops at MAX_SERVER_STEP.
+    arrays, metrics = strategy.aggregate_train(
+        2, [reply(sent[0], [1, 0], [2, 2]), reply(sent[1], [-1, 0.01], [4, 4])]
+    )
+    assert metrics["server-step"] == MAX_SERVER_STEP == 4
+    np.testing.assert_allclose(arrays["w"].numpy(), [0, 0.02], atol=1e-6)
+    # The last round (federation.rounds, 3 by default) ends at the mean of its two iterates.
+    arrays, metrics = strategy.aggregate_train(
+        3, [reply(sent[0], [3, 1], [2, 2]), reply(sent[1], [-1, 1], [4, 4])]
+    )
+    np.testing.assert_allclose(arrays["w"].numpy(), [0.75, 0.75])
