@@ -134,7 +134,9 @@ def finetune(
     """Adapt the head to ``new_space``, then train the parts ``settings.mode`` selects."""
     adapt_head(model, old_space, new_space)
     groups = param_groups(model, settings.mode, settings.train.lr, settings.k)
-    trainer = Trainer(settings.train, new_space.labels, progress, param_groups=groups)
+    trainer = Trainer(
+        settings.train, new_space.labels, progress, param_groups=groups, start_competes=True
+    )
     with training_only(model, [p for group in groups for p in group["params"]]):
         result = trainer.fit(model, train_ds, val_ds)
     return model, result

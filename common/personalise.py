@@ -232,7 +232,7 @@ def _ditto_finish(model: ECGClassifier, run: SiteRun) -> Personalised:
     cfg = replace(run.settings.train, proximal_mu=run.settings.ditto_lambda)
     labels = run.target.labels
     val, test = run.site.dataset("val", run.target), run.site.dataset("test", run.target)
-    trainer = Trainer(cfg, labels, progress=False, proximal_to=anchor)
+    trainer = Trainer(cfg, labels, progress=False, proximal_to=anchor, start_competes=True)
     result = trainer.fit(personal, run.site.dataset("train", run.target), val)
     return Personalised(personal, result, score(personal, val, test, labels))
 

@@ -307,7 +307,10 @@ class Trainer:
     groups, e.g. per-block learning rates) replaces the default of every parameter that
     requires grad at ``cfg.lr``. ``labels`` names per-class metrics. ``dp`` trains with DP-SGD
     (``common.dpsgd``): per-record clipping, noise, Poisson batches; its ``target_epsilon`` is
-    spread over ``dp_rounds`` calls like this one.
+    spread over ``dp_rounds`` calls like this one. ``start_competes``: with early stopping, the
+    weights training starts from are scored on the validation split too (as epoch 0) and come
+    back unchanged if no epoch beats them: fine-tuning never hands a site a model its own
+    validation split finds worse than the one it received.
     """
 
     cfg: TrainConfig
@@ -317,6 +320,7 @@ class Trainer:
     param_groups: list[dict] | None = None
     dp: dpsgd.DPSGDSettings | None = None
     dp_rounds: int = 1
+    start_competes: bool = False
 
     @property
     def private(self) -> bool:
@@ -394,6 +398,9 @@ class Trainer:
         """Up to ``cfg.epochs`` epochs, each validated; early stopping restores the best."""
         stopping = _EarlyStopping(self.cfg.early_stopping_patience, result)
         metrics = None
+        if self.start_competes and stopping.patience is not None:
+            val_loss, start = _validate(model, val_ds, self.cfg, default_device(), self.labels)
+            stopping.update(0, val_loss, start, model)
         for epoch in range(1, self.cfg.epochs + 1):
             started = time.perf_counter()
             record = {"epoch": epoch, **self._epoch(model, data, objective, steps, epoch)}

@@ -84,6 +84,27 @@ def test_early_stopping_restores_the_best_epoch():
     assert math.isclose(compute_metrics(probs, y, mask).macro_auc, max(aucs))
 
 
+def test_with_start_competing_a_fine_tune_that_only_hurts_returns_the_start_unchanged():
+    # A model already good on the task, then "fine-tuned" on inverted labels: every epoch
+    # scores worse on validation than the weights it started from, which come back as they were.
+    model = tiny_model()
+    Trainer(TrainConfig(epochs=3, batch_size=32, lr=3e-3), progress=False).fit(
+        model, sine_task(256), None
+    )
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=3e-3, early_stopping_patience=2)
+    trainer = Trainer(cfg, progress=False, start_competes=True)
+    result = trainer.fit(model, sine_task(128, invert=True), sine_task(64, seed=1))
+    assert result.best_epoch == 0 and result.stopped_early and len(result.history) == 2
+    assert result.best_score > max(h["val_macro_auc"] for h in result.history)
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+    # Without it, the best epoch trained is returned, worse than the start.
+    plain = Trainer(cfg, progress=False).fit(
+        model, sine_task(128, invert=True), sine_task(64, seed=1)
+    )
+    assert plain.best_epoch >= 1 and plain.best_score < result.best_score
+
+
 def _drift(model, reference):
     return (parameters_to_vector(model.parameters()) - parameters_to_vector(reference)).norm()
 
