@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from common import cpu
@@ -33,8 +34,19 @@ def main(prog: str, description: str, commands: dict[str, tuple[str, str]], argv
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
+    # SIGTERM (a scheduler's stop, `timeout`, `kill`) ends a command as Ctrl-C does, through its
+    # finally blocks, which stop the SuperLink, Ray and whatever else it started in sessions of
+    # their own; Python's default ends only this process and leaves them running. Daemons set
+    # their own handler.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return importlib.import_module(commands[args.command][0]).run(args)
     except EcgflError as exc:
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)

@@ -153,17 +153,54 @@ def _group_alive(pgid: int) -> bool:
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM the process and everything it started, then SIGKILL what is left.
 
-    Members can outlive the leader (Ray's agents do), so the whole group is waited for.
+    Members can outlive the leader (Ray's agents do), so the whole group is waited for; and
+    some descendants run in sessions of their own (Ray's raylet and its agents, under a
+    simulation's SuperLink), so every process below the leader when it is stopped is too.
     """
     pgid = proc.pid  # started with start_new_session: its pid is the group id
+    family = _descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
+    _signal_each(family, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while (proc.poll() is None or _group_alive(pgid)) and time.monotonic() < deadline:
+    while (proc.poll() is None or _group_alive(pgid) or _signal_each(family, 0)) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+    _signal_each(family, signal.SIGKILL)
     proc.wait()
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` now, with its start time (a pid reused later is not it)."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            started[int(entry)] = fields[19]
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = started[child]
+            todo.append(child)
+    return found
+
+
+def _signal_each(processes: dict[int, str], signum: int) -> bool:
+    """Send ``signum`` (0: none) to each of ``processes`` still running as itself (not a zombie,
+    not a reused pid); whether any was."""
+    any_running = False
+    for pid, start in processes.items():
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and fields[19] == start:
+                any_running = True
+                os.kill(pid, signum)
+    return any_running
 
 
 def signal_ready(ready_fd: int | None) -> None:
