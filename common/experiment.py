@@ -187,15 +187,15 @@ class ExperimentConfig:
         if not is_plain_name(self.name):  # it names the run's folder, here and at every site
             raise SettingError("name", f"{self.name!r}: a run folder's name needs {RULE}")
         if self.finetune.method.local_keys is not None and (
-            self.federation.strategy not in ("fedavg", "fedprox")
+            self.federation.strategy not in ("fedavg", "fedprox", "fedexp")
             or self.federation.privacy.enabled
             or self.federation.dp_sgd.enabled
         ):
             raise SettingError(
                 "finetune.mode",
                 f"{self.finetune.mode} keeps part of the model at each site and aggregates the "
-                "rest only: it needs federation.strategy fedavg or fedprox, without privacy or "
-                "dp_sgd",
+                "rest only: it needs federation.strategy fedavg, fedprox or fedexp, without "
+                "privacy or dp_sgd",
             )
         # fedbn with DP-SGD or central privacy (both need GroupNorm) is refused just above.
         if self.finetune.mode == "fedbn" and self.model.norm != "batch":

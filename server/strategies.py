@@ -140,7 +140,7 @@ class FedExP(FedAvg):
             step /= 2
         out = dict(average.items())
         for key, value in old.items():
-            out[key] = Array(np.asarray(value + step * mean_update[key], dtype=value.dtype))
+            out[key] = Array(np.asarray(value + step * mean_update[key]))  # float32 as replies
         if metrics is not None:
             metrics["server-step"] = step
         return ArrayRecord(out), metrics

@@ -412,7 +412,7 @@ def test_fedbn_ends_with_a_full_finetune_from_the_sites_own_batchnorm(fit_calls)
             {"model": {"norm": "group"}, "federation": {"dp_sgd": {"noise_multiplier": 1.0}}},
             "without privacy or dp_sgd",
         ),
-        ({"federation": {"strategy": "fedadam"}}, "fedavg or fedprox"),
+        ({"federation": {"strategy": "fedadam"}}, "fedavg, fedprox or fedexp"),
     ],
 )
 def test_fedbn_is_refused_without_batchnorm_or_with_dp_sgd_naming_the_mode(settings, says):

@@ -224,3 +224,11 @@ def test_fedexp_steps_past_the_average_when_updates_disagree_and_averages_bn_sta
         3, [reply(sent[0], [3, 1], [2, 2]), reply(sent[1], [-1, 1], [4, 4])]
     )
     np.testing.assert_allclose(arrays["w"].numpy(), [0.75, 0.75])
+    # float16 transport: the round starts from float16 arrays, replies come back widened; the
+    # new global model stays float32 (rounding happens on the wire only).
+    half = ArrayRecord({k: Array(v.astype(np.float16)) for k, v in start.items()})
+    sent = list(strategy.configure_train(1, half, ConfigRecord({}), Grid()))
+    arrays, _ = strategy.aggregate_train(
+        1, [reply(sent[0], [1, 1], [2, 2]), reply(sent[1], [1, -1], [4, 4])]
+    )
+    assert arrays["w"].dtype == "float32"
