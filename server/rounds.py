@@ -134,7 +134,11 @@ def exchange(
 ) -> tuple[list[Message], dict[str, dict], list[dict]]:
     """Send, wait, and sort the outcome per site: metrics of those that replied, the others' why
     (one line each; the full reason goes to ``failures_log``). A site that fails before any reply
-    named it is asked its name (``ask_names``), so failures name sites, not node ids."""
+    named it is asked its name (``ask_names``), so failures name sites, not node ids.
+
+    Replies come back in site-name order, not arrival order: aggregation sums them in that
+    order, and a floating-point sum's last bits depend on it, which over a few rounds of
+    training made two runs of the same seed end with different models."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     # A dead node's error reply comes from the SuperLink itself (src_node_id 1): match replies
     # to what was sent instead (send_and_receive has filled in the message ids).
@@ -146,9 +150,11 @@ def exchange(
         ask_names(grid, sorted(unnamed), config, timeout, known)
     per_site, failed = {}, []
     answered = set()
+    named = []
     for reply in replies:
         node = sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         name = site_name(reply, node, known)
+        named.append((name, reply))
         answered.add(node)
         if reply.has_error():
             failed.append(
@@ -173,7 +179,8 @@ def exchange(
                     "reason": f"no reply within {timeout:.0f} s",
                 }
             )
-    return replies, per_site, failed
+    replies = [reply for _, reply in sorted(named, key=lambda pair: pair[0])]
+    return replies, dict(sorted(per_site.items())), failed
 
 
 def placements(replies: list[Message]) -> dict[str, dict[str, str]]:
