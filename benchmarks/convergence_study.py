@@ -72,6 +72,20 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
         "FedAvg, local batch 16 instead of 64: 4x the local steps in the same passes",
         {"experiment": {"local": {"batch_size": 16}}, **FEDERATION_ONLY},
     ),
+    "fedavg-batch16-server-lr-1.5": (
+        "FedAvg past the average: server lr 1.5, no momentum (FedAvgM's update), local batch 16",
+        {
+            "experiment": {
+                "local": {"batch_size": 16},
+                "federation": {"strategy": "fedavgm", "server_momentum": 0.0, "server_lr": 1.5},
+            },
+            **FEDERATION_ONLY,
+        },
+    ),
+    "fedexp": (
+        "FedExP: FedAvg stepping past the average by the round's own update disagreement",
+        {"experiment": {"federation": {"strategy": "fedexp"}}, **FEDERATION_ONLY},
+    ),
     "fedavg-batch8": (
         "FedAvg, local batch 8: 8x the local steps in the same passes",
         {"experiment": {"local": {"batch_size": 8}}, **FEDERATION_ONLY},

@@ -261,6 +261,7 @@ def test_coordinator_run_refuses_before_any_work(tmp_path, monkeypatch, capsys):
 NAMES = st.sampled_from(
     ["seed6", "superclasses", "ribeiro_resnet", "inception1d", "xresnet1d18", "group", "batch"]
     + ["fedavg", "fedexp", "fedprox", "krum", "natural", "dirichlet", "noise", "full", "float16"]
+    + ["last_k", "auto", "ditto"]
     + ["~no-such-user/x", "/dev/zero", ".", "a\0b", "x.yaml", "host:1", "", "tis", "ptbxl", "NORM"]
 )
 NUMBERS = st.one_of(
