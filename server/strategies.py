@@ -8,7 +8,7 @@ strategy state across restarts, so the adaptive optimisers' moments (FedAdam/Fed
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -114,7 +114,7 @@ class FedExP(FedAvg):
         return list(super().configure_train(server_round, arrays, config, grid))
 
     def aggregate_train(
-        self, server_round: int, replies
+        self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         average, metrics = super().aggregate_train(server_round, replies)
