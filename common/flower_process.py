@@ -177,11 +177,11 @@ def _descendants(pid: int) -> dict[int, str]:
     """Every process below ``pid`` now, with its start time (a pid reused later is not it)."""
     children: dict[int, list[int]] = {}
     started: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError):
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            started[int(entry)] = fields[19]
+            parent, started[int(entry)] = int(fields[1]), fields[19]
+            children.setdefault(parent, []).append(int(entry))
     found, todo = {}, [pid]
     while todo:
         for child in children.get(todo.pop(), []):
