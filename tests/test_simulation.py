@@ -65,6 +65,20 @@ def finished(workdir) -> Path:
 
 
 @pytest.mark.e2e
+def test_the_same_seed_gives_the_same_global_model_bit_for_bit(finished, workdir):
+    """Replies are summed in site order, not arrival order (server/rounds.exchange): a second
+    run of the configuration (its federation only) ends with the very same global model."""
+    cfg = tiny_config()
+    cfg.baselines.local_only = cfg.baselines.centralized = False
+    sim.run(cfg, workdir / "again", progress=False)
+    first = load_checkpoint(finished / runs.GLOBAL_MODEL).state_dict
+    second = load_checkpoint(workdir / "again" / runs.GLOBAL_MODEL).state_dict
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f"arrays that differ between the runs: {different[:5]}"
+
+
+@pytest.mark.e2e
 def test_every_site_trains_each_round_and_fine_tunes(finished):
     sites = json.loads((finished / "partition" / "sites.json").read_text())["sites"]
     names = {s["name"] for s in sites}
