@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.supercore.task_identity import TaskIdentity
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -25,6 +26,15 @@ def ptbxl_sample() -> Path:
 @pytest.fixture(scope="session")
 def cinc_sample() -> Path:
     return _shared("cinc2021-sample")
+
+
+@pytest.fixture
+def flower_runtime(monkeypatch):
+    """The identity Flower's runtime gives a ServerApp, which its Message constructor reads:
+    strategies can build messages outside a run."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,7 +9,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
-from flwr.supercore.task_identity import TaskIdentity
 from test_simulation import entries, tiny_config
 
 from common.config import ConfigError, from_dict
@@ -62,14 +61,6 @@ class FakeGrid:
         return [11, 12]
 
 
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Flower's Message constructor reads the run's identity, set by its runtime."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
-
-
 def _reply(to: Message, weights: np.ndarray, examples: int) -> Message:
     md = to.metadata
     meta = Metadata(1, f"r{md.dst_node_id}", md.dst_node_id, 0, "", md.group_id, time.time(),
@@ -84,7 +75,7 @@ def _reply(to: Message, weights: np.ndarray, examples: int) -> Message:
 
 
 def test_server_side_dp_clips_each_update_weighs_sites_equally_and_adds_calibrated_noise(
-    task_identity,
+    flower_runtime,
 ):
     strategy = build_strategy(_private(noise_multiplier=1e-6))
     start = ArrayRecord({"w": Array(np.zeros(4, np.float32))})

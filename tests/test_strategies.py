@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
 
 from common.config import ConfigError, SettingError, from_dict
 from common.experiment import FederationSettings
@@ -129,10 +129,8 @@ class ConnectedSites:
         return self.nodes
 
 
-def test_a_sampled_round_of_1000_sites_sends_to_its_fraction_not_to_every_site(monkeypatch):
+def test_a_sampled_round_of_1000_sites_sends_to_its_fraction_not_to_every_site(flower_runtime):
     """min_sites (every simulated site) must not turn fraction_train into 1."""
-    for key in ("_run_id", "_node_id", "_task_id"):  # what Flower's runtime sets in a ServerApp
-        monkeypatch.setattr(TaskIdentity, key, 1)
     settings = FederationSettings(min_sites=1000, fraction_train=0.1, fraction_evaluate=0.05)
     strategy = build_strategy(settings)
     grid = ConnectedSites(1000)
@@ -169,24 +167,16 @@ def test_the_final_fine_tuning_samples_the_same_sites_by_name_whatever_their_nod
 
 
 def test_fedexp_steps_past_the_average_when_updates_disagree_and_averages_bn_statistics(
-    monkeypatch,
+    flower_runtime,
 ):
-    from flwr.app import Array, Message, Metadata, MetricRecord
-    from flwr.app.message.message import make_message
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr in ("_run_id", "_node_id", "_task_id"):  # Message() reads the runtime's identity
-        monkeypatch.setattr(TaskIdentity, attr, 1 if attr == "_run_id" else 0)
-
-    class Grid:
-        def get_node_ids(self):
-            return [11, 12]
-
     strategy = build_strategy(FederationSettings(strategy="fedexp", min_sites=2))
     start = {"w": np.zeros(2, np.float32), "bn.running_var": np.ones(2, np.float32)}
     sent = list(
         strategy.configure_train(
-            1, ArrayRecord({k: Array(v) for k, v in start.items()}), ConfigRecord({}), Grid()
+            1,
+            ArrayRecord({k: Array(v) for k, v in start.items()}),
+            ConfigRecord({}),
+            ConnectedSites(2),
         )
     )
 
@@ -227,7 +217,7 @@ def test_fedexp_steps_past_the_average_when_updates_disagree_and_averages_bn_sta
     # float16 transport: the round starts from float16 arrays, replies come back widened; the
     # new global model stays float32 (rounding happens on the wire only).
     half = ArrayRecord({k: Array(v.astype(np.float16)) for k, v in start.items()})
-    sent = list(strategy.configure_train(1, half, ConfigRecord({}), Grid()))
+    sent = list(strategy.configure_train(1, half, ConfigRecord({}), ConnectedSites(2)))
     arrays, _ = strategy.aggregate_train(
         1, [reply(sent[0], [1, 1], [2, 2]), reply(sent[1], [1, -1], [4, 4])]
     )
