@@ -11,6 +11,8 @@ import pytest
 import yaml
 from test_simulation import TINY
 
+from common.flower_process import is_running
+
 SIMULATE = Path(sys.executable).with_name("ecgfl-simulate")
 
 
@@ -38,13 +40,6 @@ def ray_worker(pid: int) -> bool:
         return False
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.e2e
 def test_sigterm_during_the_federation_stops_the_superlink_and_ray(tmp_path):
     config = tmp_path / "tiny.yaml"
@@ -66,7 +61,7 @@ def test_sigterm_during_the_federation_stops_the_superlink_and_ray(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     deadline = time.monotonic() + 30
-    while any(alive(p) for p in started) and time.monotonic() < deadline:
+    while any(is_running(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = [p for p in started if alive(p)]
+    left = [p for p in started if is_running(p)]
     assert not left, f"still running after SIGTERM: {left}"
