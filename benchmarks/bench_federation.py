@@ -182,10 +182,11 @@ def scaling(workdir: Path) -> None:
         print(f"| {n} | {seconds:.1f} | {fed_s:.1f} | {peak / 2**30:.2f} |")
 
 
-def sites1000(workdir: Path) -> None:
+def sites1000(workdir: Path, in_flight: int | None = None) -> None:
     """100 and 1,000 virtual sites over the same 20,000 records, 10 % of the sites sampled in
     every round and for the final fine-tuning, baselines off. Data and caches are prepared
-    beforehand, untimed."""
+    beforehand, untimed. ``in_flight``: the 1,000-site run's window instead of
+    ``simulations.run.in_flight``'s."""
     sampled = {
         "data.tis.n_records": 20_000,
         "experiment.federation.fraction_train": 0.1,
@@ -200,10 +201,16 @@ def sites1000(workdir: Path) -> None:
     print("\n## 3b. 100 and 1,000 sites over the same 20,000 records (iid), 5 rounds, 10 % sampled")
     print("| sites | wall time of the run (s) | federation (s) | peak memory (GB) | phases (s) |")
     print("|---|---|---|---|---|")
+    rule = sim.in_flight
     for n in (100, 1000):
-        run_dir, seconds, peak = simulate(
-            config(**sampled, **{"partition.tis_sites": n}), workdir, f"sites-{n}"
-        )
+        if n == 1000 and in_flight is not None:
+            sim.in_flight = lambda cfg, n_sites: in_flight
+        try:
+            run_dir, seconds, peak = simulate(
+                config(**sampled, **{"partition.tis_sites": n}), workdir, f"sites-{n}"
+            )
+        finally:
+            sim.in_flight = rule
         fed_s = json.loads((run_dir / "results.json").read_text())["timings"]["federation_s"]
         parts = ", ".join(f"{k} {v:.1f}" for k, v in phases(run_dir).items())
         print(f"| {n} | {seconds:.1f} | {fed_s:.1f} | {peak / 2**30:.2f} | {parts} |", flush=True)
@@ -351,6 +358,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--rounds", type=int, default=10, help="overhead run: rounds")
     parser.add_argument("--epochs", type=int, default=2, help="overhead run: local epochs")
+    parser.add_argument("--in-flight", type=int, help="sites1000: the 1,000-site run's window")
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -363,7 +371,7 @@ def main() -> None:
         if "scaling" in args.only:
             scaling(workdir)
         if "sites1000" in args.only:
-            sites1000(workdir)
+            sites1000(workdir, args.in_flight)
         if "messages" in args.only:
             messages(workdir)
         if "communication" in args.only:
