@@ -94,15 +94,23 @@ LocalKeys = Callable[[ECGClassifier], set[str]]
 class Method:
     """``round`` trains the received global model in place and returns what the site keeps;
     ``finish`` turns the final global model into the site's own. ``local_keys``: the state-dict
-    keys of a model that never leave the site (None: the whole model is sent). ``layers``: what
-    a plain fine-tune trains where this method cannot run (the centralized baseline has no
-    rounds)."""
+    keys of a model that never leave the site (None: the whole model is sent). ``own_parts``:
+    whether the site trains those keys into parts of its own (FedRep/FedPer's head, FedBN's
+    BatchNorm), or leaves them as the coordinator sent them (FedBABU's frozen head: not worth
+    sending back, and the coordinator's model is whole). ``layers``: what a plain fine-tune
+    trains where this method cannot run (the centralized baseline has no rounds)."""
 
     name: str
     round: Round
     finish: Finish
     local_keys: LocalKeys | None = None
+    own_parts: bool = True
     layers: str = "full"
+
+    @property
+    def keeps_parts(self) -> bool:
+        """The site's model differs from the coordinator's in parts only the site has."""
+        return self.local_keys is not None and self.own_parts
 
 
 METHODS: dict[str, Method] = {}
@@ -152,7 +160,7 @@ def site_parts(model: ECGClassifier, method: Method) -> dict[str, torch.Tensor]:
 def lacks_own_parts(method: Method, personal: dict | None) -> bool:
     """The method keeps parts at the site (a head, BatchNorm) but the site has none yet: it has
     not trained in this run, so the model it would score has the coordinator's untrained ones."""
-    return method.local_keys is not None and personal is None
+    return method.keeps_parts and personal is None
 
 
 def own_parts(model: ECGClassifier, method: Method, personal: dict | None) -> None:
@@ -281,7 +289,7 @@ for _name in LAYERS:
 register(Method("ditto", _ditto_round, _ditto_finish))
 register(Method("fedrep", _fedrep_round, _own_parts_finish, local_keys=head_keys, layers="head"))
 register(Method("fedper", _own_parts_round, _own_parts_finish, local_keys=head_keys, layers="head"))
-register(Method("fedbabu", _fedbabu_round, _finetune("full"), local_keys=head_keys))
+register(Method("fedbabu", _fedbabu_round, _finetune("full"), head_keys, own_parts=False))
 register(Method("fedbn", _own_parts_round, _own_parts_finish, local_keys=batchnorm_keys))
 register(Method("auto", _auto_round, _auto_finish))
 

@@ -430,7 +430,7 @@ def _per_site_body(
 
 def _own_parts_line(experiment: ExperimentConfig) -> list[str]:
     mode = experiment.finetune.mode
-    if experiment.finetune.method.local_keys is None:
+    if not experiment.finetune.method.keeps_parts:
         return []
     return [
         f"The global column is the final global model of the {mode} rounds as each site "

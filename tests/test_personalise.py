@@ -360,6 +360,20 @@ def test_a_site_that_keeps_parts_but_never_trained_scores_nothing_before(tmp_pat
     assert math.isnan(metrics[BEFORE_MACRO_AUC]) and not math.isnan(metrics[AFTER_MACRO_AUC])
 
 
+def test_a_fedbabu_site_scores_the_global_model_it_trains_for(tmp_path):
+    """FedBABU's head stays the coordinator's (frozen, not sent back): the global model is whole,
+    so validation in every round and "before" fine-tuning score it, trained at the site or not."""
+    received = global_arrays()
+    for site in (tmp_path / "trained", tmp_path / "sampled-out"):
+        if site.name == "trained":
+            task.train_on_site(job("fedbabu"), RunSite(), received, site)
+        at_site = task.evaluate_on_site(job("fedbabu", server_round=3), RunSite(), received, site)
+        plain = task.evaluate_on_site(job("full"), RunSite(), received, tmp_path / "plain")
+        assert at_site == plain and at_site[NUM_EXAMPLES] > 0
+        metrics, _ = task.finetune_on_site(job("fedbabu"), RunSite(), received, site)
+        assert not math.isnan(metrics[BEFORE_MACRO_AUC])
+
+
 def test_a_ditto_sites_personal_model_is_not_what_evaluation_scores(tmp_path):
     received = global_arrays()
     task.train_on_site(job("ditto"), RunSite(), received, tmp_path / "site")
