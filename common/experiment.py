@@ -193,9 +193,9 @@ class ExperimentConfig:
         ):
             raise SettingError(
                 "finetune.mode",
-                f"{self.finetune.mode} keeps part of the model at each site and aggregates the "
-                "rest only: it needs federation.strategy fedavg, fedprox or fedexp, without "
-                "privacy or dp_sgd",
+                f"{self.finetune.mode} sends only part of the model back and aggregates that "
+                "part only: it needs federation.strategy fedavg, fedprox or fedexp, without "
+                "privacy or dp_sgd (finetune.mode full works with every strategy)",
             )
         # fedbn with DP-SGD or central privacy (both need GroupNorm) is refused just above.
         if self.finetune.mode == "fedbn" and self.model.norm != "batch":
