@@ -63,9 +63,10 @@ def _fmt(value) -> str:
 
 
 def columns(experiment: ExperimentConfig) -> list[tuple[str, str]]:
-    """(title, row key) of the table's methods. The global model of rounds that keep parts at
-    the sites (FedRep, FedPer, FedBABU, FedBN) is another model than FedAvg's, so it is named
-    with its rounds; each site scores it with its own parts (``_own_parts_line``)."""
+    """(title, row key) of the table's methods. The global model of rounds that send only part
+    of the model (FedRep, FedPer, FedBABU, FedBN) is another model than FedAvg's, so it is named
+    with its rounds; where the sites own the rest, each scores it with its own parts
+    (``_own_parts_line``)."""
     ft = experiment.finetune
     own = "global" if ft.method.local_keys is None else f"global ({ft.mode} rounds)"
     return [COLUMNS[0], (own, "before"), (f"global + {ft.mode}", "after"), COLUMNS[3]]
