@@ -65,20 +65,6 @@ def finished(workdir) -> Path:
 
 
 @pytest.mark.e2e
-def test_the_same_seed_gives_the_same_global_model_bit_for_bit(finished, workdir):
-    """Replies are summed in site order, not arrival order (server/rounds.exchange): a second
-    run of the configuration (its federation only) ends with the very same global model."""
-    cfg = tiny_config()
-    cfg.baselines.local_only = cfg.baselines.centralized = False
-    sim.run(cfg, workdir / "again", progress=False)
-    first = load_checkpoint(finished / runs.GLOBAL_MODEL).state_dict
-    second = load_checkpoint(workdir / "again" / runs.GLOBAL_MODEL).state_dict
-    assert first.keys() == second.keys()
-    different = [k for k in first if not torch.equal(first[k], second[k])]
-    assert not different, f"arrays that differ between the runs: {different[:5]}"
-
-
-@pytest.mark.e2e
 def test_every_site_trains_each_round_and_fine_tunes(finished):
     sites = json.loads((finished / "partition" / "sites.json").read_text())["sites"]
     names = {s["name"] for s in sites}
@@ -174,8 +160,18 @@ class Interrupted(Exception):
     pass
 
 
+def differing_arrays(first: Path, second: Path) -> list[str]:
+    """The keys whose arrays differ between two checkpoints (they must hold the same keys)."""
+    a, b = load_checkpoint(first).state_dict, load_checkpoint(second).state_dict
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
 @pytest.mark.e2e
 def test_stopped_run_resumes_from_last_round_and_matches(finished, workdir, monkeypatch):
+    """Stopped after round 1 and resumed, the run ends with the very global model of the run
+    that was never stopped: resuming loses nothing, and a run is reproducible (replies are
+    summed in site order, not arrival order: server/rounds.exchange)."""
     run_dir = workdir / "stopped"
     real = engine.flwr_run
 
@@ -197,11 +193,8 @@ def test_stopped_run_resumes_from_last_round_and_matches(finished, workdir, monk
     sim.run(tiny_config(), run_dir, resume=True, progress=False)
     log = entries(run_dir)
     assert sorted(e["round"] for e in log if e["phase"] == "train") == [1, 2, 3]
-    full = {e["round"]: e for e in entries(finished) if e["phase"] == "evaluate"}
-    resumed = {e["round"]: e for e in log if e["phase"] == "evaluate"}
-    assert resumed[2]["aggregate"]["val-loss"] == pytest.approx(
-        full[2]["aggregate"]["val-loss"], abs=0.02
-    )
+    different = differing_arrays(finished / runs.GLOBAL_MODEL, run_dir / runs.GLOBAL_MODEL)
+    assert not different, f"arrays that differ from the run never stopped: {different[:5]}"
     shutil.rmtree(run_dir / "flwr", ignore_errors=True)
 
 
