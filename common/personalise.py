@@ -94,7 +94,7 @@ LocalKeys = Callable[[ECGClassifier], set[str]]
 class Method:
     """``round`` trains the received global model in place and returns what the site keeps;
     ``finish`` turns the final global model into the site's own. ``local_keys``: the state-dict
-    keys of a model that never leave the site (None: the whole model is sent). ``own_parts``:
+    keys of a model that never leave the site (None: the whole model is sent). ``site_owned``:
     whether the site trains those keys into parts of its own (FedRep/FedPer's head, FedBN's
     BatchNorm), or leaves them as the coordinator sent them (FedBABU's frozen head: not worth
     sending back, and the coordinator's model is whole). ``layers``: what a plain fine-tune
@@ -104,13 +104,13 @@ class Method:
     round: Round
     finish: Finish
     local_keys: LocalKeys | None = None
-    own_parts: bool = True
+    site_owned: bool = True
     layers: str = "full"
 
     @property
     def keeps_parts(self) -> bool:
         """The site's model differs from the coordinator's in parts only the site has."""
-        return self.local_keys is not None and self.own_parts
+        return self.local_keys is not None and self.site_owned
 
 
 METHODS: dict[str, Method] = {}
@@ -289,7 +289,7 @@ for _name in LAYERS:
 register(Method("ditto", _ditto_round, _ditto_finish))
 register(Method("fedrep", _fedrep_round, _own_parts_finish, local_keys=head_keys, layers="head"))
 register(Method("fedper", _own_parts_round, _own_parts_finish, local_keys=head_keys, layers="head"))
-register(Method("fedbabu", _fedbabu_round, _finetune("full"), head_keys, own_parts=False))
+register(Method("fedbabu", _fedbabu_round, _finetune("full"), head_keys, site_owned=False))
 register(Method("fedbn", _own_parts_round, _own_parts_finish, local_keys=batchnorm_keys))
 register(Method("auto", _auto_round, _auto_finish))
 
